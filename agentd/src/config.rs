@@ -1,1 +1,88 @@
-//! placeholder
+//! agentd configuration: a TOML file (`--config`) whose every field has a documented default;
+//! command-line flags override the file.
+
+use crate::collect::logs::ReadFrom;
+use serde::Deserialize;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AgentConfig {
+    /// Controller gRPC URL. Default http://127.0.0.1:7070.
+    pub controller: String,
+    /// This node's name. Default: the hostname.
+    pub node: Option<String>,
+    /// Labels sent with the hello (role, shard, replica, zone…), used for peer groups and selectors.
+    pub labels: Vec<(String, String)>,
+    /// Spool directory; must survive restarts. Default ./medic-spool.
+    pub spool_dir: PathBuf,
+    /// Largest spool on disk before the oldest batches are dropped. Default 256 MiB.
+    pub spool_max_bytes: u64,
+    /// Collection interval. Default 10s.
+    #[serde(deserialize_with = "duration")]
+    pub interval: Duration,
+    /// HTTP address for /healthz and /metrics. Default 127.0.0.1:9465.
+    pub http_listen: SocketAddr,
+    /// Log files to tail (globs).
+    pub log_files: Vec<String>,
+    /// Longer log lines are truncated. Default 16 KiB.
+    pub max_line_bytes: usize,
+    /// Where to start in log files found at the very first start: "end" (default) or "beginning".
+    pub read_from: ReadFrom,
+    /// Process names whose count, CPU and memory are reported, e.g. ["clickhouse-server"].
+    pub processes: Vec<String>,
+    /// Host /proc, /sys and root mount (set to /host/... in a container). Defaults /proc, /sys, /.
+    pub proc_root: PathBuf,
+    pub sys_root: PathBuf,
+    pub rootfs: PathBuf,
+    /// Batches in flight to the controller before waiting for acks. Default 256.
+    pub max_in_flight: usize,
+}
+
+impl Default for AgentConfig {
+    fn default() -> Self {
+        Self {
+            controller: "http://127.0.0.1:7070".into(),
+            node: None,
+            labels: Vec::new(),
+            spool_dir: PathBuf::from("medic-spool"),
+            spool_max_bytes: 256 << 20,
+            interval: Duration::from_secs(10),
+            http_listen: SocketAddr::from(([127, 0, 0, 1], 9465)),
+            log_files: Vec::new(),
+            max_line_bytes: 16 << 10,
+            read_from: ReadFrom::End,
+            processes: Vec::new(),
+            proc_root: "/proc".into(),
+            sys_root: "/sys".into(),
+            rootfs: "/".into(),
+            max_in_flight: 256,
+        }
+    }
+}
+
+fn duration<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    let s = String::deserialize(d)?;
+    humantime::parse_duration(&s).map_err(serde::de::Error::custom)
+}
+
+impl AgentConfig {
+    pub fn from_file(path: &std::path::Path) -> anyhow::Result<Self> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| anyhow::anyhow!("reading config file {}: {e}", path.display()))?;
+        toml::from_str(&text).map_err(|e| anyhow::anyhow!("config file {}: {e}", path.display()))
+    }
+
+    /// The node name: configured, else the hostname.
+    pub fn node_name(&self) -> String {
+        self.node.clone().unwrap_or_else(|| {
+            std::fs::read_to_string(self.proc_root.join("sys/kernel/hostname"))
+                .map(|h| h.trim().to_string())
+                .ok()
+                .filter(|h| !h.is_empty())
+                .unwrap_or_else(|| "localhost".into())
+        })
+    }
+}

@@ -1,11 +1,13 @@
 //! agentd: the Medic node agent.
 //!
-//! Data path, one module per step:
-//! `collect` (host metrics, logs) → `spool` (crash-safe disk queue) → `stream` (gRPC to the controller).
-//! `http` serves /healthz and /metrics; `telemetry` holds the agent's own metrics.
+//! Data path, one module per step: `collect` (host metrics, logs) → `spool` (crash-safe disk
+//! queue; `entry` is what one record holds) → `stream` (gRPC to the controller). `agent` wires
+//! them together; `http` serves /healthz and /metrics; `telemetry` holds the agent's own metrics.
 
+pub mod agent;
 pub mod collect;
 pub mod config;
+pub mod entry;
 pub mod http;
 pub mod spool;
 pub mod stream;

@@ -1,1 +1,148 @@
-fn main() {}
+use agentd::collect::logs::ReadFrom;
+use agentd::config::AgentConfig;
+use anyhow::Context;
+use clap::{Parser, ValueEnum};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Medic node agent: collects host metrics and logs, spools them to disk and streams them to the
+/// controller. Nothing is lost when either side dies.
+#[derive(Parser, Debug)]
+#[command(version, about, long_about = None)]
+struct Cli {
+    /// TOML config file; flags given on the command line override it.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Controller gRPC URL [default: http://127.0.0.1:7070]
+    #[arg(long)]
+    controller: Option<String>,
+    /// This node's name [default: the hostname]
+    #[arg(long)]
+    node: Option<String>,
+    /// Label sent to the controller, NAME=VALUE (repeatable), e.g. --label role=clickhouse
+    #[arg(long = "label", value_parser = parse_label)]
+    labels: Vec<(String, String)>,
+    /// Spool directory; keep it on persistent storage [default: ./medic-spool]
+    #[arg(long)]
+    spool_dir: Option<PathBuf>,
+    /// Spool size cap in bytes; beyond it the oldest batches are dropped (and counted) [default: 268435456]
+    #[arg(long)]
+    spool_max_bytes: Option<u64>,
+    /// Collection interval, e.g. 200ms, 1s, 10s [default: 10s]
+    #[arg(long, value_parser = humantime::parse_duration)]
+    interval: Option<Duration>,
+    /// HTTP address for /healthz and /metrics [default: 127.0.0.1:9465]
+    #[arg(long)]
+    http_listen: Option<SocketAddr>,
+    /// Log file glob to tail (repeatable), e.g. '/var/log/clickhouse-server/*.log'
+    #[arg(long = "log-file")]
+    log_files: Vec<String>,
+    /// Where to start in log files found at the very first start [default: end]
+    #[arg(long, value_enum)]
+    read_from: Option<ReadFromArg>,
+    /// Longer log lines are truncated [default: 16384]
+    #[arg(long)]
+    max_line_bytes: Option<usize>,
+    /// Process name whose count, CPU and memory are reported (repeatable), e.g. clickhouse-server
+    #[arg(long = "process")]
+    processes: Vec<String>,
+    /// Host /proc (set to the host mount in a container) [default: /proc]
+    #[arg(long)]
+    proc_root: Option<PathBuf>,
+    /// Host /sys [default: /sys]
+    #[arg(long)]
+    sys_root: Option<PathBuf>,
+    /// Where the host's root filesystem is visible, for filesystem usage [default: /]
+    #[arg(long)]
+    rootfs: Option<PathBuf>,
+    /// Log format on stderr.
+    #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+    /// Log filter, e.g. info or agentd=debug (RUST_LOG also works).
+    #[arg(long, default_value = "info")]
+    log_level: String,
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug)]
+enum ReadFromArg {
+    Beginning,
+    End,
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+fn parse_label(s: &str) -> Result<(String, String), String> {
+    let (n, v) = s.split_once('=').ok_or_else(|| format!("label {s:?} must look like NAME=VALUE"))?;
+    if n.is_empty() {
+        return Err(format!("label {s:?} has an empty name"));
+    }
+    Ok((n.to_string(), v.to_string()))
+}
+
+fn config(cli: &Cli) -> anyhow::Result<AgentConfig> {
+    let mut cfg = match &cli.config {
+        Some(p) => AgentConfig::from_file(p)?,
+        None => AgentConfig::default(),
+    };
+    macro_rules! set {
+        ($($field:ident),*) => { $( if let Some(v) = &cli.$field { cfg.$field = v.clone().into(); } )* };
+    }
+    set!(controller, spool_dir, spool_max_bytes, interval, http_listen, max_line_bytes, proc_root, sys_root, rootfs);
+    if cli.node.is_some() {
+        cfg.node = cli.node.clone();
+    }
+    if let Some(r) = cli.read_from {
+        cfg.read_from = match r {
+            ReadFromArg::Beginning => ReadFrom::Beginning,
+            ReadFromArg::End => ReadFrom::End,
+        };
+    }
+    cfg.labels.extend(cli.labels.iter().cloned());
+    cfg.log_files.extend(cli.log_files.iter().cloned());
+    cfg.processes.extend(cli.processes.iter().cloned());
+    if cfg.interval < Duration::from_millis(100) {
+        anyhow::bail!("--interval {:?} is too short; use 100ms or more", cfg.interval);
+    }
+    Ok(cfg)
+}
+
+async fn shutdown_signal() {
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {},
+        _ = term.recv() => {},
+    }
+    tracing::info!("shutting down");
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .or_else(|_| tracing_subscriber::EnvFilter::try_new(&cli.log_level))
+        .context("invalid --log-level")?;
+    let fmt = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match cli.log_format {
+        LogFormat::Json => fmt.json().init(),
+        LogFormat::Text => fmt.init(),
+    }
+    let cfg = config(&cli)?;
+    // Two workers are plenty for an agent and keep its footprint small on busy nodes.
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .max_blocking_threads(4)
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    rt.block_on(agentd::agent::run(cfg, shutdown_signal()))
+}

@@ -1,1 +1,12 @@
-//! placeholder
+//! The Medic controller.
+//!
+//! Data path, one module per step: `ingest` (agent streams, dedup, group commit) → `store`
+//! (embedded | ClickHouse) → detection, remediation and publishing as they land. `api` serves
+//! /healthz, /metrics and /api/v1; `server` wires it all together.
+
+pub mod api;
+pub mod config;
+pub mod ingest;
+pub mod server;
+pub mod store;
+pub mod telemetry;

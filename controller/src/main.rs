@@ -1,1 +1,242 @@
-fn main() {}
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use controller::config::ControllerConfig;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Medic controller: receives agent streams, stores telemetry, detects problems and fixes them.
+#[derive(Parser, Debug)]
+#[command(version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    #[command(flatten)]
+    run: RunArgs,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run a controller on the embedded store plus one agentd watching this machine
+    /// (and the controller's own log). Ctrl-C stops both.
+    Local(LocalArgs),
+}
+
+#[derive(Args, Debug, Clone)]
+struct RunArgs {
+    /// TOML config file; flags given on the command line override it.
+    #[arg(long, global = true)]
+    config: Option<PathBuf>,
+    /// gRPC address agents connect to [default: 127.0.0.1:7070]
+    #[arg(long)]
+    grpc_listen: Option<SocketAddr>,
+    /// HTTP address for /healthz, /metrics and /api/v1 [default: 127.0.0.1:7080]
+    #[arg(long)]
+    http_listen: Option<SocketAddr>,
+    /// Directory of the embedded store [default: ./medic-data]
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// How long telemetry is kept, e.g. 7d, 12h [default: 7d]
+    #[arg(long, value_parser = humantime::parse_duration)]
+    retention: Option<Duration>,
+    /// Collection interval pushed to every agent, e.g. 10s [default: agents keep their own]
+    #[arg(long, value_parser = humantime::parse_duration)]
+    agent_interval: Option<Duration>,
+    #[command(flatten)]
+    log: LogArgs,
+}
+
+#[derive(Args, Debug, Clone)]
+struct LogArgs {
+    /// Log format on stderr.
+    #[arg(long, value_enum, default_value_t = LogFormat::Text, global = true)]
+    log_format: LogFormat,
+    /// Log filter, e.g. info or controller=debug,info (RUST_LOG also works).
+    #[arg(long, default_value = "info", global = true)]
+    log_level: String,
+    /// Also append logs (JSON lines) to this file.
+    #[arg(long, global = true)]
+    log_file: Option<PathBuf>,
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Args, Debug)]
+struct LocalArgs {
+    /// The agentd binary [default: agentd next to this executable, then on PATH]
+    #[arg(long)]
+    agentd: Option<PathBuf>,
+    /// Collection interval of the local agent.
+    #[arg(long, default_value = "5s")]
+    interval: String,
+    /// HTTP address of the local agent's /metrics and /healthz.
+    #[arg(long, default_value = "127.0.0.1:7081")]
+    agent_http_listen: SocketAddr,
+}
+
+fn init_logging(log: &LogArgs) -> anyhow::Result<()> {
+    use tracing_subscriber::{EnvFilter, Layer, layer::SubscriberExt, util::SubscriberInitExt};
+    let filter = EnvFilter::try_from_default_env().or_else(|_| EnvFilter::try_new(&log.log_level))?;
+    let stderr = match log.log_format {
+        LogFormat::Json => tracing_subscriber::fmt::layer().json().with_writer(std::io::stderr).boxed(),
+        LogFormat::Text => tracing_subscriber::fmt::layer().with_writer(std::io::stderr).boxed(),
+    };
+    let file = match &log.log_file {
+        Some(p) => {
+            if let Some(dir) = p.parent().filter(|d| !d.as_os_str().is_empty()) {
+                std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+            }
+            let f = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(p)
+                .with_context(|| format!("opening log file {}", p.display()))?;
+            Some(tracing_subscriber::fmt::layer().json().with_writer(std::sync::Mutex::new(f)).boxed())
+        }
+        None => None,
+    };
+    tracing_subscriber::registry().with(filter).with(stderr).with(file).init();
+    Ok(())
+}
+
+fn config(args: &RunArgs) -> anyhow::Result<ControllerConfig> {
+    let mut cfg = match &args.config {
+        Some(p) => ControllerConfig::from_file(p)?,
+        None => ControllerConfig::default(),
+    };
+    if let Some(v) = args.grpc_listen {
+        cfg.grpc_listen = v;
+    }
+    if let Some(v) = args.http_listen {
+        cfg.http_listen = v;
+    }
+    if let Some(v) = &args.data_dir {
+        cfg.data_dir = v.clone();
+    }
+    if let Some(v) = args.retention {
+        cfg.retention = v;
+    }
+    if let Some(v) = args.agent_interval {
+        cfg.agent_interval = Some(v);
+    }
+    Ok(cfg)
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(s) => s,
+            Err(_) => {
+                let _ = ctrl_c.await;
+                return;
+            }
+        };
+        tokio::select! {
+            _ = ctrl_c => {},
+            _ = term.recv() => {},
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+    tracing::info!("shutting down");
+}
+
+fn find_agentd(explicit: Option<PathBuf>) -> anyhow::Result<PathBuf> {
+    if let Some(p) = explicit {
+        return Ok(p);
+    }
+    let beside = std::env::current_exe()?.with_file_name("agentd");
+    if beside.exists() {
+        return Ok(beside);
+    }
+    Ok(PathBuf::from("agentd"))
+}
+
+async fn run_local(mut cfg: ControllerConfig, local: LocalArgs) -> anyhow::Result<()> {
+    let agentd = find_agentd(local.agentd)?;
+    let node = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .ok()
+        .filter(|h| controller::ingest::validate_node_name(h).is_ok())
+        .unwrap_or_else(|| "localhost".to_string());
+    cfg.data_dir = std::path::absolute(&cfg.data_dir)?;
+    let controller_log = cfg.data_dir.join("controller.log");
+
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let mut server_stop = stop_rx.clone();
+    let server = tokio::spawn(controller::server::run(cfg.clone(), async move {
+        let _ = server_stop.wait_for(|s| *s).await;
+    }));
+    // Give the listeners a moment so the agent's first connection attempt succeeds.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    let mut child = tokio::process::Command::new(&agentd)
+        .arg("--controller")
+        .arg(format!("http://{}", cfg.grpc_listen))
+        .arg("--node")
+        .arg(&node)
+        .arg("--spool-dir")
+        .arg(cfg.data_dir.join("agent-spool"))
+        .arg("--interval")
+        .arg(&local.interval)
+        .arg("--http-listen")
+        .arg(local.agent_http_listen.to_string())
+        .arg("--log-file")
+        .arg(&controller_log)
+        .kill_on_drop(true)
+        .spawn()
+        .with_context(|| format!("starting {} (build it with `cargo build --release -p agentd`)", agentd.display()))?;
+
+    let api = format!("http://{}", cfg.http_listen);
+    println!("Medic is running locally (node {node}, data in {}).", cfg.data_dir.display());
+    println!("  nodes:              {api}/api/v1/nodes");
+    println!("  metrics of {node}:  {api}/api/v1/metrics?node={node}");
+    println!("  load average:       {api}/api/v1/series?node={node}&metric=node_load1");
+    println!("  controller log:     {api}/api/v1/logs?node={node}&limit=20");
+    println!("  controller /metrics {api}/metrics");
+    println!("  agent /metrics:     http://{}/metrics", local.agent_http_listen);
+    println!("Press Ctrl-C to stop.");
+
+    tokio::select! {
+        _ = shutdown_signal() => {}
+        status = child.wait() => {
+            tracing::error!(?status, "the local agent exited; stopping");
+        }
+    }
+    if let Some(pid) = child.id() {
+        // SIGTERM lets the agent flush its spool and close the stream cleanly.
+        unsafe { libc::kill(pid as i32, libc::SIGTERM) };
+    }
+    let _ = tokio::time::timeout(Duration::from_secs(5), child.wait()).await;
+    let _ = stop_tx.send(true);
+    server.await.context("controller task panicked")??;
+    println!("Stopped.");
+    Ok(())
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let mut cfg = config(&cli.run)?;
+    match cli.command {
+        None => {
+            init_logging(&cli.run.log)?;
+            controller::server::run(cfg, shutdown_signal()).await
+        }
+        Some(Command::Local(local)) => {
+            if cli.run.data_dir.is_none() && cli.run.config.is_none() {
+                cfg.data_dir = PathBuf::from("medic-local-data");
+            }
+            let mut log = cli.run.log.clone();
+            log.log_file.get_or_insert_with(|| std::path::absolute(&cfg.data_dir).unwrap_or(cfg.data_dir.clone()).join("controller.log"));
+            init_logging(&log)?;
+            run_local(cfg, local).await
+        }
+    }
+}

@@ -1,1 +1,246 @@
-//! Helpers shared by the end-to-end tests: free ports, spawning the real binaries, HTTP polling.
+//! Helpers shared by the end-to-end tests and benchmarks: free ports, the real `agentd` and
+//! `controller` binaries started as processes on loopback, and their HTTP APIs.
+//!
+//! The binaries are taken from the workspace's target directory (`cargo build --workspace
+//! --bins` first; `.ci/run` does). Set `MEDIC_BIN_DIR` to use others.
+
+use anyhow::{Context, Result, bail};
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub fn bin_dir() -> PathBuf {
+    if let Ok(d) = std::env::var("MEDIC_BIN_DIR") {
+        return PathBuf::from(d);
+    }
+    let target = std::env::var("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"));
+    let profile = if cfg!(debug_assertions) { "debug" } else { "release" };
+    target.join(profile)
+}
+
+pub fn bin(name: &str) -> Result<PathBuf> {
+    let p = bin_dir().join(name);
+    if !p.exists() {
+        bail!("{} not found: run `cargo build --workspace --bins` first (or set MEDIC_BIN_DIR)", p.display());
+    }
+    Ok(p)
+}
+
+/// A port that was free a moment ago. Tests run in parallel, so each asks for its own.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("the loopback interface must allow binding an ephemeral port")
+}
+
+pub fn addr(port: u16) -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], port))
+}
+
+/// A child process that is killed when dropped, so a failing test leaves nothing running.
+pub struct Proc {
+    pub child: Child,
+    pub name: String,
+}
+
+impl Proc {
+    pub fn spawn(name: &str, cmd: &mut Command, log: &Path) -> Result<Self> {
+        let out = std::fs::OpenOptions::new().create(true).append(true).open(log)?;
+        let child = cmd
+            .stdin(Stdio::null())
+            .stdout(out.try_clone()?)
+            .stderr(out)
+            .spawn()
+            .with_context(|| format!("spawning {name}"))?;
+        Ok(Self { child, name: name.to_string() })
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+
+    /// SIGKILL: the process gets no chance to flush or say goodbye.
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// SIGTERM and wait for a clean exit.
+    pub fn terminate(&mut self) -> Result<()> {
+        // SAFETY: sending a signal to our own child process.
+        unsafe { libc::kill(self.pid(), libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Some(status) = self.child.try_wait()? {
+                if !status.success() {
+                    bail!("{} exited with {status}", self.name);
+                }
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        self.kill9();
+        bail!("{} did not stop within 10 s of SIGTERM", self.name)
+    }
+
+    pub fn stop_signal(&self, sig: i32) {
+        // SAFETY: sending a signal to our own child process.
+        unsafe { libc::kill(self.pid(), sig) };
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            self.kill9();
+        }
+    }
+}
+
+pub struct ControllerProc {
+    pub proc: Proc,
+    pub grpc: u16,
+    pub http: u16,
+    pub data_dir: PathBuf,
+}
+
+impl ControllerProc {
+    pub async fn start(data_dir: &Path, grpc: u16, http: u16, extra: &[&str]) -> Result<Self> {
+        std::fs::create_dir_all(data_dir)?;
+        let mut cmd = Command::new(bin("controller")?);
+        cmd.arg("--grpc-listen")
+            .arg(addr(grpc).to_string())
+            .arg("--http-listen")
+            .arg(addr(http).to_string())
+            .arg("--data-dir")
+            .arg(data_dir)
+            .args(extra)
+            .env("RUST_LOG", "info");
+        let proc = Proc::spawn("controller", &mut cmd, &data_dir.join("controller.out"))?;
+        let c = Self { proc, grpc, http, data_dir: data_dir.to_path_buf() };
+        wait_http_ok(&c.url("/healthz"), Duration::from_secs(20)).await?;
+        Ok(c)
+    }
+
+    pub fn grpc_url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.grpc)
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{}", self.http, path)
+    }
+
+    pub async fn nodes(&self) -> Result<HashMap<String, serde_json::Value>> {
+        let v: Vec<serde_json::Value> = get_json(&self.url("/api/v1/nodes")).await?;
+        Ok(v.into_iter().filter_map(|n| Some((n["node"].as_str()?.to_string(), n))).collect())
+    }
+}
+
+pub struct AgentProc {
+    pub proc: Proc,
+    pub http: u16,
+    pub node: String,
+    pub spool_dir: PathBuf,
+}
+
+impl AgentProc {
+    pub async fn start(controller: &str, node: &str, spool_dir: &Path, http: u16, extra: &[&str]) -> Result<Self> {
+        std::fs::create_dir_all(spool_dir)?;
+        let mut cmd = Command::new(bin("agentd")?);
+        cmd.arg("--controller")
+            .arg(controller)
+            .arg("--node")
+            .arg(node)
+            .arg("--spool-dir")
+            .arg(spool_dir)
+            .arg("--http-listen")
+            .arg(addr(http).to_string())
+            .args(extra)
+            .env("RUST_LOG", "info");
+        let log = spool_dir.parent().unwrap_or(spool_dir).join(format!("{node}.out"));
+        let proc = Proc::spawn(&format!("agentd {node}"), &mut cmd, &log)?;
+        let a = Self { proc, http, node: node.to_string(), spool_dir: spool_dir.to_path_buf() };
+        wait_http_ok(&a.url("/healthz"), Duration::from_secs(20)).await?;
+        Ok(a)
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{}", self.http, path)
+    }
+
+    /// The agent's /metrics as name{labels} → value.
+    pub async fn metrics(&self) -> Result<HashMap<String, f64>> {
+        scrape(&self.url("/metrics")).await
+    }
+}
+
+pub fn client() -> reqwest::Client {
+    reqwest::Client::builder().timeout(Duration::from_secs(10)).build().expect("building an HTTP client")
+}
+
+pub async fn get_json<T: serde::de::DeserializeOwned>(url: &str) -> Result<T> {
+    let resp = client().get(url).send().await.with_context(|| format!("GET {url}"))?;
+    let status = resp.status();
+    let body = resp.text().await?;
+    if !status.is_success() {
+        bail!("GET {url}: {status}: {body}");
+    }
+    serde_json::from_str(&body).with_context(|| format!("GET {url}: not the JSON expected: {body}"))
+}
+
+pub async fn wait_http_ok(url: &str, timeout: Duration) -> Result<()> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Ok(r) = client().get(url).send().await
+            && r.status().is_success()
+        {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!("{url} did not answer 200 within {timeout:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Parses Prometheus/OpenMetrics text into `name{labels}` → value.
+pub async fn scrape(url: &str) -> Result<HashMap<String, f64>> {
+    let text = client().get(url).send().await?.error_for_status()?.text().await?;
+    Ok(parse_exposition(&text))
+}
+
+pub fn parse_exposition(text: &str) -> HashMap<String, f64> {
+    text.lines()
+        .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+        .filter_map(|l| {
+            let (k, v) = l.rsplit_once(' ')?;
+            Some((k.to_string(), v.parse().ok()?))
+        })
+        .collect()
+}
+
+/// Polls `check` until it returns Ok(Some(v)), or fails with the last reason after `timeout`.
+pub async fn eventually<T, F, Fut>(timeout: Duration, mut check: F) -> Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<Option<T>>>,
+{
+    let deadline = Instant::now() + timeout;
+    let mut last = String::from("condition never checked");
+    loop {
+        match check().await {
+            Ok(Some(v)) => return Ok(v),
+            Ok(None) => {}
+            Err(e) => last = format!("{e:#}"),
+        }
+        if Instant::now() > deadline {
+            bail!("condition not met within {timeout:?}: {last}");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}

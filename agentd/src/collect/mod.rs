@@ -2,6 +2,7 @@
 //! samples or log records. Collectors never block each other: a failing one reports its error and
 //! the rest keep going.
 
+pub mod agent;
 pub mod host;
 pub mod logs;
 

@@ -1,0 +1,238 @@
+//! HTTP: /healthz, /metrics (OpenMetrics) and the JSON API under /api/v1.
+
+use crate::ingest::nodes::NodeTable;
+use crate::store::{LogQuery, SeriesQuery, Store, StoreError};
+use crate::telemetry::Metrics;
+use axum::extract::{Query, State};
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use serde::{Deserialize, Serialize};
+use std::sync::Arc;
+
+#[derive(Clone)]
+pub struct ApiState {
+    pub store: Arc<dyn Store>,
+    pub nodes: NodeTable,
+    pub metrics: Arc<Metrics>,
+}
+
+pub fn router(state: ApiState) -> Router {
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/metrics", get(metrics))
+        .route("/api/v1/nodes", get(nodes))
+        .route("/api/v1/metrics", get(metric_names))
+        .route("/api/v1/series", get(series))
+        .route("/api/v1/logs", get(logs))
+        .with_state(state)
+}
+
+/// An API error as JSON: `{"error": "..."}` with a fitting status code.
+pub struct ApiError(StatusCode, String);
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.0, Json(serde_json::json!({ "error": self.1 }))).into_response()
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::BadQuery(m) => ApiError(StatusCode::BAD_REQUEST, m),
+            StoreError::Unavailable(m) => ApiError(StatusCode::SERVICE_UNAVAILABLE, m),
+            other => ApiError(StatusCode::INTERNAL_SERVER_ERROR, other.to_string()),
+        }
+    }
+}
+
+fn bad(msg: impl Into<String>) -> ApiError {
+    ApiError(StatusCode::BAD_REQUEST, msg.into())
+}
+
+async fn healthz(State(s): State<ApiState>) -> Response {
+    let store_error = match s.store.ping().await {
+        Err(e) => Some(e.to_string()),
+        Ok(()) => s.nodes.store_error(),
+    };
+    match store_error {
+        None => (StatusCode::OK, Json(serde_json::json!({"status": "ok", "store": s.store.kind()}))).into_response(),
+        Some(e) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(serde_json::json!({"status": "degraded", "store": s.store.kind(), "error": e})),
+        )
+            .into_response(),
+    }
+}
+
+async fn metrics(State(s): State<ApiState>) -> Response {
+    match s.metrics.encode() {
+        Ok(body) => {
+            ([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], body).into_response()
+        }
+        Err(_) => (StatusCode::INTERNAL_SERVER_ERROR, "encoding metrics failed").into_response(),
+    }
+}
+
+async fn nodes(State(s): State<ApiState>) -> impl IntoResponse {
+    Json(s.nodes.status())
+}
+
+#[derive(Deserialize)]
+struct NodeParam {
+    node: Option<String>,
+}
+
+async fn metric_names(State(s): State<ApiState>, Query(q): Query<NodeParam>) -> Result<Json<Vec<String>>, ApiError> {
+    let node = q.node.ok_or_else(|| bad("missing query parameter: node"))?;
+    Ok(Json(s.store.metric_names(&node).await?))
+}
+
+/// Accepts RFC 3339 (`2026-11-24T06:00:00Z`) or Unix milliseconds.
+fn parse_time(name: &str, v: Option<&str>, default: i64) -> Result<i64, ApiError> {
+    let Some(v) = v else { return Ok(default) };
+    if let Ok(ms) = v.parse::<i64>() {
+        return Ok(ms);
+    }
+    chrono::DateTime::parse_from_rfc3339(v)
+        .map(|d| d.timestamp_millis())
+        .map_err(|e| bad(format!("{name}={v:?} is not an RFC 3339 time or Unix milliseconds: {e}")))
+}
+
+#[derive(Deserialize)]
+struct SeriesParams {
+    node: Option<String>,
+    metric: Option<String>,
+    from: Option<String>,
+    to: Option<String>,
+    limit: Option<usize>,
+}
+
+#[derive(Serialize)]
+struct PointOut {
+    metric: String,
+    labels: std::collections::BTreeMap<String, String>,
+    timestamp: String,
+    timestamp_ms: i64,
+    value: f64,
+}
+
+fn rfc3339(ms: i64) -> String {
+    chrono::DateTime::from_timestamp_millis(ms).map(|d| d.to_rfc3339()).unwrap_or_default()
+}
+
+const MAX_POINTS: usize = 1_000_000;
+
+async fn series(State(s): State<ApiState>, Query(q): Query<SeriesParams>) -> Result<Json<Vec<PointOut>>, ApiError> {
+    let now = chrono::Utc::now().timestamp_millis();
+    let query = SeriesQuery {
+        node: q.node.ok_or_else(|| bad("missing query parameter: node"))?,
+        metric: q.metric.ok_or_else(|| bad("missing query parameter: metric"))?,
+        from_ms: parse_time("from", q.from.as_deref(), now - 3_600_000)?,
+        to_ms: parse_time("to", q.to.as_deref(), now)?,
+        limit: q.limit.unwrap_or(100_000).min(MAX_POINTS),
+    };
+    if query.from_ms > query.to_ms {
+        return Err(bad("from must not be after to"));
+    }
+    let points = s.store.series(&query).await?;
+    Ok(Json(
+        points
+            .into_iter()
+            .map(|p| PointOut {
+                timestamp: rfc3339(p.timestamp_ms),
+                metric: p.metric,
+                labels: p.labels,
+                timestamp_ms: p.timestamp_ms,
+                value: p.value,
+            })
+            .collect(),
+    ))
+}
+
+#[derive(Deserialize)]
+struct LogParams {
+    node: Option<String>,
+    level: Option<String>,
+    from: Option<String>,
+    to: Option<String>,
+    limit: Option<usize>,
+}
+
+#[derive(Serialize)]
+struct LogOut {
+    node: String,
+    seq: u64,
+    timestamp: String,
+    timestamp_ms: i64,
+    source: String,
+    level: String,
+    message: String,
+    fields: std::collections::BTreeMap<String, String>,
+}
+
+/// Level names as users type them; ClickHouse's names are accepted too.
+pub fn parse_level(s: &str) -> Option<i32> {
+    use medic_proto::v1::LogLevel as L;
+    let l = match s.to_ascii_lowercase().as_str() {
+        "trace" => L::Trace,
+        "debug" => L::Debug,
+        "info" | "information" => L::Info,
+        "notice" => L::Notice,
+        "warn" | "warning" => L::Warning,
+        "error" | "err" => L::Error,
+        "critical" | "crit" => L::Critical,
+        "fatal" => L::Fatal,
+        _ => return None,
+    };
+    Some(l as i32)
+}
+
+pub fn level_name(l: i32) -> &'static str {
+    use medic_proto::v1::LogLevel as L;
+    match L::try_from(l).unwrap_or(L::Unspecified) {
+        L::Unspecified => "unknown",
+        L::Trace => "trace",
+        L::Debug => "debug",
+        L::Info => "info",
+        L::Notice => "notice",
+        L::Warning => "warning",
+        L::Error => "error",
+        L::Critical => "critical",
+        L::Fatal => "fatal",
+    }
+}
+
+async fn logs(State(s): State<ApiState>, Query(q): Query<LogParams>) -> Result<Json<Vec<LogOut>>, ApiError> {
+    let now = chrono::Utc::now().timestamp_millis();
+    let min_level = match q.level.as_deref() {
+        None | Some("") => None,
+        Some(l) => Some(parse_level(l).ok_or_else(|| {
+            bad(format!("unknown level {l:?}; use trace, debug, info, notice, warning, error, critical or fatal"))
+        })?),
+    };
+    let query = LogQuery {
+        node: q.node.ok_or_else(|| bad("missing query parameter: node"))?,
+        min_level,
+        from_ms: parse_time("from", q.from.as_deref(), 0)?,
+        to_ms: parse_time("to", q.to.as_deref(), now + 3_600_000)?,
+        limit: q.limit.unwrap_or(100).min(10_000),
+    };
+    let logs = s.store.logs(&query).await?;
+    Ok(Json(
+        logs.into_iter()
+            .map(|l| LogOut {
+                node: l.node,
+                seq: l.seq,
+                timestamp: rfc3339(l.record.timestamp_ms),
+                timestamp_ms: l.record.timestamp_ms,
+                source: l.record.source,
+                level: level_name(l.record.level).to_string(),
+                message: l.record.message,
+                fields: l.record.fields.into_iter().map(|f| (f.name, f.value)).collect(),
+            })
+            .collect(),
+    ))
+}

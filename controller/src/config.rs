@@ -1,0 +1,69 @@
+//! Controller configuration: a TOML file (`--config`) whose every field has a documented default;
+//! command-line flags override the file.
+
+use serde::Deserialize;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ControllerConfig {
+    /// gRPC address agents connect to. Default 127.0.0.1:7070.
+    pub grpc_listen: SocketAddr,
+    /// HTTP address for /healthz, /metrics and /api/v1. Default 127.0.0.1:7080.
+    pub http_listen: SocketAddr,
+    /// Where the embedded store keeps its files. Default ./medic-data.
+    pub data_dir: PathBuf,
+    /// How long telemetry is kept, e.g. "7d". Default 7 days.
+    #[serde(with = "humantime_serde_compat")]
+    pub retention: Duration,
+    /// Largest agent message accepted, bytes. Default 16 MiB.
+    pub max_message_bytes: usize,
+    /// Batches that may wait for the store before agents are slowed down. Default 4096.
+    pub ingest_queue_batches: usize,
+    /// Collection interval pushed to agents (e.g. "10s"); unset leaves each agent's own.
+    #[serde(with = "humantime_serde_compat::option")]
+    pub agent_interval: Option<Duration>,
+}
+
+impl Default for ControllerConfig {
+    fn default() -> Self {
+        Self {
+            grpc_listen: SocketAddr::from(([127, 0, 0, 1], 7070)),
+            http_listen: SocketAddr::from(([127, 0, 0, 1], 7080)),
+            data_dir: PathBuf::from("medic-data"),
+            retention: Duration::from_secs(7 * 86400),
+            max_message_bytes: 16 << 20,
+            ingest_queue_batches: 4096,
+            agent_interval: None,
+        }
+    }
+}
+
+impl ControllerConfig {
+    pub fn from_file(path: &std::path::Path) -> anyhow::Result<Self> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| anyhow::anyhow!("reading config file {}: {e}", path.display()))?;
+        toml::from_str(&text).map_err(|e| anyhow::anyhow!("config file {}: {e}", path.display()))
+    }
+}
+
+/// Durations in config files are written the way people say them: "10s", "7d", "1h 30m".
+pub mod humantime_serde_compat {
+    use serde::{Deserialize, Deserializer};
+    use std::time::Duration;
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        let s = String::deserialize(d)?;
+        humantime::parse_duration(&s).map_err(serde::de::Error::custom)
+    }
+
+    pub mod option {
+        use super::*;
+        pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+            let s: Option<String> = Option::deserialize(d)?;
+            s.map(|s| humantime::parse_duration(&s).map_err(serde::de::Error::custom)).transpose()
+        }
+    }
+}

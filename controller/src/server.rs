@@ -1,0 +1,95 @@
+//! Wires the data path together and runs it until shutdown.
+
+use crate::api::{self, ApiState};
+use crate::config::ControllerConfig;
+use crate::ingest::nodes::NodeTable;
+use crate::ingest::writer::{Writer, WriterOptions};
+use crate::ingest::{IngestOptions, IngestService};
+use crate::store::Store;
+use crate::store::embedded::EmbeddedStore;
+use crate::telemetry::Metrics;
+use anyhow::Context;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+pub async fn run(cfg: ControllerConfig, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+    let store: Arc<dyn Store> = Arc::new(
+        EmbeddedStore::open(&cfg.data_dir)
+            .with_context(|| format!("opening the embedded store in {}", cfg.data_dir.display()))?,
+    );
+    let metrics = Arc::new(Metrics::new(store.kind()));
+    metrics.store_up.set(1);
+    let nodes = NodeTable::default();
+    nodes.load(store.load_nodes().await.context("loading node delivery state")?);
+
+    let (jobs_tx, jobs_rx) = tokio::sync::mpsc::channel(cfg.ingest_queue_batches.max(1));
+    let writer = Writer::new(store.clone(), nodes.clone(), metrics.clone(), WriterOptions::default());
+    let writer_task = tokio::spawn(writer.run(jobs_rx));
+
+    let ingest = IngestService::new(
+        jobs_tx,
+        nodes.clone(),
+        metrics.clone(),
+        IngestOptions {
+            max_message_bytes: cfg.max_message_bytes,
+            max_age: cfg.retention,
+            interval_hint: cfg.agent_interval,
+            ..Default::default()
+        },
+    );
+
+    let grpc_listener = tokio::net::TcpListener::bind(cfg.grpc_listen)
+        .await
+        .with_context(|| format!("binding gRPC listener on {}", cfg.grpc_listen))?;
+    let http_listener = tokio::net::TcpListener::bind(cfg.http_listen)
+        .await
+        .with_context(|| format!("binding HTTP listener on {}", cfg.http_listen))?;
+    tracing::info!(grpc = %grpc_listener.local_addr()?, http = %http_listener.local_addr()?, store = store.kind(), "controller listening");
+
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        shutdown.await;
+        let _ = stop_tx.send(true);
+    });
+
+    let mut grpc_stop = stop_rx.clone();
+    let grpc = tonic::transport::Server::builder()
+        .http2_keepalive_interval(Some(Duration::from_secs(20)))
+        .http2_keepalive_timeout(Some(Duration::from_secs(10)))
+        .add_service(ingest.into_server())
+        .serve_with_incoming_shutdown(tokio_stream::wrappers::TcpListenerStream::new(grpc_listener), async move {
+            let _ = grpc_stop.wait_for(|s| *s).await;
+        });
+
+    let mut http_stop = stop_rx.clone();
+    let app = api::router(ApiState { store: store.clone(), nodes: nodes.clone(), metrics: metrics.clone() });
+    let http = axum::serve(http_listener, app).with_graceful_shutdown(async move {
+        let _ = http_stop.wait_for(|s| *s).await;
+    });
+
+    let retention = cfg.retention;
+    let retention_store = store.clone();
+    let retention_metrics = metrics.clone();
+    let retention_task = tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(600));
+        loop {
+            tick.tick().await;
+            let cutoff = chrono::Utc::now().timestamp_millis() - retention.as_millis() as i64;
+            match retention_store.enforce_retention(cutoff).await {
+                Ok(n) => {
+                    retention_metrics.retention_dropped_partitions.inc_by(n);
+                }
+                Err(e) => tracing::warn!(error = %e, "retention pass failed; will retry"),
+            }
+        }
+    });
+
+    let (g, h) = tokio::join!(grpc, http);
+    retention_task.abort();
+    writer_task.abort();
+    g.context("gRPC server failed")?;
+    h.context("HTTP server failed")?;
+    tracing::info!("controller stopped");
+    Ok(())
+}

@@ -1,0 +1,392 @@
+//! The embedded store: fjall (an LSM key-value engine) under `--data-dir`.
+//!
+//! Layout — one keyspace per concern, and one per day for telemetry so that retention drops
+//! whole keyspaces instead of deleting billions of keys:
+//! - `nodes`: node name → JSON [`NodeRecord`] (delivery state, written with every batch);
+//! - `series`: series id (u64 BE) → JSON [`SeriesDesc`]; ids are allocated here, in the same
+//!   atomic write as the first sample that uses them;
+//! - `samples_YYYYMMDD`: series id (8) + timestamp (8, order-preserving) → f64 LE;
+//! - `logs_YYYYMMDD`: node \0 timestamp (8) + seq (8) + index in batch (4) → protobuf LogRecord.
+//!
+//! Every [`WriteSet`] is one fjall write batch committed with `SyncAll`, so it is atomic and on
+//! disk before the controller acks.
+
+use super::{LogQuery, NodeRecord, Point, SeriesQuery, Store, StoreError, StoredLog, WriteSet};
+use async_trait::async_trait;
+use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
+use medic_proto::v1::{Label, LogRecord};
+use prost::Message;
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+const DAY_MS: i64 = 86_400_000;
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct SeriesDesc {
+    node: String,
+    metric: String,
+    labels: Vec<(String, String)>,
+    kind: i32,
+}
+
+/// In-memory view of the series registry, rebuilt from the `series` keyspace at open.
+#[derive(Default)]
+struct SeriesIndex {
+    by_key: HashMap<String, u64>,
+    descs: HashMap<u64, SeriesDesc>,
+    /// node → metric → series ids.
+    by_node: HashMap<String, BTreeMap<String, Vec<u64>>>,
+    next_id: u64,
+}
+
+impl SeriesIndex {
+    fn insert(&mut self, id: u64, key: String, desc: SeriesDesc) {
+        self.by_node
+            .entry(desc.node.clone())
+            .or_default()
+            .entry(desc.metric.clone())
+            .or_default()
+            .push(id);
+        self.by_key.insert(key, id);
+        self.descs.insert(id, desc);
+        self.next_id = self.next_id.max(id + 1);
+    }
+}
+
+fn series_key(buf: &mut String, node: &str, metric: &str, labels: &[Label]) {
+    buf.clear();
+    buf.push_str(node);
+    buf.push('\0');
+    buf.push_str(metric);
+    for l in labels {
+        buf.push('\0');
+        buf.push_str(&l.name);
+        buf.push('=');
+        buf.push_str(&l.value);
+    }
+}
+
+fn ts_bytes(ts_ms: i64) -> [u8; 8] {
+    ((ts_ms as u64) ^ (1 << 63)).to_be_bytes()
+}
+
+fn ts_from(bytes: &[u8]) -> Option<i64> {
+    let arr: [u8; 8] = bytes.try_into().ok()?;
+    Some((u64::from_be_bytes(arr) ^ (1 << 63)) as i64)
+}
+
+fn day_of(ts_ms: i64) -> i64 {
+    ts_ms.div_euclid(DAY_MS)
+}
+
+fn day_name(prefix: &str, day: i64) -> String {
+    let date = chrono::DateTime::from_timestamp_millis(day * DAY_MS)
+        .map(|d| d.format("%Y%m%d").to_string())
+        .unwrap_or_else(|| format!("d{day}"));
+    format!("{prefix}_{date}")
+}
+
+fn day_from_name(name: &str) -> Option<(String, i64)> {
+    let (prefix, date) = name.rsplit_once('_')?;
+    let d = chrono::NaiveDate::parse_from_str(date, "%Y%m%d").ok()?;
+    let ms = d.and_hms_opt(0, 0, 0)?.and_utc().timestamp_millis();
+    Some((prefix.to_string(), day_of(ms)))
+}
+
+fn io(e: impl std::fmt::Display) -> StoreError {
+    StoreError::Io(e.to_string())
+}
+
+struct Inner {
+    db: Database,
+    nodes: Keyspace,
+    series: Keyspace,
+    index: Mutex<SeriesIndex>,
+    days: Mutex<HashMap<String, Keyspace>>,
+}
+
+impl Inner {
+    fn day_keyspace(&self, name: &str) -> Result<Keyspace, StoreError> {
+        let mut days = self.days.lock().map_err(|_| io("day keyspace lock poisoned"))?;
+        if let Some(ks) = days.get(name) {
+            return Ok(ks.clone());
+        }
+        let ks = self.db.keyspace(name, KeyspaceCreateOptions::default).map_err(io)?;
+        days.insert(name.to_string(), ks.clone());
+        Ok(ks)
+    }
+
+    /// Existing day keyspaces with this prefix overlapping [from, to], oldest first.
+    fn existing_days(&self, prefix: &str, from_ms: i64, to_ms: i64) -> Vec<String> {
+        let (from, to) = (day_of(from_ms), day_of(to_ms));
+        let mut out: Vec<(i64, String)> = self
+            .db
+            .list_keyspace_names()
+            .into_iter()
+            .filter_map(|n| {
+                let name = n.to_string();
+                let (p, d) = day_from_name(&name)?;
+                (p == prefix && d >= from && d <= to).then_some((d, name))
+            })
+            .collect();
+        out.sort();
+        out.into_iter().map(|(_, n)| n).collect()
+    }
+
+    fn write(&self, set: WriteSet) -> Result<(), StoreError> {
+        let mut index = self.index.lock().map_err(|_| io("series index lock poisoned"))?;
+        let mut wb = self.db.batch().durability(Some(PersistMode::SyncAll));
+        let mut new_series: Vec<(u64, String, SeriesDesc)> = Vec::new();
+        let mut pending: HashMap<String, u64> = HashMap::new();
+        let mut next_id = index.next_id;
+        let mut key = String::new();
+        let mut day_ks: HashMap<String, Keyspace> = HashMap::new();
+
+        for (node, batch) in &set.batches {
+            for s in &batch.samples {
+                series_key(&mut key, node, &s.metric, &s.labels);
+                let id = match index.by_key.get(&key).or_else(|| pending.get(&key)) {
+                    Some(id) => *id,
+                    None => {
+                        let id = next_id;
+                        next_id += 1;
+                        let desc = SeriesDesc {
+                            node: node.clone(),
+                            metric: s.metric.clone(),
+                            labels: s.labels.iter().map(|l| (l.name.clone(), l.value.clone())).collect(),
+                            kind: s.kind,
+                        };
+                        let json = serde_json::to_vec(&desc).map_err(io)?;
+                        wb.insert(&self.series, id.to_be_bytes(), json);
+                        pending.insert(key.clone(), id);
+                        new_series.push((id, key.clone(), desc));
+                        id
+                    }
+                };
+                let name = day_name("samples", day_of(s.timestamp_ms));
+                let ks = match day_ks.get(&name) {
+                    Some(ks) => ks,
+                    None => {
+                        let ks = self.day_keyspace(&name)?;
+                        day_ks.entry(name).or_insert(ks)
+                    }
+                };
+                let mut k = [0u8; 16];
+                k[..8].copy_from_slice(&id.to_be_bytes());
+                k[8..].copy_from_slice(&ts_bytes(s.timestamp_ms));
+                wb.insert(ks, k, s.value.to_le_bytes());
+            }
+            for (i, rec) in batch.logs.iter().enumerate() {
+                let name = day_name("logs", day_of(rec.timestamp_ms));
+                let ks = match day_ks.get(&name) {
+                    Some(ks) => ks,
+                    None => {
+                        let ks = self.day_keyspace(&name)?;
+                        day_ks.entry(name).or_insert(ks)
+                    }
+                };
+                let mut k = Vec::with_capacity(node.len() + 21);
+                k.extend_from_slice(node.as_bytes());
+                k.push(0);
+                k.extend_from_slice(&ts_bytes(rec.timestamp_ms));
+                k.extend_from_slice(&batch.seq.to_be_bytes());
+                k.extend_from_slice(&(i as u32).to_be_bytes());
+                wb.insert(ks, k, rec.encode_to_vec());
+            }
+        }
+        for n in &set.nodes {
+            wb.insert(&self.nodes, n.node.as_bytes(), serde_json::to_vec(n).map_err(io)?);
+        }
+        wb.commit().map_err(io)?;
+        // Only now that the series are durable may later writes refer to them.
+        for (id, key, desc) in new_series {
+            index.insert(id, key, desc);
+        }
+        Ok(())
+    }
+}
+
+/// The default store: no external service, survives kill -9.
+#[derive(Clone)]
+pub struct EmbeddedStore {
+    inner: Arc<Inner>,
+}
+
+impl EmbeddedStore {
+    /// Opens (or creates) the store in `dir`, recovering from the journal after a crash.
+    pub fn open(dir: &Path) -> Result<Self, StoreError> {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| StoreError::Io(format!("creating data dir {}: {e}", dir.display())))?;
+        let db = Database::builder(dir.join("store"))
+            .open()
+            .map_err(|e| StoreError::Io(format!("opening store in {}: {e}", dir.display())))?;
+        let nodes = db.keyspace("nodes", KeyspaceCreateOptions::default).map_err(io)?;
+        let series = db.keyspace("series", KeyspaceCreateOptions::default).map_err(io)?;
+        let mut index = SeriesIndex { next_id: 1, ..Default::default() };
+        let mut key = String::new();
+        for item in series.iter() {
+            let (k, v) = item.into_inner().map_err(io)?;
+            let id = u64::from_be_bytes(
+                k.as_ref().try_into().map_err(|_| StoreError::Corrupt("series key is not 8 bytes".into()))?,
+            );
+            let desc: SeriesDesc = serde_json::from_slice(&v)
+                .map_err(|e| StoreError::Corrupt(format!("series {id}: {e}")))?;
+            let labels: Vec<Label> = desc.labels.iter().map(|(n, v)| Label::new(n.clone(), v.clone())).collect();
+            series_key(&mut key, &desc.node, &desc.metric, &labels);
+            index.insert(id, key.clone(), desc);
+        }
+        Ok(Self {
+            inner: Arc::new(Inner { db, nodes, series, index: Mutex::new(index), days: Mutex::new(HashMap::new()) }),
+        })
+    }
+
+    async fn blocking<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Inner) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let inner = self.inner.clone();
+        tokio::task::spawn_blocking(move || f(&inner))
+            .await
+            .map_err(|e| StoreError::Io(format!("store task failed: {e}")))?
+    }
+}
+
+#[async_trait]
+impl Store for EmbeddedStore {
+    fn kind(&self) -> &'static str {
+        "embedded"
+    }
+
+    async fn load_nodes(&self) -> Result<Vec<NodeRecord>, StoreError> {
+        self.blocking(|inner| {
+            let mut out = Vec::new();
+            for item in inner.nodes.iter() {
+                let (k, v) = item.into_inner().map_err(io)?;
+                let rec: NodeRecord = serde_json::from_slice(&v).map_err(|e| {
+                    StoreError::Corrupt(format!("node record {:?}: {e}", String::from_utf8_lossy(&k)))
+                })?;
+                out.push(rec);
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn write(&self, set: WriteSet) -> Result<(), StoreError> {
+        self.blocking(move |inner| inner.write(set)).await
+    }
+
+    async fn metric_names(&self, node: &str) -> Result<Vec<String>, StoreError> {
+        let index = self.inner.index.lock().map_err(|_| io("series index lock poisoned"))?;
+        Ok(index.by_node.get(node).map(|m| m.keys().cloned().collect()).unwrap_or_default())
+    }
+
+    async fn series(&self, q: &SeriesQuery) -> Result<Vec<Point>, StoreError> {
+        let q = q.clone();
+        self.blocking(move |inner| {
+            let ids: Vec<(u64, SeriesDesc)> = {
+                let index = inner.index.lock().map_err(|_| io("series index lock poisoned"))?;
+                let ids = index.by_node.get(&q.node).and_then(|m| m.get(&q.metric)).cloned().unwrap_or_default();
+                ids.into_iter().filter_map(|id| index.descs.get(&id).map(|d| (id, d.clone()))).collect()
+            };
+            let days = inner.existing_days("samples", q.from_ms, q.to_ms);
+            let mut out = Vec::new();
+            let mut sorted = ids;
+            sorted.sort_by(|a, b| a.1.labels.cmp(&b.1.labels));
+            for (id, desc) in sorted {
+                let labels: BTreeMap<String, String> = desc.labels.iter().cloned().collect();
+                for day in &days {
+                    let ks = inner.day_keyspace(day)?;
+                    let mut lo = [0u8; 16];
+                    lo[..8].copy_from_slice(&id.to_be_bytes());
+                    lo[8..].copy_from_slice(&ts_bytes(q.from_ms));
+                    let mut hi = lo;
+                    hi[8..].copy_from_slice(&ts_bytes(q.to_ms));
+                    for item in ks.range(lo..=hi) {
+                        let (k, v) = item.into_inner().map_err(io)?;
+                        let ts = ts_from(&k[8..]).ok_or_else(|| StoreError::Corrupt("sample key".into()))?;
+                        let value = f64::from_le_bytes(
+                            v.as_ref().try_into().map_err(|_| StoreError::Corrupt("sample value".into()))?,
+                        );
+                        out.push(Point { metric: desc.metric.clone(), labels: labels.clone(), timestamp_ms: ts, value });
+                        if out.len() >= q.limit {
+                            return Ok(out);
+                        }
+                    }
+                }
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn logs(&self, q: &LogQuery) -> Result<Vec<StoredLog>, StoreError> {
+        let q = q.clone();
+        self.blocking(move |inner| {
+            let mut out = Vec::new();
+            let mut lo = q.node.as_bytes().to_vec();
+            lo.push(0);
+            let mut hi = lo.clone();
+            lo.extend_from_slice(&ts_bytes(q.from_ms));
+            hi.extend_from_slice(&ts_bytes(q.to_ms));
+            hi.extend_from_slice(&[0xff; 12]);
+            let days = inner.existing_days("logs", q.from_ms, q.to_ms);
+            for day in days.iter().rev() {
+                let ks = inner.day_keyspace(day)?;
+                for item in ks.range(lo.clone()..=hi.clone()).rev() {
+                    let (k, v) = item.into_inner().map_err(io)?;
+                    let record = LogRecord::decode(v.as_ref())
+                        .map_err(|e| StoreError::Corrupt(format!("log record: {e}")))?;
+                    if q.min_level.is_some_and(|min| record.level < min) {
+                        continue;
+                    }
+                    let seq_at = k.len().saturating_sub(12);
+                    let seq = k
+                        .get(seq_at..seq_at + 8)
+                        .and_then(|b| b.try_into().ok())
+                        .map(u64::from_be_bytes)
+                        .unwrap_or(0);
+                    out.push(StoredLog { node: q.node.clone(), seq, record });
+                    if out.len() >= q.limit {
+                        return Ok(out);
+                    }
+                }
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn enforce_retention(&self, cutoff_ms: i64) -> Result<u64, StoreError> {
+        self.blocking(move |inner| {
+            let cutoff_day = day_of(cutoff_ms);
+            let mut dropped = 0;
+            let names: BTreeSet<String> = inner.db.list_keyspace_names().into_iter().map(|n| n.to_string()).collect();
+            for name in names {
+                let Some((prefix, day)) = day_from_name(&name) else { continue };
+                // A day keyspace holds data up to the end of its day: drop it only when all of it
+                // is older than the cutoff.
+                if (prefix == "samples" || prefix == "logs") && day < cutoff_day {
+                    let ks = {
+                        let mut days = inner.days.lock().map_err(|_| io("day keyspace lock poisoned"))?;
+                        days.remove(&name)
+                    };
+                    let ks = match ks {
+                        Some(ks) => ks,
+                        None => inner.db.keyspace(&name, KeyspaceCreateOptions::default).map_err(io)?,
+                    };
+                    inner.db.delete_keyspace(ks).map_err(io)?;
+                    dropped += 1;
+                }
+            }
+            Ok(dropped)
+        })
+        .await
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
+}
