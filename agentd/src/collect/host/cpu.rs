@@ -10,7 +10,9 @@ use std::path::PathBuf;
 
 /// Column order of the per-CPU lines. Older kernels print fewer columns (steal appeared in
 /// 2.6.11); guest time is already included in user/nice, so it is not reported again.
-const MODES: [&str; 8] = ["user", "nice", "system", "idle", "iowait", "irq", "softirq", "steal"];
+const MODES: [&str; 8] = [
+    "user", "nice", "system", "idle", "iowait", "irq", "softirq", "steal",
+];
 
 pub struct CpuCollector {
     path: PathBuf,
@@ -24,7 +26,11 @@ impl CpuCollector {
     }
 
     fn with_user_hz(paths: &HostPaths, user_hz: f64) -> Self {
-        Self { path: paths.proc_root.join("stat"), buf: FileBuf::default(), user_hz }
+        Self {
+            path: paths.proc_root.join("stat"),
+            buf: FileBuf::default(),
+            user_hz,
+        }
     }
 }
 
@@ -85,7 +91,11 @@ impl Collector for CpuCollector {
                 let make = if is_counter { counter } else { gauge };
                 out.push(make(metric, &[], now_ms, v as f64));
             }
-            if saw_cpu { Ok(()) } else { Err(parse_error(&self.path, "no per-CPU lines")) }
+            if saw_cpu {
+                Ok(())
+            } else {
+                Err(parse_error(&self.path, "no per-CPU lines"))
+            }
         })
     }
 }
@@ -168,7 +178,10 @@ softirq 468812 0 112019 19 8012 0 0 9 168478 0 180275
 
     #[test]
     fn a_file_without_cpu_lines_is_an_error() {
-        assert!(matches!(collect("ctxt 5\n"), Err(CollectError::Parse { .. })));
+        assert!(matches!(
+            collect("ctxt 5\n"),
+            Err(CollectError::Parse { .. })
+        ));
         assert!(matches!(collect(""), Err(CollectError::Parse { .. })));
     }
 
@@ -176,7 +189,9 @@ softirq 468812 0 112019 19 8012 0 0 9 168478 0 180275
     fn a_missing_file_is_an_error() {
         let host = FakeHost::new();
         let mut out = Vec::new();
-        let err = CpuCollector::new(&host.paths).collect(0, &mut out).unwrap_err();
+        let err = CpuCollector::new(&host.paths)
+            .collect(0, &mut out)
+            .unwrap_err();
         assert!(matches!(err, CollectError::Io { .. }));
         assert!(out.is_empty());
     }

@@ -1,9 +1,8 @@
 //! Filesystem capacity: the mount table from procfs, then statvfs on each real filesystem.
 //!
-//! The mount table comes from /proc/1/mounts when readable: in a container sharing the host's
-//! pid namespace that is the host's view, while /proc/self/mounts would be the container's.
+//! The mount table is the host's view (see `read_host_view`).
 
-use super::{FileBuf, HostPaths, all_or_nothing};
+use super::{FileBuf, HostPaths, all_or_nothing, read_host_view};
 use crate::collect::{CollectError, Collector, gauge};
 use medic_proto::v1::Sample;
 use std::borrow::Cow;
@@ -89,26 +88,16 @@ impl FilesystemCollector {
             rootfs.pop();
         }
         Self {
-            mounts_paths: [paths.proc_root.join("1/mounts"), paths.proc_root.join("self/mounts")],
+            mounts_paths: [
+                paths.proc_root.join("1/mounts"),
+                paths.proc_root.join("self/mounts"),
+            ],
             rootfs,
             statvfs_network,
             buf: FileBuf::default(),
             cpath: Vec::new(),
         }
     }
-}
-
-/// The host's mount table if visible, else our own.
-fn read_mounts<'a>(buf: &'a mut FileBuf, paths: &[PathBuf; 2]) -> Result<Cow<'a, str>, CollectError> {
-    let [host, own] = paths;
-    match buf.fill(host) {
-        Ok(()) => {}
-        Err(e) if matches!(e.kind(), io::ErrorKind::NotFound | io::ErrorKind::PermissionDenied) => {
-            buf.fill(own).map_err(|e| CollectError::io(own.display().to_string(), e))?
-        }
-        Err(e) => return Err(CollectError::io(host.display().to_string(), e)),
-    }
-    Ok(buf.text())
 }
 
 struct Usage {
@@ -148,7 +137,9 @@ fn unescape(field: &str) -> Cow<'_, str> {
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
     while i < bytes.len() {
-        let octal = bytes.get(i + 1..i + 4).filter(|d| d.iter().all(|b| (b'0'..=b'7').contains(b)));
+        let octal = bytes
+            .get(i + 1..i + 4)
+            .filter(|d| d.iter().all(|b| (b'0'..=b'7').contains(b)));
         match (bytes[i], octal) {
             (b'\\', Some(d)) => {
                 out.push((d[0] - b'0') * 64 + (d[1] - b'0') * 8 + (d[2] - b'0'));
@@ -169,9 +160,10 @@ impl Collector for FilesystemCollector {
     }
 
     fn collect(&mut self, now_ms: i64, out: &mut Vec<Sample>) -> Result<(), CollectError> {
-        let (statvfs_network, rootfs, cpath) = (self.statvfs_network, &self.rootfs, &mut self.cpath);
+        let (statvfs_network, rootfs, cpath) =
+            (self.statvfs_network, &self.rootfs, &mut self.cpath);
         all_or_nothing(out, |out| {
-            let text = read_mounts(&mut self.buf, &self.mounts_paths)?;
+            let text = read_host_view(&mut self.buf, &self.mounts_paths)?;
             let mut seen_devices = HashSet::new();
             for line in text.lines() {
                 // "device mountpoint fstype options dump pass"
@@ -182,7 +174,9 @@ impl Collector for FilesystemCollector {
                 };
                 if PSEUDO_FS.contains(&fstype)
                     || (!statvfs_network && NETWORK_FS.contains(&fstype))
-                    || IGNORED_MOUNT_PREFIXES.iter().any(|p| mountpoint.starts_with(p))
+                    || IGNORED_MOUNT_PREFIXES
+                        .iter()
+                        .any(|p| mountpoint.starts_with(p))
                 {
                     continue;
                 }
@@ -200,9 +194,15 @@ impl Collector for FilesystemCollector {
                 }
                 cpath.extend_from_slice(mountpoint.as_bytes());
                 cpath.push(0);
-                let Ok(cstr) = CStr::from_bytes_with_nul(cpath) else { continue };
+                let Ok(cstr) = CStr::from_bytes_with_nul(cpath) else {
+                    continue;
+                };
                 let device = unescape(device);
-                let labels = [("device", &*device), ("fstype", fstype), ("mountpoint", &*mountpoint)];
+                let labels = [
+                    ("device", &*device),
+                    ("fstype", fstype),
+                    ("mountpoint", &*mountpoint),
+                ];
                 let Ok(u) = statvfs(cstr) else {
                     // Stale or unreachable under rootfs: node_exporter's signal for it.
                     out.push(gauge("node_filesystem_device_error", &labels, now_ms, 1.0));
@@ -216,7 +216,10 @@ impl Collector for FilesystemCollector {
                     g("node_filesystem_avail_bytes", u.avail),
                     g("node_filesystem_files", u.files),
                     g("node_filesystem_files_free", u.files_free),
-                    g("node_filesystem_readonly", if u.readonly { 1.0 } else { 0.0 }),
+                    g(
+                        "node_filesystem_readonly",
+                        if u.readonly { 1.0 } else { 0.0 },
+                    ),
                 ]);
             }
             Ok(())
@@ -231,7 +234,9 @@ mod tests {
 
     fn collect(host: &FakeHost, statvfs_network: bool) -> Vec<Sample> {
         let mut out = Vec::new();
-        FilesystemCollector::new(&host.paths, statvfs_network).collect(7, &mut out).unwrap();
+        FilesystemCollector::new(&host.paths, statvfs_network)
+            .collect(7, &mut out)
+            .unwrap();
         out
     }
 
@@ -269,22 +274,37 @@ overlay /overlay-root overlay rw 0 0
 /dev/loop3 /snap/core/1 squashfs ro 0 0
 /dev/sdb1 /mnt/my\\040disk ext4 rw 0 0
 ",
-            &["var/lib/clickhouse", "mnt/clickhouse-bind", "overlay-root", "mnt/my disk"],
+            &[
+                "var/lib/clickhouse",
+                "mnt/clickhouse-bind",
+                "overlay-root",
+                "mnt/my disk",
+            ],
         );
         let out = collect(&host, false);
         assert_eq!(
             mountpoints(&out, "node_filesystem_avail_bytes"),
             ["/", "/var/lib/clickhouse", "/overlay-root", "/mnt/my disk"]
         );
-        let labels = [("device", "/dev/nvme0n1"), ("fstype", "xfs"), ("mountpoint", "/var/lib/clickhouse")];
+        let labels = [
+            ("device", "/dev/nvme0n1"),
+            ("fstype", "xfs"),
+            ("mountpoint", "/var/lib/clickhouse"),
+        ];
         let size = value(&out, "node_filesystem_size_bytes", &labels).unwrap();
         let free = value(&out, "node_filesystem_free_bytes", &labels).unwrap();
         let avail = value(&out, "node_filesystem_avail_bytes", &labels).unwrap();
-        assert!(size > 0.0 && free <= size && avail <= free, "{size} {free} {avail}");
+        assert!(
+            size > 0.0 && free <= size && avail <= free,
+            "{size} {free} {avail}"
+        );
         assert!(value(&out, "node_filesystem_files", &labels).unwrap() > 0.0);
         assert!(value(&out, "node_filesystem_files_free", &labels).is_some());
         assert_eq!(value(&out, "node_filesystem_readonly", &labels), Some(0.0));
-        assert_eq!(value(&out, "node_filesystem_device_error", &labels), Some(0.0));
+        assert_eq!(
+            value(&out, "node_filesystem_device_error", &labels),
+            Some(0.0)
+        );
         assert!(render(&out).iter().all(|l| l.starts_with("gauge ")));
     }
 
@@ -299,7 +319,10 @@ user@host:/ /mnt/ssh fuse.sshfs rw 0 0
 ",
             &["mnt/nas"],
         );
-        assert_eq!(mountpoints(&collect(&host, false), "node_filesystem_device_error"), ["/"]);
+        assert_eq!(
+            mountpoints(&collect(&host, false), "node_filesystem_device_error"),
+            ["/"]
+        );
 
         let out = collect(&host, true);
         assert_eq!(
@@ -307,7 +330,11 @@ user@host:/ /mnt/ssh fuse.sshfs rw 0 0
             ["/", "/mnt/nas", "/mnt/smb", "/mnt/ssh"]
         );
         // The other two do not exist under the fake rootfs: reported as errored, not dropped.
-        let smb = [("device", "//smb/share"), ("fstype", "cifs"), ("mountpoint", "/mnt/smb")];
+        let smb = [
+            ("device", "//smb/share"),
+            ("fstype", "cifs"),
+            ("mountpoint", "/mnt/smb"),
+        ];
         assert_eq!(value(&out, "node_filesystem_device_error", &smb), Some(1.0));
         assert_eq!(value(&out, "node_filesystem_size_bytes", &smb), None);
     }
@@ -315,15 +342,23 @@ user@host:/ /mnt/ssh fuse.sshfs rw 0 0
     #[test]
     fn falls_back_to_self_mounts_and_skips_malformed_lines() {
         let host = FakeHost::new();
-        host.proc_file("self/mounts", "garbage\n/dev/vda1 / ext4 rw 0 0\n\n/dev/vdb\n");
-        assert_eq!(mountpoints(&collect(&host, false), "node_filesystem_size_bytes"), ["/"]);
+        host.proc_file(
+            "self/mounts",
+            "garbage\n/dev/vda1 / ext4 rw 0 0\n\n/dev/vdb\n",
+        );
+        assert_eq!(
+            mountpoints(&collect(&host, false), "node_filesystem_size_bytes"),
+            ["/"]
+        );
     }
 
     #[test]
     fn no_readable_mount_table_is_an_error() {
         let host = FakeHost::new();
         let mut out = Vec::new();
-        let err = FilesystemCollector::new(&host.paths, false).collect(0, &mut out).unwrap_err();
+        let err = FilesystemCollector::new(&host.paths, false)
+            .collect(0, &mut out)
+            .unwrap_err();
         assert!(matches!(err, CollectError::Io { .. }));
     }
 

@@ -12,7 +12,10 @@ pub struct LoadCollector {
 
 impl LoadCollector {
     pub fn new(paths: &HostPaths) -> Self {
-        Self { path: paths.proc_root.join("loadavg"), buf: FileBuf::default() }
+        Self {
+            path: paths.proc_root.join("loadavg"),
+            buf: FileBuf::default(),
+        }
     }
 }
 
@@ -83,7 +86,10 @@ mod tests {
     #[test]
     fn malformed_load_averages_are_an_error() {
         for bad in ["", "0.47 0.28\n", "0.47 abc 0.10 1/2 3\n", "NaN 1 1\n"] {
-            assert!(matches!(collect(bad), Err(CollectError::Parse { .. })), "{bad:?}");
+            assert!(
+                matches!(collect(bad), Err(CollectError::Parse { .. })),
+                "{bad:?}"
+            );
         }
     }
 }

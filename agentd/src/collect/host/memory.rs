@@ -75,8 +75,12 @@ impl Collector for MemoryCollector {
             let mut saw_total = false;
             for line in text.lines() {
                 // "MemTotal:       16318508 kB"; the unit is absent for page counts.
-                let Some((key, rest)) = line.split_once(':') else { continue };
-                let Some(metric) = meminfo_metric(key) else { continue };
+                let Some((key, rest)) = line.split_once(':') else {
+                    continue;
+                };
+                let Some(metric) = meminfo_metric(key) else {
+                    continue;
+                };
                 let mut fields = rest.split_ascii_whitespace();
                 let Some(v) = fields.next().and_then(|f| f.parse::<u64>().ok()) else {
                     continue;
@@ -103,8 +107,12 @@ impl Collector for MemoryCollector {
                 Err(e) => return Err(CollectError::io(self.vmstat.display().to_string(), e)),
             };
             for line in text.lines() {
-                let Some((key, v)) = line.split_once(' ') else { continue };
-                let Some(metric) = vmstat_metric(key) else { continue };
+                let Some((key, v)) = line.split_once(' ') else {
+                    continue;
+                };
+                let Some(metric) = vmstat_metric(key) else {
+                    continue;
+                };
                 if let Ok(v) = v.trim().parse::<u64>() {
                     out.push(counter(metric, &[], now_ms, v as f64));
                 }
@@ -214,7 +222,10 @@ oom_kill 2
         assert_eq!(out.len(), 3);
 
         std::fs::remove_file(host.paths.proc_root.join("vmstat")).unwrap();
-        assert_eq!(collect(&host).unwrap(), ["gauge node_memory_MemTotal_bytes{} 1024000"]);
+        assert_eq!(
+            collect(&host).unwrap(),
+            ["gauge node_memory_MemTotal_bytes{} 1024000"]
+        );
     }
 
     #[test]
@@ -227,7 +238,10 @@ oom_kill 2
         host.proc_file("vmstat", "pswpin x\npswpout\n");
         assert_eq!(
             collect(&host).unwrap(),
-            ["gauge node_memory_MemTotal_bytes{} 1024000", "gauge node_memory_Dirty_bytes{} 2048"]
+            [
+                "gauge node_memory_MemTotal_bytes{} 1024000",
+                "gauge node_memory_Dirty_bytes{} 2048"
+            ]
         );
     }
 

@@ -1,19 +1,26 @@
-//! /proc/net/dev: per interface traffic and error counters. Loopback is kept, like
-//! node_exporter, because ClickHouse replicas on one host talk over it.
+//! /proc/net/dev: per interface traffic and error counters, from the host's network namespace
+//! when visible (see `read_host_view`). Loopback is kept, like node_exporter, because ClickHouse
+//! replicas on one host talk over it.
 
-use super::{FileBuf, HostPaths};
+use super::{FileBuf, HostPaths, read_host_view};
 use crate::collect::{CollectError, Collector, counter};
 use medic_proto::v1::Sample;
 use std::path::PathBuf;
 
 pub struct NetworkCollector {
-    path: PathBuf,
+    paths: [PathBuf; 2],
     buf: FileBuf,
 }
 
 impl NetworkCollector {
     pub fn new(paths: &HostPaths) -> Self {
-        Self { path: paths.proc_root.join("net/dev"), buf: FileBuf::default() }
+        Self {
+            paths: [
+                paths.proc_root.join("1/net/dev"),
+                paths.proc_root.join("net/dev"),
+            ],
+            buf: FileBuf::default(),
+        }
     }
 }
 
@@ -53,10 +60,12 @@ impl Collector for NetworkCollector {
     }
 
     fn collect(&mut self, now_ms: i64, out: &mut Vec<Sample>) -> Result<(), CollectError> {
-        let text = self.buf.read_required(&self.path)?;
+        let text = read_host_view(&mut self.buf, &self.paths)?;
         // The two header lines have no ':', so parse_line skips them like any malformed line.
         for line in text.lines() {
-            let Some((device, values)) = parse_line(line) else { continue };
+            let Some((device, values)) = parse_line(line) else {
+                continue;
+            };
             let labels = [("device", device)];
             for (metric, v) in RECEIVE.iter().zip(&values[0..4]) {
                 out.push(counter(metric, &labels, now_ms, *v as f64));
@@ -88,7 +97,9 @@ eth1:18446744073709551615 1 0 0 0 0 0 0 2 2 0 0 0 0 0 0
         let host = FakeHost::new();
         host.proc_file("net/dev", NET_DEV);
         let mut out = Vec::new();
-        NetworkCollector::new(&host.paths).collect(7, &mut out).unwrap();
+        NetworkCollector::new(&host.paths)
+            .collect(7, &mut out)
+            .unwrap();
         let out = render(&out);
         assert_eq!(
             out[8..16],
@@ -108,14 +119,36 @@ eth1:18446744073709551615 1 0 0 0 0 0 0 2 2 0 0 0 0 0 0
             .filter(|l| l.contains("receive_bytes"))
             .map(|l| l.split('"').nth(1).unwrap())
             .collect();
-        assert_eq!(devices, ["lo", "eth0", "eth1"], "the truncated bad0 line is skipped");
+        assert_eq!(
+            devices,
+            ["lo", "eth0", "eth1"],
+            "the truncated bad0 line is skipped"
+        );
         assert_eq!(out.len(), 24);
+    }
+
+    #[test]
+    fn prefers_the_host_namespace_seen_through_pid_1() {
+        let host = FakeHost::new();
+        host.proc_file("net/dev", NET_DEV);
+        host.proc_file(
+            "1/net/dev",
+            "  eth9: 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16\n",
+        );
+        let mut out = Vec::new();
+        NetworkCollector::new(&host.paths)
+            .collect(7, &mut out)
+            .unwrap();
+        assert_eq!(out.len(), 8);
+        assert!(render(&out)[0].contains(r#"device="eth9""#));
     }
 
     #[test]
     fn a_missing_file_is_an_error() {
         let host = FakeHost::new();
-        let err = NetworkCollector::new(&host.paths).collect(0, &mut Vec::new()).unwrap_err();
+        let err = NetworkCollector::new(&host.paths)
+            .collect(0, &mut Vec::new())
+            .unwrap_err();
         assert!(matches!(err, CollectError::Io { .. }));
     }
 }
