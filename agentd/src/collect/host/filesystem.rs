@@ -43,7 +43,8 @@ const PSEUDO_FS: &[&str] = &[
     "tracefs",
 ];
 
-/// statvfs on these goes to a server and blocks uninterruptibly while it is unreachable.
+/// statvfs on these goes to a server and blocks uninterruptibly while it is unreachable. FUSE
+/// filesystems of any kind (see `may_block`) block the same way when their daemon hangs.
 const NETWORK_FS: &[&str] = &[
     "nfs",
     "nfs4",
@@ -54,11 +55,11 @@ const NETWORK_FS: &[&str] = &[
     "glusterfs",
     "9p",
     "afs",
-    "fuse.sshfs",
-    "fuse.glusterfs",
-    "fuse.s3fs",
-    "fuse.rclone",
 ];
+
+fn may_block(fstype: &str) -> bool {
+    NETWORK_FS.contains(&fstype) || fstype == "fuse" || fstype.starts_with("fuse.")
+}
 
 /// Container runtimes' per-container rootfs and volume mounts: hundreds of them on a busy node,
 /// all backed by filesystems already reported at their real mount point.
@@ -173,7 +174,7 @@ impl Collector for FilesystemCollector {
                     continue;
                 };
                 if PSEUDO_FS.contains(&fstype)
-                    || (!statvfs_network && NETWORK_FS.contains(&fstype))
+                    || (!statvfs_network && may_block(fstype))
                     || IGNORED_MOUNT_PREFIXES
                         .iter()
                         .any(|p| mountpoint.starts_with(p))
@@ -309,13 +310,14 @@ overlay /overlay-root overlay rw 0 0
     }
 
     #[test]
-    fn network_filesystems_are_not_statted_unless_enabled() {
+    fn network_and_fuse_filesystems_are_not_statted_unless_enabled() {
         let host = host_with_mounts(
             "\
 /dev/vda1 / ext4 rw 0 0
 nas:/export /mnt/nas nfs4 rw,vers=4.2 0 0
 //smb/share /mnt/smb cifs rw 0 0
 user@host:/ /mnt/ssh fuse.sshfs rw 0 0
+/dev/fuse /mnt/fuse fuse rw 0 0
 ",
             &["mnt/nas"],
         );
@@ -327,7 +329,7 @@ user@host:/ /mnt/ssh fuse.sshfs rw 0 0
         let out = collect(&host, true);
         assert_eq!(
             mountpoints(&out, "node_filesystem_device_error"),
-            ["/", "/mnt/nas", "/mnt/smb", "/mnt/ssh"]
+            ["/", "/mnt/nas", "/mnt/smb", "/mnt/ssh", "/mnt/fuse"]
         );
         // The other two do not exist under the fake rootfs: reported as errored, not dropped.
         let smb = [

@@ -48,8 +48,9 @@ pub struct HostOptions {
     pub paths: HostPaths,
     /// Process names (comm or argv[0] basename) whose count, CPU and RSS are reported.
     pub processes: Vec<String>,
-    /// Also statvfs network filesystems (nfs, cifs, sshfs, ...). Off by default because statvfs on
-    /// a dead server blocks in the kernel, uninterruptibly, and would wedge the collection thread.
+    /// Also statvfs network and FUSE filesystems (nfs, cifs, sshfs, ...). Off by default because
+    /// statvfs on a dead server or hung FUSE daemon blocks in the kernel, uninterruptibly, and
+    /// would wedge the collection thread.
     pub statvfs_network_mounts: bool,
 }
 
