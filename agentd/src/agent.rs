@@ -78,6 +78,7 @@ async fn collect_loop(
     let opts = host::HostOptions {
         paths: host::HostPaths { proc_root: cfg.proc_root.clone(), sys_root: cfg.sys_root.clone(), rootfs: cfg.rootfs.clone() },
         processes: cfg.processes.clone(),
+        ..Default::default()
     };
     let mut collectors: Vec<Box<dyn Collector>> = host::collectors(&opts);
     collectors.push(Box::new(SelfCollector::new()));
