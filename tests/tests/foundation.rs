@@ -177,3 +177,44 @@ async fn rotation_and_truncation_lose_no_log_line() -> Result<()> {
     drop(agent);
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_torn_spool_tail_is_skipped_and_counted_and_everything_before_it_is_delivered() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let (grpc, http, agent_http) = (free_port(), free_port(), free_port());
+    let spool = dir.path().join("spool");
+    let url = format!("http://127.0.0.1:{grpc}");
+    let args = ["--interval", "200ms"];
+    // No controller yet: the agent keeps everything in its spool.
+    let mut agent = AgentProc::start(&url, "torn", &spool, agent_http, &args).await?;
+    eventually(Duration::from_secs(10), || async {
+        let m = agent.metrics().await?;
+        Ok((m.get("medic_agent_spool_last_seq").copied().unwrap_or(0.0) >= 5.0).then_some(()))
+    })
+    .await?;
+    agent.proc.kill9();
+
+    // Power loss mid-append: half a record of garbage at the end of the newest segment.
+    let mut segments: Vec<PathBuf> = std::fs::read_dir(&spool)?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "seg"))
+        .collect();
+    segments.sort();
+    let newest = segments.last().ok_or_else(|| anyhow::anyhow!("no spool segment in {}", spool.display()))?;
+    let records_before = std::fs::metadata(newest)?.len();
+    let mut f = std::fs::OpenOptions::new().append(true).open(newest)?;
+    f.write_all(&[0x4d, 0x45, 0x44, 0x31, 0xff, 0xff, 0x00, 0x00, 0x12, 0x34])?;
+    f.write_all(&[0u8; 300])?;
+    drop(f);
+    assert!(records_before > 0);
+
+    let controller = ControllerProc::start(&dir.path().join("c"), grpc, http, &[]).await?;
+    let agent = AgentProc::start(&url, "torn", &spool, agent_http, &args).await?;
+    let m = agent.metrics().await?;
+    assert!(m.get("medic_agent_spool_corrupt_records_total").copied().unwrap_or(0.0) >= 1.0, "the torn tail is counted: {m:?}");
+    let node = drained(&agent, &controller).await?;
+    assert_eq!(node["seq_gaps"], 0, "no complete batch was lost: {node}");
+    assert_eq!(node["batches"], node["last_seq"], "{node}");
+    assert!(node["last_seq"].as_u64().unwrap_or(0) >= 5);
+    Ok(())
+}
