@@ -315,9 +315,11 @@ impl Spool {
         // causes a harmless replay.
         self.acked = seq;
         self.read_bad.get_mut().retain(|&s| s > seq);
-        let deleted = self.delete_acked_segments();
-        let stored = self.state().store(&self.dir, matches!(deleted, Ok(true)));
-        deleted?;
+        // Checkpoint before deleting so the state never lags behind what is gone from disk.
+        // No fsync: the active segment alone keeps seqs monotonic, and losing the watermark
+        // only replays batches the controller dedups.
+        let stored = self.state().store(&self.dir, false);
+        self.delete_acked_segments()?;
         stored.map_err(io_err(&self.dir.join(state::STATE_FILE)))
     }
 
@@ -513,49 +515,45 @@ impl Spool {
 
     /// Drop-oldest until a record of `rec_len` bytes fits under `max_bytes`.
     fn make_room(&mut self, rec_len: u64) -> Result<(), SpoolError> {
-        let mut dropped_any = false;
-        let res = loop {
-            if self.bytes + rec_len <= self.opts.max_bytes {
-                break Ok(());
-            }
+        while self.bytes + rec_len > self.opts.max_bytes {
             if self.segments.len() > 1 {
-                if let Err(e) = self.drop_oldest() {
-                    break Err(e);
-                }
-                dropped_any = true;
+                self.drop_oldest()?;
             } else if self.active_seg().end > 0 {
-                if let Err(e) = self.rotate() {
-                    break Err(e);
-                }
+                self.rotate()?;
             } else {
                 // Unreachable while rec_len <= max_bytes; never loop forever on a bug.
-                break Ok(());
+                break;
             }
-        };
-        if dropped_any && let Err(e) = self.state().store(&self.dir, false) {
-            tracing::warn!(error = %e, "cannot write spool state file");
         }
-        res
+        Ok(())
     }
 
     fn drop_oldest(&mut self) -> Result<(), SpoolError> {
         let Some(seg) = self.segments.front() else {
             return Ok(());
         };
-        remove_if_exists(&seg.path).map_err(io_err(&seg.path))?;
         let lost = seg.index.count_above(self.acked);
-        if lost > 0 {
-            tracing::warn!(path = %seg.path.display(), lost, "spool full: dropped oldest unacked batches");
-        }
+        let path = seg.path.clone();
+        let end = seg.end;
+        // Count before deleting so a crash in between cannot lose the count.
         self.dropped_total += lost;
-        self.bytes -= seg.end;
+        if let Err(e) = self.state().store(&self.dir, false) {
+            tracing::warn!(error = %e, "cannot write spool state file");
+        }
+        if let Err(e) = remove_if_exists(&path) {
+            self.dropped_total -= lost;
+            return Err(io_err(&path)(e));
+        }
+        if lost > 0 {
+            tracing::warn!(path = %path.display(), lost, "spool full: dropped oldest unacked batches");
+        }
+        self.bytes -= end;
         self.segments.pop_front();
         Ok(())
     }
 
-    /// Deletes non-active segments whose records are all acked; returns whether any went.
-    fn delete_acked_segments(&mut self) -> Result<bool, SpoolError> {
-        let mut deleted = false;
+    /// Deletes non-active segments whose records are all acked.
+    fn delete_acked_segments(&mut self) -> Result<(), SpoolError> {
         while self.segments.len() > 1 {
             let Some(seg) = self.segments.front() else {
                 break;
@@ -566,9 +564,8 @@ impl Spool {
             remove_if_exists(&seg.path).map_err(io_err(&seg.path))?;
             self.bytes -= seg.end;
             self.segments.pop_front();
-            deleted = true;
         }
-        Ok(deleted)
+        Ok(())
     }
 
     /// Reads `[start, end)` of segment `i`.
