@@ -735,6 +735,14 @@ fn spool_append_throughput() {
             "  read_after back: {:.1} MB/s ({read} calls)",
             (n * size as u64) as f64 / secs / 1e6
         );
+        drop(sp);
+        let start = Instant::now();
+        let sp = Spool::open(tmp.path(), SpoolOptions::default()).unwrap();
+        println!(
+            "  reopen (recovery scan of {:.1} MB): {:.0} ms",
+            sp.stats().bytes as f64 / 1e6,
+            start.elapsed().as_secs_f64() * 1e3
+        );
     }
 }
 
