@@ -23,7 +23,7 @@ use writer::Job;
 
 #[derive(Debug, Clone)]
 pub struct IngestOptions {
-    /// Largest message an agent may send; larger ones end that agent's stream with RESOURCE_EXHAUSTED.
+    /// Largest message an agent may send; larger ones end that agent's stream with an error.
     pub max_message_bytes: usize,
     /// How long a new stream may take to send its Hello.
     pub hello_timeout: Duration,
@@ -140,7 +140,7 @@ impl IngestService {
                 }
                 Err(status) => {
                     let reason = match status.code() {
-                        tonic::Code::ResourceExhausted => "oversized",
+                        tonic::Code::ResourceExhausted | tonic::Code::OutOfRange => "oversized",
                         tonic::Code::Internal | tonic::Code::InvalidArgument => "malformed",
                         _ => "stream_error",
                     };
