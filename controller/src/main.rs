@@ -52,7 +52,7 @@ struct LogArgs {
     #[arg(long, value_enum, default_value_t = LogFormat::Text, global = true)]
     log_format: LogFormat,
     /// Log filter, e.g. info or controller=debug,info (RUST_LOG also works).
-    #[arg(long, default_value = "info", global = true)]
+    #[arg(long, default_value = "info,fjall=warn,lsm_tree=warn", global = true)]
     log_level: String,
     /// Also append logs (JSON lines) to this file.
     #[arg(long, global = true)]
