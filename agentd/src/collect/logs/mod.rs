@@ -529,3 +529,6 @@ fn find_in_dir(path: &Path, id: FileId) -> Option<(std::fs::File, std::fs::Metad
     }
     None
 }
+
+#[cfg(test)]
+mod tests;

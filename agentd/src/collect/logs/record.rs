@@ -1,7 +1,7 @@
 //! Turning complete lines into `LogRecord`s, including folding continuation lines (stack traces,
 //! multi-line queries) into the record they belong to.
 
-use medic_proto::v1::{Label, LogLevel, LogRecord};
+use medic_proto::v1::{Label, LogRecord};
 
 use super::clickhouse;
 
@@ -155,13 +155,13 @@ pub(crate) fn to_message(line: &[u8], max: usize) -> String {
 }
 
 #[cfg(test)]
-pub(crate) fn level_of(rec: &LogRecord) -> LogLevel {
-    LogLevel::try_from(rec.level).unwrap_or(LogLevel::Unspecified)
-}
-
-#[cfg(test)]
 mod tests {
     use super::*;
+    use medic_proto::v1::LogLevel;
+
+    fn level_of(rec: &LogRecord) -> LogLevel {
+        LogLevel::try_from(rec.level).unwrap_or(LogLevel::Unspecified)
+    }
 
     fn field<'a>(r: &'a LogRecord, name: &str) -> Option<&'a str> {
         r.fields
