@@ -19,6 +19,10 @@ pub(crate) const CHUNK_BYTES: usize = 64 * 1024;
 /// size check alone cannot see.
 const SIG_BYTES: usize = 16;
 
+/// How long after an entry a non-timestamped line still counts as its continuation. Writers emit
+/// an entry and its stack trace together; a stray line much later belongs to something else.
+const CARRY_FOR: Duration = Duration::from_secs(5);
+
 pub(crate) type FileId = (u64, u64);
 
 pub(crate) fn file_id(meta: &Metadata) -> FileId {
@@ -100,6 +104,8 @@ pub(crate) struct FileTail {
     pub rotated: bool,
     pub closed: bool,
     io_warned: bool,
+    /// The entry the last poll ended with, for continuation lines that arrive a poll late.
+    carry: Option<(LogRecord, Instant)>,
 }
 
 impl FileTail {
@@ -120,6 +126,7 @@ impl FileTail {
             rotated: false,
             closed: false,
             io_warned: false,
+            carry: None,
         }
     }
 
@@ -147,7 +154,10 @@ impl FileTail {
         }
         let mut pending = None;
         let stop = self.poll_inner(ctx, &mut pending, meta.len());
-        ctx.out.extend(pending.map(Pending::into_record));
+        if let Some(p) = pending {
+            self.carry = p.carry().map(|entry| (entry, ctx.now));
+            ctx.out.push(p.into_record());
+        }
         stop
     }
 
@@ -202,6 +212,14 @@ impl FileTail {
         self.discard = false;
         self.sig.clear();
         self.sig_end = 0;
+        self.carry = None;
+    }
+
+    fn live_carry(&self, now: Instant) -> Option<&LogRecord> {
+        match &self.carry {
+            Some((entry, at)) if now.saturating_duration_since(*at) < CARRY_FOR => Some(entry),
+            _ => None,
+        }
     }
 
     /// Hands out the unfinished line as it is. False (nothing changed) when the record budget is
@@ -213,6 +231,7 @@ impl FileTail {
         if !accept_line(
             &mut ctx.out,
             pending,
+            self.live_carry(ctx.now),
             &ctx.limits,
             &self.source,
             &self.line,
@@ -279,6 +298,7 @@ impl FileTail {
                     accept_line(
                         &mut ctx.out,
                         pending,
+                        self.live_carry(ctx.now),
                         &ctx.limits,
                         &self.source,
                         &seg[..keep],
@@ -290,6 +310,7 @@ impl FileTail {
                     accept_line(
                         &mut ctx.out,
                         pending,
+                        self.live_carry(ctx.now),
                         &ctx.limits,
                         &self.source,
                         &self.line,

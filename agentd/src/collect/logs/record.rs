@@ -29,14 +29,27 @@ impl Pending {
     pub fn into_record(self) -> LogRecord {
         self.rec
     }
+
+    /// What continuation lines arriving in a later poll should be attributed to: this entry's
+    /// metadata without its text. None for a record that takes no continuation lines.
+    pub fn carry(&self) -> Option<LogRecord> {
+        self.absorbs
+            .then(|| follow_up(&self.rec, String::new(), false))
+    }
 }
 
 /// Adds one complete line (without its '\n') to `out`/`pending`. Returns false, changing
 /// nothing, when the line would start a record beyond `limits.max_records`; the caller then leaves
 /// the line unread for the next poll.
+///
+/// `carry` is the entry the previous poll of this file ended with: continuation lines that
+/// arrive a poll later than their entry become a follow-up record of it instead of anonymous raw
+/// lines.
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn accept_line(
     out: &mut Vec<LogRecord>,
     pending: &mut Option<Pending>,
+    carry: Option<&LogRecord>,
     limits: &Limits,
     source: &str,
     line: &[u8],
@@ -45,44 +58,43 @@ pub(crate) fn accept_line(
 ) -> bool {
     let text = to_message(line, limits.max_line_bytes);
     let entry_start = clickhouse::starts_with_timestamp(&text);
-    if !entry_start && let Some(p) = pending.as_mut().filter(|p| p.absorbs) {
-        if p.rec.message.len() + 1 + text.len() <= limits.max_message_bytes {
-            p.rec.message.push('\n');
-            p.rec.message.push_str(&text);
-            if truncated {
-                mark_truncated(&mut p.rec);
+    let open_records = out.len() + usize::from(pending.is_some());
+    if !entry_start {
+        match pending.as_mut() {
+            Some(p) if p.absorbs => {
+                if p.rec.message.len() + 1 + text.len() <= limits.max_message_bytes {
+                    p.rec.message.push('\n');
+                    p.rec.message.push_str(&text);
+                    if truncated {
+                        mark_truncated(&mut p.rec);
+                    }
+                    return true;
+                }
+                // Too long to append: continue the entry in a follow-up record that repeats its
+                // metadata, so nothing is lost and the follow-up is still attributable.
+                if open_records >= limits.max_records {
+                    return false;
+                }
+                let next = follow_up(&p.rec, text, truncated);
+                out.push(std::mem::replace(&mut p.rec, next));
+                return true;
             }
-            return true;
+            None => {
+                if let Some(entry) = carry {
+                    if open_records >= limits.max_records {
+                        return false;
+                    }
+                    *pending = Some(Pending {
+                        rec: follow_up(entry, text, truncated),
+                        absorbs: true,
+                    });
+                    return true;
+                }
+            }
+            Some(_) => {}
         }
-        // Too long to append: continue the entry in a follow-up record that repeats its metadata,
-        // so nothing is lost and the follow-up is still attributable.
-        if out.len() + 2 > limits.max_records {
-            return false;
-        }
-        let mut next = LogRecord {
-            timestamp_ms: p.rec.timestamp_ms,
-            source: p.rec.source.clone(),
-            level: p.rec.level,
-            message: text,
-            fields: p
-                .rec
-                .fields
-                .iter()
-                .filter(|f| f.name != "truncated")
-                .cloned()
-                .collect(),
-        };
-        if !next.fields.iter().any(|f| f.name == "continued") {
-            next.fields.push(Label::new("continued", "true"));
-        }
-        if truncated {
-            mark_truncated(&mut next);
-        }
-        let prev = std::mem::replace(&mut p.rec, next);
-        out.push(prev);
-        return true;
     }
-    if out.len() + usize::from(pending.is_some()) >= limits.max_records {
+    if open_records >= limits.max_records {
         return false;
     }
     let mut rec = to_record(source, text, now_ms);
@@ -97,6 +109,29 @@ pub(crate) fn accept_line(
         absorbs: entry_start,
     });
     true
+}
+
+/// A record continuing `entry`: same time, level and fields, marked `continued=true`.
+fn follow_up(entry: &LogRecord, text: String, truncated: bool) -> LogRecord {
+    let mut rec = LogRecord {
+        timestamp_ms: entry.timestamp_ms,
+        source: entry.source.clone(),
+        level: entry.level,
+        message: text,
+        fields: entry
+            .fields
+            .iter()
+            .filter(|f| f.name != "truncated")
+            .cloned()
+            .collect(),
+    };
+    if !rec.fields.iter().any(|f| f.name == "continued") {
+        rec.fields.push(Label::new("continued", "true"));
+    }
+    if truncated {
+        mark_truncated(&mut rec);
+    }
+    rec
 }
 
 fn to_record(source: &str, text: String, now_ms: i64) -> LogRecord {
@@ -204,6 +239,7 @@ mod tests {
             assert!(accept_line(
                 &mut out,
                 &mut pending,
+                None,
                 &limits,
                 "f",
                 l,
@@ -236,6 +272,7 @@ mod tests {
         assert!(accept_line(
             &mut out,
             &mut pending,
+            None,
             &limits,
             "f",
             b"plain one",
@@ -245,6 +282,7 @@ mod tests {
         assert!(accept_line(
             &mut out,
             &mut pending,
+            None,
             &limits,
             "f",
             b"ERROR two",
@@ -254,6 +292,7 @@ mod tests {
         assert!(!accept_line(
             &mut out,
             &mut pending,
+            None,
             &limits,
             "f",
             b"three",
