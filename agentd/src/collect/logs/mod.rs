@@ -12,6 +12,21 @@
 //!
 //! `poll` does blocking file I/O (bounded per call by `max_records` and a byte budget); callers
 //! that share a runtime thread with latency-sensitive work may want `spawn_blocking`.
+//!
+//! Known limits, inherent to following files by path:
+//! - A file that is created and renamed out of the globs (or deleted) before any scan saw it at
+//!   a matching path — within about one `rescan_interval`, or faster than notify delivers the
+//!   create event — is never read.
+//! - Lines written to a rotated-away file after it has been idle for `rotate_wait` are lost (we
+//!   closed it); so are lines a copytruncate copies but writes after its copy, before truncating.
+//! - On restart, a cursor's (dev, inode) may have been reused by an unrelated file if the old one
+//!   was deleted while the agent was down; we then resume at the saved offset when it fits.
+//! - Truncation is detected by size and by the last bytes before our offset; a file rewritten
+//!   in place to exactly its old size with the same tail bytes goes unnoticed.
+//! - A line longer than `max_line_bytes` whose head was flushed unfinished (writer idle) and
+//!   whose tail arrives after an agent restart has the tail returned as a separate record.
+//! - Continuation lines are folded into their entry within one poll, or as a `continued=true`
+//!   follow-up record when they arrive later; after a restart they become plain records.
 
 mod clickhouse;
 mod file;
@@ -109,6 +124,7 @@ const POLL_BYTE_BUDGET: u64 = 32 * 1024 * 1024;
 
 pub struct Tailer {
     globs: Vec<String>,
+    patterns: Vec<glob::Pattern>,
     max_line_bytes: usize,
     read_from: ReadFrom,
     tuning: TailerTuning,
@@ -143,12 +159,13 @@ impl Tailer {
         cursor: Option<TailCursor>,
         tuning: TailerTuning,
     ) -> Result<Self, TailError> {
+        let mut patterns = Vec::new();
         let mut name_patterns = Vec::new();
         for g in &opts.globs {
-            glob::Pattern::new(g).map_err(|e| TailError::Glob {
+            patterns.push(glob::Pattern::new(g).map_err(|e| TailError::Glob {
                 glob: g.clone(),
                 message: e.to_string(),
-            })?;
+            })?);
             let name = Path::new(g)
                 .file_name()
                 .map(|n| n.to_string_lossy().into_owned())
@@ -172,6 +189,7 @@ impl Tailer {
         let now = Instant::now();
         let mut tailer = Self {
             globs: opts.globs,
+            patterns,
             max_line_bytes: if opts.max_line_bytes == 0 {
                 DEFAULT_MAX_LINE_BYTES
             } else {
@@ -315,9 +333,7 @@ impl Tailer {
     }
 
     fn matches(&self, path: &Path) -> bool {
-        self.globs
-            .iter()
-            .any(|g| glob::Pattern::new(g).is_ok_and(|p| p.matches_path(path)))
+        self.patterns.iter().any(|p| p.matches_path(path))
     }
 
     fn rescan(&mut self, now: Instant) {
