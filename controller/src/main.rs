@@ -234,7 +234,9 @@ async fn main() -> anyhow::Result<()> {
                 cfg.data_dir = PathBuf::from("medic-local-data");
             }
             let mut log = cli.run.log.clone();
-            log.log_file.get_or_insert_with(|| std::path::absolute(&cfg.data_dir).unwrap_or(cfg.data_dir.clone()).join("controller.log"));
+            log.log_file.get_or_insert_with(|| {
+                std::path::absolute(&cfg.data_dir).unwrap_or(cfg.data_dir.clone()).join("controller.log")
+            });
             init_logging(&log)?;
             run_local(cfg, local).await
         }

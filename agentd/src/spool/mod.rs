@@ -38,11 +38,7 @@ pub struct SpoolOptions {
 
 impl Default for SpoolOptions {
     fn default() -> Self {
-        Self {
-            max_bytes: 256 << 20,
-            segment_bytes: 8 << 20,
-            fsync: true,
-        }
+        Self { max_bytes: 256 << 20, segment_bytes: 8 << 20, fsync: true }
     }
 }
 
@@ -83,10 +79,7 @@ impl SpoolError {
 }
 
 fn io_err(path: &Path) -> impl FnOnce(io::Error) -> SpoolError + '_ {
-    move |source| SpoolError::Io {
-        path: path.display().to_string(),
-        source,
-    }
+    move |source| SpoolError::Io { path: path.display().to_string(), source }
 }
 
 const SEG_SUFFIX: &str = ".seg";
@@ -153,11 +146,7 @@ pub struct Spool {
 
 impl std::fmt::Debug for Spool {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Spool")
-            .field("dir", &self.dir)
-            .field("id", &self.id)
-            .field("stats", &self.stats())
-            .finish()
+        f.debug_struct("Spool").field("dir", &self.dir).field("id", &self.id).field("stats", &self.stats()).finish()
     }
 }
 
@@ -177,33 +166,20 @@ impl Spool {
         for (i, (base, path)) in found.iter().enumerate() {
             let upper = found.get(i + 1).map_or(u64::MAX, |n| n.0);
             let is_last = i + 1 == found.len();
-            let file = OpenOptions::new()
-                .read(true)
-                .write(true)
-                .open(path)
-                .map_err(io_err(path))?;
+            let file = OpenOptions::new().read(true).write(true).open(path).map_err(io_err(path))?;
             let scan = segment::scan(&file, *base, upper).map_err(io_err(path))?;
             corrupt_found += repair(&file, path, &scan).map_err(io_err(path))?;
             if scan.index.is_empty() && !is_last {
                 fs::remove_file(path).map_err(io_err(path))?;
                 continue;
             }
-            segments.push_back(Segment {
-                base: *base,
-                path: path.clone(),
-                index: scan.index,
-                end: scan.valid_end,
-            });
+            segments.push_back(Segment { base: *base, path: path.clone(), index: scan.index, end: scan.valid_end });
             if is_last {
                 last_file = Some(file);
             }
         }
 
-        let last_valid = segments
-            .iter()
-            .rev()
-            .find_map(|s| s.index.last_seq())
-            .unwrap_or(0);
+        let last_valid = segments.iter().rev().find_map(|s| s.index.last_seq()).unwrap_or(0);
         let mut next_seq = last_valid.saturating_add(1);
         if let Some(s) = segments.back() {
             next_seq = next_seq.max(s.base);
@@ -215,9 +191,7 @@ impl Spool {
 
         // Appending to the last segment is only valid if it continues exactly at next_seq;
         // otherwise (state is ahead, e.g. segments were lost) start a segment named after it.
-        let reuse = segments
-            .back()
-            .is_some_and(|s| s.index.last_seq().map_or(s.base, |l| l + 1) == next_seq);
+        let reuse = segments.back().is_some_and(|s| s.index.last_seq().map_or(s.base, |l| l + 1) == next_seq);
         let active = match (reuse, last_file) {
             (true, Some(f)) => f,
             _ => {
@@ -245,11 +219,7 @@ impl Spool {
             next_seq,
             bytes,
             dropped_total: saved.map_or(0, |s| s.dropped_total),
-            corrupt_total: Cell::new(
-                saved
-                    .map_or(0, |s| s.corrupt_total)
-                    .saturating_add(corrupt_found),
-            ),
+            corrupt_total: Cell::new(saved.map_or(0, |s| s.corrupt_total).saturating_add(corrupt_found)),
             read_bad: RefCell::new(Vec::new()),
             scratch: Vec::new(),
             _lock: lock,
@@ -274,15 +244,10 @@ impl Spool {
     pub fn append(&mut self, payload: &[u8]) -> Result<u64, SpoolError> {
         let rec_len = (HEADER_LEN as u64).saturating_add(payload.len() as u64);
         if payload.len() > u32::MAX as usize || rec_len > self.opts.max_bytes {
-            return Err(SpoolError::TooLarge {
-                len: payload.len(),
-                max: self.opts.max_bytes,
-            });
+            return Err(SpoolError::TooLarge { len: payload.len(), max: self.opts.max_bytes });
         }
         if self.next_seq == u64::MAX {
-            return Err(SpoolError::SeqExhausted {
-                path: self.dir.display().to_string(),
-            });
+            return Err(SpoolError::SeqExhausted { path: self.dir.display().to_string() });
         }
         let active_end = self.active_seg().end;
         if self.poisoned || (active_end > 0 && active_end + rec_len > self.opts.segment_bytes) {
@@ -334,10 +299,7 @@ impl Spool {
         if max_records == 0 || from >= self.next_seq {
             return Ok(out);
         }
-        let start = self
-            .segments
-            .partition_point(|s| s.base <= from)
-            .saturating_sub(1);
+        let start = self.segments.partition_point(|s| s.base <= from).saturating_sub(1);
         let mut count = 0usize;
         let mut bytes = 0usize;
         for (i, seg) in self.segments.iter().enumerate().skip(start) {
@@ -390,11 +352,7 @@ impl Spool {
     pub fn stats(&self) -> SpoolStats {
         SpoolStats {
             bytes: self.bytes,
-            batches: self
-                .segments
-                .iter()
-                .map(|s| s.index.count_above(self.acked))
-                .sum(),
+            batches: self.segments.iter().map(|s| s.index.count_above(self.acked)).sum(),
             acked_seq: self.acked,
             next_seq: self.next_seq,
             dropped_batches_total: self.dropped_total,
@@ -408,15 +366,11 @@ impl Spool {
 
     fn active_seg(&self) -> &Segment {
         // `segments` is never empty after open; this only guards the invariant without panicking.
-        self.segments
-            .back()
-            .unwrap_or_else(|| unreachable!("spool has no active segment"))
+        self.segments.back().unwrap_or_else(|| unreachable!("spool has no active segment"))
     }
 
     fn active_seg_mut(&mut self) -> &mut Segment {
-        self.segments
-            .back_mut()
-            .unwrap_or_else(|| unreachable!("spool has no active segment"))
+        self.segments.back_mut().unwrap_or_else(|| unreachable!("spool has no active segment"))
     }
 
     fn state(&self) -> State {
@@ -437,25 +391,19 @@ impl Spool {
             match fault {
                 Fault::ShortWrite(n) | Fault::ShortWriteNoTruncate(n) => {
                     let n = n.min(self.scratch.len());
-                    self.active
-                        .write_all_at(&self.scratch[..n], off)
-                        .map_err(|e| (e, false))?;
+                    self.active.write_all_at(&self.scratch[..n], off).map_err(|e| (e, false))?;
                     if matches!(fault, Fault::ShortWriteNoTruncate(_)) {
                         self.fault = Some(fault);
                     }
                     return Err((enospc(), false));
                 }
                 Fault::SyncFail => {
-                    self.active
-                        .write_all_at(&self.scratch, off)
-                        .map_err(|e| (e, false))?;
+                    self.active.write_all_at(&self.scratch, off).map_err(|e| (e, false))?;
                     return Err((io::Error::from_raw_os_error(libc::EIO), true));
                 }
             }
         }
-        self.active
-            .write_all_at(&self.scratch, off)
-            .map_err(|e| (e, false))?;
+        self.active.write_all_at(&self.scratch, off).map_err(|e| (e, false))?;
         if self.opts.fsync {
             self.active.sync_data().map_err(|e| (e, true))?;
         }
@@ -468,11 +416,7 @@ impl Spool {
         let skip = matches!(self.fault.take(), Some(Fault::ShortWriteNoTruncate(_)));
         #[cfg(not(test))]
         let skip = false;
-        let truncated = if skip {
-            Err(io::Error::other("injected"))
-        } else {
-            self.active.set_len(off)
-        };
+        let truncated = if skip { Err(io::Error::other("injected")) } else { self.active.set_len(off) };
         if let Err(e) = &truncated {
             // Leftover bytes past `end` are harmless: the next append overwrites them or, on
             // reopen, recovery treats them as a torn tail. Their seq is reused in a new segment,
@@ -594,17 +538,10 @@ impl Spool {
 
 fn acquire_lock(dir: &Path) -> Result<File, SpoolError> {
     let path = dir.join(LOCK_FILE);
-    let file = OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&path)
-        .map_err(io_err(&path))?;
+    let file = OpenOptions::new().create(true).truncate(false).write(true).open(&path).map_err(io_err(&path))?;
     match file.try_lock() {
         Ok(()) => Ok(file),
-        Err(fs::TryLockError::WouldBlock) => Err(SpoolError::Locked {
-            path: dir.display().to_string(),
-        }),
+        Err(fs::TryLockError::WouldBlock) => Err(SpoolError::Locked { path: dir.display().to_string() }),
         Err(fs::TryLockError::Error(e)) => Err(io_err(&path)(e)),
     }
 }
@@ -672,25 +609,12 @@ fn repair(file: &File, path: &Path, scan: &segment::Scan) -> io::Result<u64> {
 /// if every record before it is acked and deleted.
 fn create_segment(dir: &Path, base: u64) -> Result<(Segment, File), SpoolError> {
     let path = dir.join(seg_name(base));
-    let file = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create_new(true)
-        .open(&path)
-        .map_err(io_err(&path))?;
+    let file = OpenOptions::new().read(true).write(true).create_new(true).open(&path).map_err(io_err(&path))?;
     if let Err(e) = state::sync_dir(dir) {
         let _ = fs::remove_file(&path);
         return Err(io_err(dir)(e));
     }
-    Ok((
-        Segment {
-            base,
-            path,
-            index: SegIndex::default(),
-            end: 0,
-        },
-        file,
-    ))
+    Ok((Segment { base, path, index: SegIndex::default(), end: 0 }, file))
 }
 
 fn remove_if_exists(path: &Path) -> io::Result<()> {

@@ -103,10 +103,7 @@ impl SegIndex {
             return self.present as u64;
         }
         let from = (seq - self.first + 1).min(self.offsets.len() as u64) as usize;
-        self.offsets[from..]
-            .iter()
-            .filter(|&&o| o != MISSING)
-            .count() as u64
+        self.offsets[from..].iter().filter(|&&o| o != MISSING).count() as u64
     }
 
     /// Present records with seq >= `seq`, in order, as (seq, offset).
@@ -139,11 +136,7 @@ impl SegIndex {
     /// when nothing (or only garbage) lies between them.
     pub fn next_offset_after(&self, seq: u64) -> Option<u64> {
         let i = seq.checked_sub(self.first)? as usize + 1;
-        self.offsets
-            .get(i..)?
-            .iter()
-            .find(|&&o| o != MISSING)
-            .map(|&o| o as u64)
+        self.offsets.get(i..)?.iter().find(|&&o| o != MISSING).map(|&o| o as u64)
     }
 }
 
@@ -157,12 +150,7 @@ struct Window<'a> {
 
 impl<'a> Window<'a> {
     fn new(file: &'a File, file_len: u64) -> Self {
-        Self {
-            file,
-            file_len,
-            buf: Vec::new(),
-            start: 0,
-        }
+        Self { file, file_len, buf: Vec::new(), start: 0 }
     }
 
     /// Up to `n` (≤ WINDOW) bytes at `off`; shorter only at end of file.
@@ -175,10 +163,7 @@ impl<'a> Window<'a> {
             self.buf.resize(len, 0);
             let mut filled = 0;
             while filled < len {
-                match self
-                    .file
-                    .read_at(&mut self.buf[filled..], off + filled as u64)
-                {
+                match self.file.read_at(&mut self.buf[filled..], off + filled as u64) {
                     Ok(0) => break,
                     Ok(k) => filled += k,
                     Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
@@ -266,10 +251,7 @@ impl Scan {
 pub(crate) fn scan(file: &File, base: u64, upper: u64) -> io::Result<Scan> {
     let file_len = file.metadata()?.len();
     let mut w = Window::new(file, file_len);
-    let mut out = Scan {
-        file_len,
-        ..Scan::default()
-    };
+    let mut out = Scan { file_len, ..Scan::default() };
     let mut off = 0u64;
     let mut expected = base;
     let mut bad_start: Option<u64> = None;
@@ -292,11 +274,7 @@ pub(crate) fn scan(file: &File, base: u64, upper: u64) -> io::Result<Scan> {
         match accepted {
             Some(h) => {
                 if let Some(start) = bad_start.take() {
-                    let lost = if h.seq == PAD_SEQ {
-                        1
-                    } else {
-                        (h.seq - expected).max(1)
-                    };
+                    let lost = if h.seq == PAD_SEQ { 1 } else { (h.seq - expected).max(1) };
                     out.bad_regions.push((start, off, lost));
                 }
                 if h.seq != PAD_SEQ {

@@ -42,12 +42,7 @@ impl State {
             return None;
         }
         let u = |i: usize| u64::from_le_bytes(b[i..i + 8].try_into().unwrap_or([0; 8]));
-        Some(Self {
-            acked: u(4),
-            next_seq: u(12),
-            dropped_total: u(20),
-            corrupt_total: u(28),
-        })
+        Some(Self { acked: u(4), next_seq: u(12), dropped_total: u(20), corrupt_total: u(28) })
     }
 
     /// `Ok(None)` when absent or unreadable garbage: the caller recovers from segments instead.
@@ -129,12 +124,7 @@ mod tests {
 
     #[test]
     fn spool_state_roundtrip_and_garbage() {
-        let s = State {
-            acked: 5,
-            next_seq: 9,
-            dropped_total: 2,
-            corrupt_total: 1,
-        };
+        let s = State { acked: 5, next_seq: 9, dropped_total: 2, corrupt_total: 1 };
         let b = s.encode();
         assert_eq!(State::decode(&b), Some(s));
         for i in 0..b.len() {

@@ -4,11 +4,7 @@ use std::io::{BufRead, Write};
 use std::time::{Duration, Instant};
 
 fn opts(segment_bytes: u64, max_bytes: u64) -> SpoolOptions {
-    SpoolOptions {
-        max_bytes,
-        segment_bytes,
-        fsync: false,
-    }
+    SpoolOptions { max_bytes, segment_bytes, fsync: false }
 }
 
 /// Deterministic payload so readers can verify content from the seq alone.
@@ -71,15 +67,7 @@ fn spool_seqs_start_at_one_and_continue_across_reopen() {
     assert_eq!(sp.append(b"x").unwrap(), 4);
     assert_eq!(seqs(&all(&sp)), vec![1, 2, 3, 4]);
     let st = sp.stats();
-    assert_eq!(
-        (
-            st.batches,
-            st.acked_seq,
-            st.next_seq,
-            st.corrupt_records_total
-        ),
-        (4, 0, 5, 0)
-    );
+    assert_eq!((st.batches, st.acked_seq, st.next_seq, st.corrupt_records_total), (4, 0, 5, 0));
 }
 
 #[test]
@@ -136,13 +124,7 @@ fn spool_ack_deletes_acked_segments_and_survives_reopen() {
         sp.ack(5).unwrap(); // below the watermark: no-op
         assert_eq!(sp.stats().acked_seq, 7);
         assert_eq!(seqs(&all(&sp)), (8..=30).collect::<Vec<_>>());
-        assert_eq!(
-            sp.stats().bytes,
-            (seg_files(dir)
-                .iter()
-                .map(|p| fs::metadata(p).unwrap().len()))
-            .sum::<u64>()
-        );
+        assert_eq!(sp.stats().bytes, (seg_files(dir).iter().map(|p| fs::metadata(p).unwrap().len())).sum::<u64>());
     }
     let mut sp = Spool::open(dir, opts(300, 1 << 20)).unwrap();
     assert_eq!(sp.stats().acked_seq, 7);
@@ -224,14 +206,7 @@ fn spool_last_record() {
 
 /// Appends 1..=n (payload len 40) in one segment, closes, and returns the segment path.
 fn spool_with(dir: &Path, n: u64) -> PathBuf {
-    let mut sp = Spool::open(
-        dir,
-        SpoolOptions {
-            fsync: true,
-            ..SpoolOptions::default()
-        },
-    )
-    .unwrap();
+    let mut sp = Spool::open(dir, SpoolOptions { fsync: true, ..SpoolOptions::default() }).unwrap();
     append_n(&mut sp, n, 40);
     let files = seg_files(dir);
     assert_eq!(files.len(), 1);
@@ -245,12 +220,7 @@ fn reopen_expect(dir: &Path, expect: &[u64], corrupt: u64) -> Spool {
     let recs = all(&sp);
     assert_eq!(seqs(&recs), expect);
     check_payloads(&recs, 40);
-    assert_eq!(
-        sp.stats().corrupt_records_total,
-        corrupt,
-        "{:?}",
-        sp.stats()
-    );
+    assert_eq!(sp.stats().corrupt_records_total, corrupt, "{:?}", sp.stats());
     sp
 }
 
@@ -287,12 +257,7 @@ fn spool_torn_tail_of_zeros_or_garbage_is_truncated() {
     bad_crc[50] ^= 1;
     // A plausible header claiming more bytes than the file has.
     partial.truncate(60);
-    let tails: Vec<Vec<u8>> = vec![
-        vec![0; 4096],
-        (0..3000).map(|_| rng.random()).collect(),
-        partial,
-        bad_crc,
-    ];
+    let tails: Vec<Vec<u8>> = vec![vec![0; 4096], (0..3000).map(|_| rng.random()).collect(), partial, bad_crc];
     for tail in &tails {
         let tmp = tempfile::tempdir().unwrap();
         let seg = spool_with(tmp.path(), 3);
@@ -394,16 +359,7 @@ fn spool_rejects_too_large_payload() {
     let tmp = tempfile::tempdir().unwrap();
     let mut sp = Spool::open(tmp.path(), opts(1000, 1000)).unwrap();
     let err = sp.append(&[0; 1000]).unwrap_err();
-    assert!(
-        matches!(
-            err,
-            SpoolError::TooLarge {
-                len: 1000,
-                max: 1000
-            }
-        ),
-        "{err}"
-    );
+    assert!(matches!(err, SpoolError::TooLarge { len: 1000, max: 1000 }), "{err}");
     assert!(err.to_string().contains("too large"));
     assert_eq!(sp.append(&[0; 1000 - HEADER_LEN]).unwrap(), 1);
     assert_eq!(sp.append(b"ok").unwrap(), 2);
@@ -415,14 +371,7 @@ fn spool_io_failure_on_append_leaves_it_usable() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
     {
-        let mut sp = Spool::open(
-            dir,
-            SpoolOptions {
-                segment_bytes: 1000,
-                ..SpoolOptions::default()
-            },
-        )
-        .unwrap();
+        let mut sp = Spool::open(dir, SpoolOptions { segment_bytes: 1000, ..SpoolOptions::default() }).unwrap();
         append_n(&mut sp, 3, 40);
 
         sp.fault = Some(Fault::ShortWrite(30));
@@ -436,11 +385,7 @@ fn spool_io_failure_on_append_leaves_it_usable() {
         assert!(sp.append(&payload(5, 40)).is_err());
         let segs = seg_files(dir).len();
         append_n(&mut sp, 1, 40);
-        assert_eq!(
-            seg_files(dir).len(),
-            segs + 1,
-            "fsync failure: new file, not the suspect fd"
-        );
+        assert_eq!(seg_files(dir).len(), segs + 1, "fsync failure: new file, not the suspect fd");
 
         sp.fault = Some(Fault::ShortWriteNoTruncate(50));
         assert!(sp.append(&payload(6, 40)).is_err());
@@ -583,11 +528,7 @@ fn spool_crash_child() {
         return;
     };
     let fsync = std::env::var("MEDIC_SPOOL_CRASH_FSYNC").is_ok_and(|v| v == "1");
-    let o = SpoolOptions {
-        max_bytes: 64 << 20,
-        segment_bytes: 16 << 10,
-        fsync,
-    };
+    let o = SpoolOptions { max_bytes: 64 << 20, segment_bytes: 16 << 10, fsync };
     let mut sp = Spool::open(Path::new(&dir), o).unwrap();
     let mut out = std::io::stdout().lock();
     loop {
@@ -615,36 +556,22 @@ fn spool_survives_sigkill() {
     let mut corrupt = 0;
     for iter in 0..30 {
         let mut child = std::process::Command::new(&exe)
-            .args([
-                "spool::tests::spool_crash_child",
-                "--exact",
-                "--nocapture",
-                "--test-threads=1",
-            ])
+            .args(["spool::tests::spool_crash_child", "--exact", "--nocapture", "--test-threads=1"])
             .env(CRASH_ENV, dir)
-            .env(
-                "MEDIC_SPOOL_CRASH_FSYNC",
-                if iter % 2 == 0 { "1" } else { "0" },
-            )
+            .env("MEDIC_SPOOL_CRASH_FSYNC", if iter % 2 == 0 { "1" } else { "0" })
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::null())
             .spawn()
             .unwrap();
         let stdout = child.stdout.take().unwrap();
         let reader = std::thread::spawn(move || {
-            std::io::BufReader::new(stdout)
-                .lines()
-                .map_while(Result::ok)
-                .collect::<Vec<_>>()
+            std::io::BufReader::new(stdout).lines().map_while(Result::ok).collect::<Vec<_>>()
         });
         std::thread::sleep(Duration::from_millis(rng.random_range(40..200)));
         child.kill().unwrap(); // SIGKILL
         child.wait().unwrap();
         let lines = reader.join().unwrap();
-        let printed: Vec<u64> = lines
-            .iter()
-            .filter_map(|l| l.strip_prefix("SEQ ")?.parse().ok())
-            .collect();
+        let printed: Vec<u64> = lines.iter().filter_map(|l| l.strip_prefix("SEQ ")?.parse().ok()).collect();
         total += printed.len();
 
         let sp = Spool::open(dir, SpoolOptions::default()).unwrap();
@@ -652,18 +579,11 @@ fn spool_survives_sigkill() {
         let recs = all(&sp);
         assert!(recs.windows(2).all(|w| w[0].0 < w[1].0));
         for (seq, p) in &recs {
-            assert_eq!(
-                p,
-                &payload(*seq, 50 + (seq % 300) as usize),
-                "iter {iter} seq {seq}"
-            );
+            assert_eq!(p, &payload(*seq, 50 + (seq % 300) as usize), "iter {iter} seq {seq}");
         }
         let on_disk: std::collections::HashSet<u64> = recs.iter().map(|r| r.0).collect();
         for &s in &printed {
-            assert!(
-                s > max_seen,
-                "iter {iter}: seq {s} reused (previous max {max_seen})"
-            );
+            assert!(s > max_seen, "iter {iter}: seq {s} reused (previous max {max_seen})");
             if !(s <= acked || on_disk.contains(&s)) {
                 let tail: Vec<_> = lines.iter().rev().take(10).collect();
                 let files: Vec<_> = fs::read_dir(dir)
@@ -680,9 +600,7 @@ fn spool_survives_sigkill() {
                 );
             }
         }
-        max_seen = max_seen
-            .max(printed.last().copied().unwrap_or(0))
-            .max(sp.stats().next_seq - 1);
+        max_seen = max_seen.max(printed.last().copied().unwrap_or(0)).max(sp.stats().next_seq - 1);
         corrupt = sp.stats().corrupt_records_total;
     }
     assert!(total > 100, "child appended only {total} records");
@@ -693,21 +611,11 @@ fn spool_survives_sigkill() {
 /// Prints append throughput; run with `cargo test --release -p agentd spool_append_throughput -- --nocapture`.
 #[test]
 fn spool_append_throughput() {
-    for (fsync, size, budget) in [
-        (false, 1024, 20_000),
-        (false, 64 << 10, 2_000),
-        (true, 1024, 2_000),
-        (true, 64 << 10, 500),
-    ] {
+    for (fsync, size, budget) in
+        [(false, 1024, 20_000), (false, 64 << 10, 2_000), (true, 1024, 2_000), (true, 64 << 10, 500)]
+    {
         let tmp = tempfile::tempdir().unwrap();
-        let mut sp = Spool::open(
-            tmp.path(),
-            SpoolOptions {
-                fsync,
-                ..SpoolOptions::default()
-            },
-        )
-        .unwrap();
+        let mut sp = Spool::open(tmp.path(), SpoolOptions { fsync, ..SpoolOptions::default() }).unwrap();
         let data = payload(0, size);
         let start = Instant::now();
         let mut n = 0u64;
@@ -731,10 +639,7 @@ fn spool_append_throughput() {
             read += 1;
         }
         let secs = start.elapsed().as_secs_f64();
-        println!(
-            "  read_after back: {:.1} MB/s ({read} calls)",
-            (n * size as u64) as f64 / secs / 1e6
-        );
+        println!("  read_after back: {:.1} MB/s ({read} calls)", (n * size as u64) as f64 / secs / 1e6);
         drop(sp);
         let start = Instant::now();
         let sp = Spool::open(tmp.path(), SpoolOptions::default()).unwrap();
@@ -769,14 +674,7 @@ fn spool_real_disk_full() {
     }
     let _guard = Umount(mnt);
     let dir = mnt.join("spool");
-    let mut sp = Spool::open(
-        &dir,
-        SpoolOptions {
-            segment_bytes: 64 << 10,
-            ..SpoolOptions::default()
-        },
-    )
-    .unwrap();
+    let mut sp = Spool::open(&dir, SpoolOptions { segment_bytes: 64 << 10, ..SpoolOptions::default() }).unwrap();
     fs::write(mnt.join("filler"), vec![1u8; 300 << 10]).unwrap();
     let mut ok_seqs = Vec::new();
     let err = loop {

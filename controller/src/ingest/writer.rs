@@ -19,7 +19,13 @@ pub type Outbound = mpsc::Sender<Result<ControllerMessage, Status>>;
 
 pub enum Job {
     /// A (re)connecting agent: adopt its spool incarnation and say what is already stored.
-    Hello { node: String, spool_id: String, labels: Vec<(String, String)>, agent_version: String, reply: oneshot::Sender<u64> },
+    Hello {
+        node: String,
+        spool_id: String,
+        labels: Vec<(String, String)>,
+        agent_version: String,
+        reply: oneshot::Sender<u64>,
+    },
     /// One batch to store; the ack goes straight to the session's outbound stream.
     Batch { node: String, spool_id: String, batch: Arc<Batch>, received: Instant, outbound: Outbound },
 }
@@ -137,10 +143,8 @@ impl Writer {
             }
         }
         set.nodes = touched.values().cloned().collect();
-        let (samples, logs): (u64, u64) = set
-            .batches
-            .iter()
-            .fold((0, 0), |(s, l), (_, b)| (s + b.samples.len() as u64, l + b.logs.len() as u64));
+        let (samples, logs): (u64, u64) =
+            set.batches.iter().fold((0, 0), |(s, l), (_, b)| (s + b.samples.len() as u64, l + b.logs.len() as u64));
         let stored_batches = set.batches.len() as u64;
 
         self.write_until_stored(set).await;
@@ -246,10 +250,15 @@ mod tests {
 
     fn harness(fail: usize) -> Harness {
         let dir = tempfile::tempdir().unwrap();
-        let store = Arc::new(Flaky { inner: EmbeddedStore::open(dir.path()).unwrap(), fail: AtomicUsize::new(fail), writes: AtomicUsize::new(0) });
+        let store = Arc::new(Flaky {
+            inner: EmbeddedStore::open(dir.path()).unwrap(),
+            fail: AtomicUsize::new(fail),
+            writes: AtomicUsize::new(0),
+        });
         let nodes = NodeTable::default();
         let (jobs, rx) = mpsc::channel(64);
-        let writer = Writer::new(store.clone(), nodes.clone(), Arc::new(Metrics::new("test")), WriterOptions::default());
+        let writer =
+            Writer::new(store.clone(), nodes.clone(), Arc::new(Metrics::new("test")), WriterOptions::default());
         tokio::spawn(writer.run(rx));
         Harness { jobs, nodes, store, _dir: dir }
     }
@@ -257,7 +266,13 @@ mod tests {
     impl Harness {
         async fn hello(&self, node: &str, spool: &str) -> u64 {
             let (reply, rx) = oneshot::channel();
-            let job = Job::Hello { node: node.into(), spool_id: spool.into(), labels: vec![], agent_version: "t".into(), reply };
+            let job = Job::Hello {
+                node: node.into(),
+                spool_id: spool.into(),
+                labels: vec![],
+                agent_version: "t".into(),
+                reply,
+            };
             self.jobs.send(job).await.unwrap();
             rx.await.unwrap()
         }
@@ -265,9 +280,15 @@ mod tests {
         /// Sends a batch with one sample and returns the ack.
         async fn batch(&self, node: &str, spool: &str, seq: u64) -> u64 {
             let (tx, mut rx) = mpsc::channel(4);
-            let sample = medic_proto::v1::Sample { metric: "m".into(), timestamp_ms: now_ms(), value: seq as f64, ..Default::default() };
+            let sample = medic_proto::v1::Sample {
+                metric: "m".into(),
+                timestamp_ms: now_ms(),
+                value: seq as f64,
+                ..Default::default()
+            };
             let batch = Arc::new(Batch { seq, samples: vec![sample], ..Default::default() });
-            let job = Job::Batch { node: node.into(), spool_id: spool.into(), batch, received: Instant::now(), outbound: tx };
+            let job =
+                Job::Batch { node: node.into(), spool_id: spool.into(), batch, received: Instant::now(), outbound: tx };
             self.jobs.send(job).await.unwrap();
             match rx.recv().await.unwrap().unwrap().msg {
                 Some(Msg::Ack(a)) => a.seq,
@@ -320,7 +341,13 @@ mod tests {
         h.hello("n", "old").await;
         h.hello("n", "new").await;
         let (tx, mut rx) = mpsc::channel(4);
-        let job = Job::Batch { node: "n".into(), spool_id: "old".into(), batch: Arc::new(Batch { seq: 1, ..Default::default() }), received: Instant::now(), outbound: tx };
+        let job = Job::Batch {
+            node: "n".into(),
+            spool_id: "old".into(),
+            batch: Arc::new(Batch { seq: 1, ..Default::default() }),
+            received: Instant::now(),
+            outbound: tx,
+        };
         h.jobs.send(job).await.unwrap();
         let status = rx.recv().await.unwrap().unwrap_err();
         assert_eq!(status.code(), tonic::Code::Aborted);
@@ -345,8 +372,19 @@ mod tests {
             let nodes = NodeTable::default();
             nodes.load(store.load_nodes().await.unwrap());
             let (jobs, rx) = mpsc::channel(8);
-            let task = tokio::spawn(Writer::new(store, nodes.clone(), Arc::new(Metrics::new("t")), WriterOptions::default()).run(rx));
-            let h = Harness { jobs, nodes, store: Arc::new(Flaky { inner: EmbeddedStore::open(&dir.path().join("unused")).unwrap(), fail: AtomicUsize::new(0), writes: AtomicUsize::new(0) }), _dir: tempfile::tempdir().unwrap() };
+            let task = tokio::spawn(
+                Writer::new(store, nodes.clone(), Arc::new(Metrics::new("t")), WriterOptions::default()).run(rx),
+            );
+            let h = Harness {
+                jobs,
+                nodes,
+                store: Arc::new(Flaky {
+                    inner: EmbeddedStore::open(&dir.path().join("unused")).unwrap(),
+                    fail: AtomicUsize::new(0),
+                    writes: AtomicUsize::new(0),
+                }),
+                _dir: tempfile::tempdir().unwrap(),
+            };
             assert_eq!(h.hello("n", "s").await, round * 2);
             // Round 1 replays seq 1..=2 (as an agent would after a controller crash) then sends 3..=4.
             for seq in 1..=2 * (round + 1) {

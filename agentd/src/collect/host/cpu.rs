@@ -10,9 +10,7 @@ use std::path::PathBuf;
 
 /// Column order of the per-CPU lines. Older kernels print fewer columns (steal appeared in
 /// 2.6.11); guest time is already included in user/nice, so it is not reported again.
-const MODES: [&str; 8] = [
-    "user", "nice", "system", "idle", "iowait", "irq", "softirq", "steal",
-];
+const MODES: [&str; 8] = ["user", "nice", "system", "idle", "iowait", "irq", "softirq", "steal"];
 
 pub struct CpuCollector {
     path: PathBuf,
@@ -26,11 +24,7 @@ impl CpuCollector {
     }
 
     fn with_user_hz(paths: &HostPaths, user_hz: f64) -> Self {
-        Self {
-            path: paths.proc_root.join("stat"),
-            buf: FileBuf::default(),
-            user_hz,
-        }
+        Self { path: paths.proc_root.join("stat"), buf: FileBuf::default(), user_hz }
     }
 }
 
@@ -91,11 +85,7 @@ impl Collector for CpuCollector {
                 let make = if is_counter { counter } else { gauge };
                 out.push(make(metric, &[], now_ms, v as f64));
             }
-            if saw_cpu {
-                Ok(())
-            } else {
-                Err(parse_error(&self.path, "no per-CPU lines"))
-            }
+            if saw_cpu { Ok(()) } else { Err(parse_error(&self.path, "no per-CPU lines")) }
         })
     }
 }
@@ -168,20 +158,14 @@ softirq 468812 0 112019 19 8012 0 0 9 168478 0 180275
 
     #[test]
     fn malformed_cpu_and_scalar_lines_are_skipped() {
-        let out = collect(
-            "cpu0 100 0 100 100 0 0 0 0\ncpu1 garbage\ncpuX 1 2 3 4\nctxt notanumber\nbtime\n",
-        )
-        .unwrap();
+        let out = collect("cpu0 100 0 100 100 0 0 0 0\ncpu1 garbage\ncpuX 1 2 3 4\nctxt notanumber\nbtime\n").unwrap();
         assert_eq!(out.len(), 8, "only cpu0's modes: {out:?}");
         assert!(out.iter().all(|l| l.contains(r#"cpu="0""#)));
     }
 
     #[test]
     fn a_file_without_cpu_lines_is_an_error() {
-        assert!(matches!(
-            collect("ctxt 5\n"),
-            Err(CollectError::Parse { .. })
-        ));
+        assert!(matches!(collect("ctxt 5\n"), Err(CollectError::Parse { .. })));
         assert!(matches!(collect(""), Err(CollectError::Parse { .. })));
     }
 
@@ -189,9 +173,7 @@ softirq 468812 0 112019 19 8012 0 0 9 168478 0 180275
     fn a_missing_file_is_an_error() {
         let host = FakeHost::new();
         let mut out = Vec::new();
-        let err = CpuCollector::new(&host.paths)
-            .collect(0, &mut out)
-            .unwrap_err();
+        let err = CpuCollector::new(&host.paths).collect(0, &mut out).unwrap_err();
         assert!(matches!(err, CollectError::Io { .. }));
         assert!(out.is_empty());
     }

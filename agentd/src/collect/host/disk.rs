@@ -19,10 +19,7 @@ pub struct DiskCollector {
 
 impl DiskCollector {
     pub fn new(paths: &HostPaths) -> Self {
-        Self {
-            path: paths.proc_root.join("diskstats"),
-            buf: FileBuf::default(),
-        }
+        Self { path: paths.proc_root.join("diskstats"), buf: FileBuf::default() }
     }
 }
 
@@ -96,29 +93,18 @@ impl Stats {
 }
 
 fn ignored_device(name: &str) -> bool {
-    ["ram", "zram", "loop", "fd"]
-        .iter()
-        .any(|p| name.strip_prefix(p).is_some_and(all_digits))
-        || is_partition(name)
+    ["ram", "zram", "loop", "fd"].iter().any(|p| name.strip_prefix(p).is_some_and(all_digits)) || is_partition(name)
 }
 
 /// Partitions of sd/hd/vd/xvd disks ("sda1"), NVMe ("nvme0n1p2") and MMC ("mmcblk0p1").
 /// Device-mapper and md devices are kept: they are what filesystems usually sit on.
 fn is_partition(name: &str) -> bool {
-    if let Some(rest) = ["sd", "hd", "vd", "xvd"]
-        .iter()
-        .find_map(|p| name.strip_prefix(p))
-    {
+    if let Some(rest) = ["sd", "hd", "vd", "xvd"].iter().find_map(|p| name.strip_prefix(p)) {
         let letters = rest.bytes().take_while(u8::is_ascii_lowercase).count();
         return letters > 0 && letters < rest.len() && all_digits(&rest[letters..]);
     }
-    if let Some(rest) = name
-        .strip_prefix("nvme")
-        .or_else(|| name.strip_prefix("mmcblk"))
-    {
-        return rest
-            .rsplit_once('p')
-            .is_some_and(|(disk, part)| !disk.is_empty() && all_digits(part));
+    if let Some(rest) = name.strip_prefix("nvme").or_else(|| name.strip_prefix("mmcblk")) {
+        return rest.rsplit_once('p').is_some_and(|(disk, part)| !disk.is_empty() && all_digits(part));
     }
     false
 }
@@ -147,30 +133,15 @@ impl Collector for DiskCollector {
             out.extend([
                 c("node_disk_reads_completed_total", s.reads as f64),
                 c("node_disk_reads_merged_total", s.reads_merged as f64),
-                c(
-                    "node_disk_read_bytes_total",
-                    s.sectors_read as f64 * SECTOR_BYTES,
-                ),
-                c(
-                    "node_disk_read_time_seconds_total",
-                    s.read_ms as f64 / 1000.0,
-                ),
+                c("node_disk_read_bytes_total", s.sectors_read as f64 * SECTOR_BYTES),
+                c("node_disk_read_time_seconds_total", s.read_ms as f64 / 1000.0),
                 c("node_disk_writes_completed_total", s.writes as f64),
                 c("node_disk_writes_merged_total", s.writes_merged as f64),
-                c(
-                    "node_disk_written_bytes_total",
-                    s.sectors_written as f64 * SECTOR_BYTES,
-                ),
-                c(
-                    "node_disk_write_time_seconds_total",
-                    s.write_ms as f64 / 1000.0,
-                ),
+                c("node_disk_written_bytes_total", s.sectors_written as f64 * SECTOR_BYTES),
+                c("node_disk_write_time_seconds_total", s.write_ms as f64 / 1000.0),
                 gauge("node_disk_io_now", &labels, now_ms, s.in_flight as f64),
                 c("node_disk_io_time_seconds_total", s.io_ms as f64 / 1000.0),
-                c(
-                    "node_disk_io_time_weighted_seconds_total",
-                    s.weighted_io_ms as f64 / 1000.0,
-                ),
+                c("node_disk_io_time_weighted_seconds_total", s.weighted_io_ms as f64 / 1000.0),
             ]);
         }
         Ok(())
@@ -199,15 +170,10 @@ mod tests {
         let host = FakeHost::new();
         host.proc_file("diskstats", DISKSTATS);
         let mut out = Vec::new();
-        DiskCollector::new(&host.paths)
-            .collect(7, &mut out)
-            .unwrap();
+        DiskCollector::new(&host.paths).collect(7, &mut out).unwrap();
         let out = render(&out);
-        let devices: Vec<&str> = out
-            .iter()
-            .filter(|l| l.contains("reads_completed"))
-            .map(|l| l.split('"').nth(1).unwrap())
-            .collect();
+        let devices: Vec<&str> =
+            out.iter().filter(|l| l.contains("reads_completed")).map(|l| l.split('"').nth(1).unwrap()).collect();
         assert_eq!(devices, ["vda", "nvme0n1", "dm-0"]);
         assert_eq!(
             out[..11],
@@ -230,20 +196,10 @@ mod tests {
 
     #[test]
     fn partition_names_follow_the_kernel_naming_schemes() {
-        for part in [
-            "sda1",
-            "sdaa12",
-            "xvda1",
-            "vdb3",
-            "hda2",
-            "nvme0n1p1",
-            "mmcblk0p2",
-        ] {
+        for part in ["sda1", "sdaa12", "xvda1", "vdb3", "hda2", "nvme0n1p1", "mmcblk0p2"] {
             assert!(is_partition(part), "{part}");
         }
-        for disk in [
-            "sda", "sdaa", "xvda", "nvme0n1", "nvme10n2", "mmcblk0", "dm-0", "md127",
-        ] {
+        for disk in ["sda", "sdaa", "xvda", "nvme0n1", "nvme10n2", "mmcblk0", "dm-0", "md127"] {
             assert!(!is_partition(disk), "{disk}");
         }
         for dev in ["loop0", "ram15", "zram0", "fd0"] {
@@ -256,9 +212,7 @@ mod tests {
     fn a_missing_file_is_an_error() {
         let host = FakeHost::new();
         let mut out = Vec::new();
-        let err = DiskCollector::new(&host.paths)
-            .collect(0, &mut out)
-            .unwrap_err();
+        let err = DiskCollector::new(&host.paths).collect(0, &mut out).unwrap_err();
         assert!(matches!(err, CollectError::Io { .. }));
     }
 }

@@ -45,17 +45,7 @@ const PSEUDO_FS: &[&str] = &[
 
 /// statvfs on these goes to a server and blocks uninterruptibly while it is unreachable. FUSE
 /// filesystems of any kind (see `may_block`) block the same way when their daemon hangs.
-const NETWORK_FS: &[&str] = &[
-    "nfs",
-    "nfs4",
-    "cifs",
-    "smb3",
-    "smbfs",
-    "ceph",
-    "glusterfs",
-    "9p",
-    "afs",
-];
+const NETWORK_FS: &[&str] = &["nfs", "nfs4", "cifs", "smb3", "smbfs", "ceph", "glusterfs", "9p", "afs"];
 
 fn may_block(fstype: &str) -> bool {
     NETWORK_FS.contains(&fstype) || fstype == "fuse" || fstype.starts_with("fuse.")
@@ -89,10 +79,7 @@ impl FilesystemCollector {
             rootfs.pop();
         }
         Self {
-            mounts_paths: [
-                paths.proc_root.join("1/mounts"),
-                paths.proc_root.join("self/mounts"),
-            ],
+            mounts_paths: [paths.proc_root.join("1/mounts"), paths.proc_root.join("self/mounts")],
             rootfs,
             statvfs_network,
             buf: FileBuf::default(),
@@ -138,9 +125,7 @@ fn unescape(field: &str) -> Cow<'_, str> {
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
     while i < bytes.len() {
-        let octal = bytes
-            .get(i + 1..i + 4)
-            .filter(|d| d.iter().all(|b| (b'0'..=b'7').contains(b)));
+        let octal = bytes.get(i + 1..i + 4).filter(|d| d.iter().all(|b| (b'0'..=b'7').contains(b)));
         match (bytes[i], octal) {
             (b'\\', Some(d)) => {
                 out.push((d[0] - b'0') * 64 + (d[1] - b'0') * 8 + (d[2] - b'0'));
@@ -161,23 +146,19 @@ impl Collector for FilesystemCollector {
     }
 
     fn collect(&mut self, now_ms: i64, out: &mut Vec<Sample>) -> Result<(), CollectError> {
-        let (statvfs_network, rootfs, cpath) =
-            (self.statvfs_network, &self.rootfs, &mut self.cpath);
+        let (statvfs_network, rootfs, cpath) = (self.statvfs_network, &self.rootfs, &mut self.cpath);
         all_or_nothing(out, |out| {
             let text = read_host_view(&mut self.buf, &self.mounts_paths)?;
             let mut seen_devices = HashSet::new();
             for line in text.lines() {
                 // "device mountpoint fstype options dump pass"
                 let mut f = line.split_ascii_whitespace();
-                let (Some(device), Some(mountpoint), Some(fstype)) = (f.next(), f.next(), f.next())
-                else {
+                let (Some(device), Some(mountpoint), Some(fstype)) = (f.next(), f.next(), f.next()) else {
                     continue;
                 };
                 if PSEUDO_FS.contains(&fstype)
                     || (!statvfs_network && may_block(fstype))
-                    || IGNORED_MOUNT_PREFIXES
-                        .iter()
-                        .any(|p| mountpoint.starts_with(p))
+                    || IGNORED_MOUNT_PREFIXES.iter().any(|p| mountpoint.starts_with(p))
                 {
                     continue;
                 }
@@ -199,11 +180,7 @@ impl Collector for FilesystemCollector {
                     continue;
                 };
                 let device = unescape(device);
-                let labels = [
-                    ("device", &*device),
-                    ("fstype", fstype),
-                    ("mountpoint", &*mountpoint),
-                ];
+                let labels = [("device", &*device), ("fstype", fstype), ("mountpoint", &*mountpoint)];
                 let Ok(u) = statvfs(cstr) else {
                     // Stale or unreachable under rootfs: node_exporter's signal for it.
                     out.push(gauge("node_filesystem_device_error", &labels, now_ms, 1.0));
@@ -217,10 +194,7 @@ impl Collector for FilesystemCollector {
                     g("node_filesystem_avail_bytes", u.avail),
                     g("node_filesystem_files", u.files),
                     g("node_filesystem_files_free", u.files_free),
-                    g(
-                        "node_filesystem_readonly",
-                        if u.readonly { 1.0 } else { 0.0 },
-                    ),
+                    g("node_filesystem_readonly", if u.readonly { 1.0 } else { 0.0 }),
                 ]);
             }
             Ok(())
@@ -235,9 +209,7 @@ mod tests {
 
     fn collect(host: &FakeHost, statvfs_network: bool) -> Vec<Sample> {
         let mut out = Vec::new();
-        FilesystemCollector::new(&host.paths, statvfs_network)
-            .collect(7, &mut out)
-            .unwrap();
+        FilesystemCollector::new(&host.paths, statvfs_network).collect(7, &mut out).unwrap();
         out
     }
 
@@ -275,37 +247,22 @@ overlay /overlay-root overlay rw 0 0
 /dev/loop3 /snap/core/1 squashfs ro 0 0
 /dev/sdb1 /mnt/my\\040disk ext4 rw 0 0
 ",
-            &[
-                "var/lib/clickhouse",
-                "mnt/clickhouse-bind",
-                "overlay-root",
-                "mnt/my disk",
-            ],
+            &["var/lib/clickhouse", "mnt/clickhouse-bind", "overlay-root", "mnt/my disk"],
         );
         let out = collect(&host, false);
         assert_eq!(
             mountpoints(&out, "node_filesystem_avail_bytes"),
             ["/", "/var/lib/clickhouse", "/overlay-root", "/mnt/my disk"]
         );
-        let labels = [
-            ("device", "/dev/nvme0n1"),
-            ("fstype", "xfs"),
-            ("mountpoint", "/var/lib/clickhouse"),
-        ];
+        let labels = [("device", "/dev/nvme0n1"), ("fstype", "xfs"), ("mountpoint", "/var/lib/clickhouse")];
         let size = value(&out, "node_filesystem_size_bytes", &labels).unwrap();
         let free = value(&out, "node_filesystem_free_bytes", &labels).unwrap();
         let avail = value(&out, "node_filesystem_avail_bytes", &labels).unwrap();
-        assert!(
-            size > 0.0 && free <= size && avail <= free,
-            "{size} {free} {avail}"
-        );
+        assert!(size > 0.0 && free <= size && avail <= free, "{size} {free} {avail}");
         assert!(value(&out, "node_filesystem_files", &labels).unwrap() > 0.0);
         assert!(value(&out, "node_filesystem_files_free", &labels).is_some());
         assert_eq!(value(&out, "node_filesystem_readonly", &labels), Some(0.0));
-        assert_eq!(
-            value(&out, "node_filesystem_device_error", &labels),
-            Some(0.0)
-        );
+        assert_eq!(value(&out, "node_filesystem_device_error", &labels), Some(0.0));
         assert!(render(&out).iter().all(|l| l.starts_with("gauge ")));
     }
 
@@ -321,10 +278,7 @@ user@host:/ /mnt/ssh fuse.sshfs rw 0 0
 ",
             &["mnt/nas"],
         );
-        assert_eq!(
-            mountpoints(&collect(&host, false), "node_filesystem_device_error"),
-            ["/"]
-        );
+        assert_eq!(mountpoints(&collect(&host, false), "node_filesystem_device_error"), ["/"]);
 
         let out = collect(&host, true);
         assert_eq!(
@@ -332,11 +286,7 @@ user@host:/ /mnt/ssh fuse.sshfs rw 0 0
             ["/", "/mnt/nas", "/mnt/smb", "/mnt/ssh", "/mnt/fuse"]
         );
         // The other two do not exist under the fake rootfs: reported as errored, not dropped.
-        let smb = [
-            ("device", "//smb/share"),
-            ("fstype", "cifs"),
-            ("mountpoint", "/mnt/smb"),
-        ];
+        let smb = [("device", "//smb/share"), ("fstype", "cifs"), ("mountpoint", "/mnt/smb")];
         assert_eq!(value(&out, "node_filesystem_device_error", &smb), Some(1.0));
         assert_eq!(value(&out, "node_filesystem_size_bytes", &smb), None);
     }
@@ -344,23 +294,15 @@ user@host:/ /mnt/ssh fuse.sshfs rw 0 0
     #[test]
     fn falls_back_to_self_mounts_and_skips_malformed_lines() {
         let host = FakeHost::new();
-        host.proc_file(
-            "self/mounts",
-            "garbage\n/dev/vda1 / ext4 rw 0 0\n\n/dev/vdb\n",
-        );
-        assert_eq!(
-            mountpoints(&collect(&host, false), "node_filesystem_size_bytes"),
-            ["/"]
-        );
+        host.proc_file("self/mounts", "garbage\n/dev/vda1 / ext4 rw 0 0\n\n/dev/vdb\n");
+        assert_eq!(mountpoints(&collect(&host, false), "node_filesystem_size_bytes"), ["/"]);
     }
 
     #[test]
     fn no_readable_mount_table_is_an_error() {
         let host = FakeHost::new();
         let mut out = Vec::new();
-        let err = FilesystemCollector::new(&host.paths, false)
-            .collect(0, &mut out)
-            .unwrap_err();
+        let err = FilesystemCollector::new(&host.paths, false).collect(0, &mut out).unwrap_err();
         assert!(matches!(err, CollectError::Io { .. }));
     }
 

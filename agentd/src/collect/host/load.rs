@@ -12,10 +12,7 @@ pub struct LoadCollector {
 
 impl LoadCollector {
     pub fn new(paths: &HostPaths) -> Self {
-        Self {
-            path: paths.proc_root.join("loadavg"),
-            buf: FileBuf::default(),
-        }
+        Self { path: paths.proc_root.join("loadavg"), buf: FileBuf::default() }
     }
 }
 
@@ -41,10 +38,7 @@ impl Collector for LoadCollector {
         out.push(gauge("node_load15", &[], now_ms, load[2]));
         // "running/total" scheduling entities: the total is every thread on the host, which
         // node_exporter otherwise gets by reading each /proc/pid/stat.
-        let threads = fields
-            .next()
-            .and_then(|f| f.split_once('/'))
-            .and_then(|(_, total)| total.parse::<u64>().ok());
+        let threads = fields.next().and_then(|f| f.split_once('/')).and_then(|(_, total)| total.parse::<u64>().ok());
         if let Some(threads) = threads {
             out.push(gauge("node_processes_threads", &[], now_ms, threads as f64));
         }
@@ -86,10 +80,7 @@ mod tests {
     #[test]
     fn malformed_load_averages_are_an_error() {
         for bad in ["", "0.47 0.28\n", "0.47 abc 0.10 1/2 3\n", "NaN 1 1\n"] {
-            assert!(
-                matches!(collect(bad), Err(CollectError::Parse { .. })),
-                "{bad:?}"
-            );
+            assert!(matches!(collect(bad), Err(CollectError::Parse { .. })), "{bad:?}");
         }
     }
 }

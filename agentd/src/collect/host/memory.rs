@@ -222,26 +222,17 @@ oom_kill 2
         assert_eq!(out.len(), 3);
 
         std::fs::remove_file(host.paths.proc_root.join("vmstat")).unwrap();
-        assert_eq!(
-            collect(&host).unwrap(),
-            ["gauge node_memory_MemTotal_bytes{} 1024000"]
-        );
+        assert_eq!(collect(&host).unwrap(), ["gauge node_memory_MemTotal_bytes{} 1024000"]);
     }
 
     #[test]
     fn malformed_lines_are_skipped() {
         let host = FakeHost::new();
-        host.proc_file(
-            "meminfo",
-            "MemTotal: 1000 kB\nMemFree: lots kB\nCached: 5 MB\nBuffers\nDirty: 2 kB\n",
-        );
+        host.proc_file("meminfo", "MemTotal: 1000 kB\nMemFree: lots kB\nCached: 5 MB\nBuffers\nDirty: 2 kB\n");
         host.proc_file("vmstat", "pswpin x\npswpout\n");
         assert_eq!(
             collect(&host).unwrap(),
-            [
-                "gauge node_memory_MemTotal_bytes{} 1024000",
-                "gauge node_memory_Dirty_bytes{} 2048"
-            ]
+            ["gauge node_memory_MemTotal_bytes{} 1024000", "gauge node_memory_Dirty_bytes{} 2048"]
         );
     }
 

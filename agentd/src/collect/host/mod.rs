@@ -35,11 +35,7 @@ pub struct HostPaths {
 
 impl Default for HostPaths {
     fn default() -> Self {
-        Self {
-            proc_root: "/proc".into(),
-            sys_root: "/sys".into(),
-            rootfs: "/".into(),
-        }
+        Self { proc_root: "/proc".into(), sys_root: "/sys".into(), rootfs: "/".into() }
     }
 }
 
@@ -63,10 +59,7 @@ pub fn collectors(opts: &HostOptions) -> Vec<Box<dyn Collector>> {
         Box::new(load::LoadCollector::new(p)),
         Box::new(pressure::PressureCollector::new(p)),
         Box::new(disk::DiskCollector::new(p)),
-        Box::new(filesystem::FilesystemCollector::new(
-            p,
-            opts.statvfs_network_mounts,
-        )),
+        Box::new(filesystem::FilesystemCollector::new(p, opts.statvfs_network_mounts)),
         Box::new(network::NetworkCollector::new(p)),
         Box::new(process::ProcessCollector::new(p, &opts.processes)),
     ]
@@ -130,8 +123,7 @@ impl FileBuf {
 
     /// `read` for files a collector cannot do without.
     fn read_required(&mut self, path: &Path) -> Result<Cow<'_, str>, CollectError> {
-        self.read(path)
-            .map_err(|e| CollectError::io(path.display().to_string(), e))
+        self.read(path).map_err(|e| CollectError::io(path.display().to_string(), e))
     }
 }
 
@@ -139,21 +131,12 @@ impl FileBuf {
 /// own (`paths[1]`). In a container sharing the host's pid namespace, pid 1 is the host's init, so
 /// its mount table and network devices are the host's, while /proc/self would show the
 /// container's. On bare metal both are the same.
-fn read_host_view<'a>(
-    buf: &'a mut FileBuf,
-    paths: &[PathBuf; 2],
-) -> Result<Cow<'a, str>, CollectError> {
+fn read_host_view<'a>(buf: &'a mut FileBuf, paths: &[PathBuf; 2]) -> Result<Cow<'a, str>, CollectError> {
     let [host, own] = paths;
     match buf.fill(host) {
         Ok(()) => {}
-        Err(e)
-            if matches!(
-                e.kind(),
-                io::ErrorKind::NotFound | io::ErrorKind::PermissionDenied
-            ) =>
-        {
-            buf.fill(own)
-                .map_err(|e| CollectError::io(own.display().to_string(), e))?
+        Err(e) if matches!(e.kind(), io::ErrorKind::NotFound | io::ErrorKind::PermissionDenied) => {
+            buf.fill(own).map_err(|e| CollectError::io(own.display().to_string(), e))?
         }
         Err(e) => return Err(CollectError::io(host.display().to_string(), e)),
     }
@@ -227,11 +210,7 @@ pub(crate) mod testutil {
             Ok(MetricKind::Gauge) => "gauge",
             _ => "unspecified",
         };
-        let labels: Vec<String> = s
-            .labels
-            .iter()
-            .map(|l| format!("{}=\"{}\"", l.name, l.value))
-            .collect();
+        let labels: Vec<String> = s.labels.iter().map(|l| format!("{}=\"{}\"", l.name, l.value)).collect();
         format!("{kind} {}{{{}}} {}", s.metric, labels.join(","), s.value)
     }
 
@@ -243,11 +222,7 @@ pub(crate) mod testutil {
             .iter()
             .filter(|s| s.metric == metric)
             .filter(|s| {
-                let have: Vec<(&str, &str)> = s
-                    .labels
-                    .iter()
-                    .map(|l| (l.name.as_str(), l.value.as_str()))
-                    .collect();
+                let have: Vec<(&str, &str)> = s.labels.iter().map(|l| (l.name.as_str(), l.value.as_str())).collect();
                 have == want
             })
             .map(|s| s.value)
@@ -257,10 +232,7 @@ pub(crate) mod testutil {
     }
 
     pub fn assert_close(actual: f64, expected: f64) {
-        assert!(
-            (actual - expected).abs() <= 1e-9 * expected.abs().max(1.0),
-            "expected {expected}, got {actual}"
-        );
+        assert!((actual - expected).abs() <= 1e-9 * expected.abs().max(1.0), "expected {expected}, got {actual}");
     }
 }
 
@@ -279,11 +251,7 @@ mod tests {
         let cap = buf.bytes.capacity();
         std::fs::write(&path, "short").unwrap();
         assert_eq!(buf.read(&path).unwrap(), "short");
-        assert_eq!(
-            buf.bytes.capacity(),
-            cap,
-            "a second read must not reallocate"
-        );
+        assert_eq!(buf.bytes.capacity(), cap, "a second read must not reallocate");
     }
 
     #[test]
@@ -316,8 +284,7 @@ mod tests {
         };
         let mut out = Vec::new();
         for mut c in collectors(&opts) {
-            c.collect(1_000, &mut out)
-                .unwrap_or_else(|e| panic!("collector {}: {e}", c.name()));
+            c.collect(1_000, &mut out).unwrap_or_else(|e| panic!("collector {}: {e}", c.name()));
         }
         let has = |metric: &str| out.iter().any(|s| s.metric == metric);
         for metric in [
@@ -334,28 +301,16 @@ mod tests {
         }
         assert!(
             out.iter().any(|s| s.metric == "node_filesystem_avail_bytes"
-                && s.labels
-                    .iter()
-                    .any(|l| l.name == "mountpoint" && l.value == "/")),
+                && s.labels.iter().any(|l| l.name == "mountpoint" && l.value == "/")),
             "missing node_filesystem_avail_bytes for /"
         );
         assert!(out.iter().any(|s| {
             s.metric == "node_cpu_seconds_total"
-                && s.labels
-                    .iter()
-                    .any(|l| l.name == "mode" && l.value == "idle")
+                && s.labels.iter().any(|l| l.name == "mode" && l.value == "idle")
                 && s.value > 0.0
         }));
-        let count = value(
-            &out,
-            "node_process_count",
-            &[("process", &opts.processes[0])],
-        );
-        assert!(
-            count.unwrap_or(0.0) >= 1.0,
-            "test binary not found as {:?}",
-            opts.processes
-        );
+        let count = value(&out, "node_process_count", &[("process", &opts.processes[0])]);
+        assert!(count.unwrap_or(0.0) >= 1.0, "test binary not found as {:?}", opts.processes);
         for s in &out {
             assert_eq!(s.timestamp_ms, 1_000);
             assert!(s.value.is_finite() && s.value >= 0.0, "{s:?}");
@@ -363,9 +318,6 @@ mod tests {
     }
 
     fn current_comm() -> String {
-        std::fs::read_to_string("/proc/self/comm")
-            .unwrap()
-            .trim_end()
-            .to_string()
+        std::fs::read_to_string("/proc/self/comm").unwrap().trim_end().to_string()
     }
 }

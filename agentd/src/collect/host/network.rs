@@ -14,13 +14,7 @@ pub struct NetworkCollector {
 
 impl NetworkCollector {
     pub fn new(paths: &HostPaths) -> Self {
-        Self {
-            paths: [
-                paths.proc_root.join("1/net/dev"),
-                paths.proc_root.join("net/dev"),
-            ],
-            buf: FileBuf::default(),
-        }
+        Self { paths: [paths.proc_root.join("1/net/dev"), paths.proc_root.join("net/dev")], buf: FileBuf::default() }
     }
 }
 
@@ -97,9 +91,7 @@ eth1:18446744073709551615 1 0 0 0 0 0 0 2 2 0 0 0 0 0 0
         let host = FakeHost::new();
         host.proc_file("net/dev", NET_DEV);
         let mut out = Vec::new();
-        NetworkCollector::new(&host.paths)
-            .collect(7, &mut out)
-            .unwrap();
+        NetworkCollector::new(&host.paths).collect(7, &mut out).unwrap();
         let out = render(&out);
         assert_eq!(
             out[8..16],
@@ -114,16 +106,9 @@ eth1:18446744073709551615 1 0 0 0 0 0 0 2 2 0 0 0 0 0 0
                 r#"counter node_network_transmit_drop_total{device="eth0"} 6"#,
             ]
         );
-        let devices: Vec<&str> = out
-            .iter()
-            .filter(|l| l.contains("receive_bytes"))
-            .map(|l| l.split('"').nth(1).unwrap())
-            .collect();
-        assert_eq!(
-            devices,
-            ["lo", "eth0", "eth1"],
-            "the truncated bad0 line is skipped"
-        );
+        let devices: Vec<&str> =
+            out.iter().filter(|l| l.contains("receive_bytes")).map(|l| l.split('"').nth(1).unwrap()).collect();
+        assert_eq!(devices, ["lo", "eth0", "eth1"], "the truncated bad0 line is skipped");
         assert_eq!(out.len(), 24);
     }
 
@@ -131,14 +116,9 @@ eth1:18446744073709551615 1 0 0 0 0 0 0 2 2 0 0 0 0 0 0
     fn prefers_the_host_namespace_seen_through_pid_1() {
         let host = FakeHost::new();
         host.proc_file("net/dev", NET_DEV);
-        host.proc_file(
-            "1/net/dev",
-            "  eth9: 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16\n",
-        );
+        host.proc_file("1/net/dev", "  eth9: 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16\n");
         let mut out = Vec::new();
-        NetworkCollector::new(&host.paths)
-            .collect(7, &mut out)
-            .unwrap();
+        NetworkCollector::new(&host.paths).collect(7, &mut out).unwrap();
         assert_eq!(out.len(), 8);
         assert!(render(&out)[0].contains(r#"device="eth9""#));
     }
@@ -146,9 +126,7 @@ eth1:18446744073709551615 1 0 0 0 0 0 0 2 2 0 0 0 0 0 0
     #[test]
     fn a_missing_file_is_an_error() {
         let host = FakeHost::new();
-        let err = NetworkCollector::new(&host.paths)
-            .collect(0, &mut Vec::new())
-            .unwrap_err();
+        let err = NetworkCollector::new(&host.paths).collect(0, &mut Vec::new()).unwrap_err();
         assert!(matches!(err, CollectError::Io { .. }));
     }
 }

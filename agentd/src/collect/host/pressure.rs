@@ -23,33 +23,18 @@ struct Resource {
 const RESOURCES: [Resource; 3] = [
     Resource {
         file: "cpu",
-        some: (
-            "node_pressure_cpu_waiting_seconds_total",
-            "node_pressure_cpu_some_avg10_ratio",
-        ),
+        some: ("node_pressure_cpu_waiting_seconds_total", "node_pressure_cpu_some_avg10_ratio"),
         full: None,
     },
     Resource {
         file: "memory",
-        some: (
-            "node_pressure_memory_waiting_seconds_total",
-            "node_pressure_memory_some_avg10_ratio",
-        ),
-        full: Some((
-            "node_pressure_memory_stalled_seconds_total",
-            "node_pressure_memory_full_avg10_ratio",
-        )),
+        some: ("node_pressure_memory_waiting_seconds_total", "node_pressure_memory_some_avg10_ratio"),
+        full: Some(("node_pressure_memory_stalled_seconds_total", "node_pressure_memory_full_avg10_ratio")),
     },
     Resource {
         file: "io",
-        some: (
-            "node_pressure_io_waiting_seconds_total",
-            "node_pressure_io_some_avg10_ratio",
-        ),
-        full: Some((
-            "node_pressure_io_stalled_seconds_total",
-            "node_pressure_io_full_avg10_ratio",
-        )),
+        some: ("node_pressure_io_waiting_seconds_total", "node_pressure_io_some_avg10_ratio"),
+        full: Some(("node_pressure_io_stalled_seconds_total", "node_pressure_io_full_avg10_ratio")),
     },
 ];
 
@@ -61,10 +46,7 @@ pub struct PressureCollector {
 impl PressureCollector {
     pub fn new(paths: &HostPaths) -> Self {
         let dir = paths.proc_root.join("pressure");
-        Self {
-            paths: RESOURCES.map(|r| dir.join(r.file)),
-            buf: FileBuf::default(),
-        }
+        Self { paths: RESOURCES.map(|r| dir.join(r.file)), buf: FileBuf::default() }
     }
 }
 
@@ -157,10 +139,8 @@ mod tests {
     #[test]
     fn reports_stall_seconds_and_avg10_ratios() {
         let out = collect(&full_host()).unwrap();
-        let names: Vec<String> = render(&out)
-            .iter()
-            .map(|l| l.split(' ').take(2).collect::<Vec<_>>().join(" "))
-            .collect();
+        let names: Vec<String> =
+            render(&out).iter().map(|l| l.split(' ').take(2).collect::<Vec<_>>().join(" ")).collect();
         assert_eq!(
             names,
             [
@@ -198,16 +178,10 @@ mod tests {
     fn kernels_with_cpu_some_only_report_what_is_there() {
         // 4.20..5.12 print no cpu "full" line; a missing io file is treated like missing PSI.
         let host = FakeHost::new();
-        host.proc_file(
-            "pressure/cpu",
-            "some avg10=0.00 avg60=0.00 avg300=0.00 total=5\n",
-        );
+        host.proc_file("pressure/cpu", "some avg10=0.00 avg60=0.00 avg300=0.00 total=5\n");
         let out = collect(&host).unwrap();
         assert_eq!(out.len(), 2);
-        assert_close(
-            value(&out, "node_pressure_cpu_waiting_seconds_total", &[]).unwrap(),
-            5e-6,
-        );
+        assert_close(value(&out, "node_pressure_cpu_waiting_seconds_total", &[]).unwrap(), 5e-6);
     }
 
     #[test]
@@ -215,9 +189,7 @@ mod tests {
         let host = full_host();
         host.proc_file("pressure/io", "some avg10=abc total=1\n");
         let mut out = Vec::new();
-        let err = PressureCollector::new(&host.paths)
-            .collect(7, &mut out)
-            .unwrap_err();
+        let err = PressureCollector::new(&host.paths).collect(7, &mut out).unwrap_err();
         assert!(matches!(err, CollectError::Parse { .. }));
         assert!(out.is_empty());
 

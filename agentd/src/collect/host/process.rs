@@ -119,11 +119,7 @@ impl ProcessCollector {
         }
         // Only a comm the kernel truncated can stand for a longer name; only then is argv[0]
         // worth a read.
-        let truncated = comm.len() == COMM_MAX
-            && self
-                .names
-                .iter()
-                .any(|n| n.len() > COMM_MAX && comm_fits(n, comm));
+        let truncated = comm.len() == COMM_MAX && self.names.iter().any(|n| n.len() > COMM_MAX && comm_fits(n, comm));
         if !truncated {
             return None;
         }
@@ -166,14 +162,13 @@ impl ProcessCollector {
 
     /// Lists /proc once, accumulating into `totals`; returns the number of pids.
     fn scan(&mut self) -> Result<u64, CollectError> {
-        let entries = fs::read_dir(&self.proc_root)
-            .map_err(|e| CollectError::io(self.proc_root.display().to_string(), e))?;
+        let entries =
+            fs::read_dir(&self.proc_root).map_err(|e| CollectError::io(self.proc_root.display().to_string(), e))?;
         self.round += 1;
         let round = self.round;
         let mut pids = 0;
         for entry in entries {
-            let entry =
-                entry.map_err(|e| CollectError::io(self.proc_root.display().to_string(), e))?;
+            let entry = entry.map_err(|e| CollectError::io(self.proc_root.display().to_string(), e))?;
             let name = entry.file_name();
             let Some(pid) = parse_pid(name.as_bytes()) else {
                 continue;
@@ -182,11 +177,8 @@ impl ProcessCollector {
             if self.names.is_empty() {
                 continue;
             }
-            let state = self.known.entry(pid).or_insert(PidState {
-                first_round: round,
-                last_round: round,
-                matched: None,
-            });
+            let state =
+                self.known.entry(pid).or_insert(PidState { first_round: round, last_round: round, matched: None });
             state.last_round = round;
             let recheck = state.matched.is_none()
                 && (round - state.first_round < FRESH_ROUNDS
@@ -202,16 +194,9 @@ impl ProcessCollector {
             let usage = self.read_stat(i);
             if let Some(state) = self.known.get_mut(&pid) {
                 *state = match usage {
-                    Some(_) => PidState {
-                        matched: Some(i),
-                        ..*state
-                    },
+                    Some(_) => PidState { matched: Some(i), ..*state },
                     // It exec'd into something else (or died): identify it afresh.
-                    None => PidState {
-                        first_round: round,
-                        last_round: round,
-                        matched: None,
-                    },
+                    None => PidState { first_round: round, last_round: round, matched: None },
                 };
             }
             let Some(usage) = usage else { continue };
@@ -254,11 +239,7 @@ fn parse_stat(stat: &str) -> Option<(&str, Usage)> {
     let stime: u64 = f.next()?.parse().ok()?; // field 15
     let threads: u64 = f.nth(4)?.parse().ok()?; // field 20
     let rss: i64 = f.nth(3)?.parse().ok()?; // field 24, signed in the kernel
-    let usage = Usage {
-        cpu_ticks: utime + stime,
-        rss_pages: rss.max(0) as u64,
-        threads,
-    };
+    let usage = Usage { cpu_ticks: utime + stime, rss_pages: rss.max(0) as u64, threads };
     Some((comm, usage))
 }
 
@@ -289,10 +270,7 @@ impl Collector for ProcessCollector {
 
     fn collect(&mut self, now_ms: i64, out: &mut Vec<Sample>) -> Result<(), CollectError> {
         for t in &mut self.totals {
-            *t = Totals {
-                open_fds_known: true,
-                ..Totals::default()
-            };
+            *t = Totals { open_fds_known: true, ..Totals::default() };
         }
         let pids = self.scan()?;
         out.push(gauge("node_processes_pids", &[], now_ms, pids as f64));
@@ -302,18 +280,8 @@ impl Collector for ProcessCollector {
             let rss_bytes = t.rss_pages as f64 * self.page_size;
             out.extend([
                 gauge("node_process_count", &labels, now_ms, t.count as f64),
-                counter(
-                    "node_process_cpu_seconds_total",
-                    &labels,
-                    now_ms,
-                    cpu_seconds,
-                ),
-                gauge(
-                    "node_process_resident_memory_bytes",
-                    &labels,
-                    now_ms,
-                    rss_bytes,
-                ),
+                counter("node_process_cpu_seconds_total", &labels, now_ms, cpu_seconds),
+                gauge("node_process_resident_memory_bytes", &labels, now_ms, rss_bytes),
                 gauge("node_process_threads", &labels, now_ms, t.threads as f64),
             ]);
             if t.open_fds_known {
@@ -331,15 +299,7 @@ mod tests {
     use crate::collect::host::testutil::{FakeHost, render, value};
 
     /// A /proc/<pid>/stat line with the given comm, state, utime, stime, threads and rss pages.
-    fn stat_line(
-        pid: u32,
-        comm: &str,
-        state: &str,
-        utime: u64,
-        stime: u64,
-        threads: u64,
-        rss: i64,
-    ) -> String {
+    fn stat_line(pid: u32, comm: &str, state: &str, utime: u64, stime: u64, threads: u64, rss: i64) -> String {
         format!(
             "{pid} ({comm}) {state} 1 {pid} {pid} 0 -1 4194560 1000 0 0 0 {utime} {stime} 0 0 20 0 \
              {threads} 0 12345 1073741824 {rss} 18446744073709551615 1 1 0 0 0 0 0 0 0 0 0 0 17 1 0 0 0 0 0\n"
@@ -394,31 +354,10 @@ mod tests {
             1,
         );
         // comm with spaces and parentheses, which naive stat parsers split wrongly.
-        add_process(
-            &host,
-            200,
-            "weird) (name",
-            "weird\0",
-            &stat_line(200, "weird) (name", "S", 10, 20, 2, 100),
-            0,
-        );
+        add_process(&host, 200, "weird) (name", "weird\0", &stat_line(200, "weird) (name", "S", 10, 20, 2, 100), 0);
         // A zombie keeper: dead, must not count as running.
-        add_process(
-            &host,
-            300,
-            "keeper",
-            "",
-            &stat_line(300, "keeper", "Z", 7, 7, 1, 0),
-            0,
-        );
-        add_process(
-            &host,
-            400,
-            "bash",
-            "-bash\0",
-            &stat_line(400, "bash", "S", 1, 1, 1, 10),
-            0,
-        );
+        add_process(&host, 300, "keeper", "", &stat_line(300, "keeper", "Z", 7, 7, 1, 0), 0);
+        add_process(&host, 400, "bash", "-bash\0", &stat_line(400, "bash", "S", 1, 1, 1, 10), 0);
         // Not pids: ignored entirely.
         host.proc_file("self/comm", "clickhouse-serv\n");
         host.proc_file("meminfo", "MemTotal: 1 kB\n");
@@ -428,10 +367,7 @@ mod tests {
     #[test]
     fn sums_count_cpu_memory_threads_and_fds_per_configured_name() {
         let host = fake_host();
-        let mut c = collector(
-            &host,
-            &["clickhouse-server", "weird) (name", "keeper", "absent"],
-        );
+        let mut c = collector(&host, &["clickhouse-server", "weird) (name", "keeper", "absent"]);
         let mut out = Vec::new();
         c.collect(7, &mut out).unwrap();
         assert_eq!(
@@ -466,13 +402,8 @@ mod tests {
     fn the_truncated_comm_itself_also_works_as_a_name() {
         let host = fake_host();
         let mut out = Vec::new();
-        collector(&host, &["clickhouse-serv"])
-            .collect(7, &mut out)
-            .unwrap();
-        assert_eq!(
-            render(&out)[1],
-            r#"gauge node_process_count{process="clickhouse-serv"} 3"#
-        );
+        collector(&host, &["clickhouse-serv"]).collect(7, &mut out).unwrap();
+        assert_eq!(render(&out)[1], r#"gauge node_process_count{process="clickhouse-serv"} 3"#);
     }
 
     #[test]
@@ -482,10 +413,7 @@ mod tests {
         for _ in 0..3 {
             let mut out = Vec::new();
             c.collect(7, &mut out).unwrap();
-            assert_eq!(
-                render(&out)[1],
-                r#"gauge node_process_count{process="bash"} 1"#
-            );
+            assert_eq!(render(&out)[1], r#"gauge node_process_count{process="bash"} 1"#);
         }
     }
 
@@ -502,15 +430,10 @@ mod tests {
         let host = fake_host();
         std::fs::remove_dir_all(host.paths.proc_root.join("101/fd")).unwrap();
         let mut out = Vec::new();
-        collector(&host, &["clickhouse-server"])
-            .collect(7, &mut out)
-            .unwrap();
+        collector(&host, &["clickhouse-server"]).collect(7, &mut out).unwrap();
         let out = render(&out);
         assert!(out.contains(&r#"gauge node_process_count{process="clickhouse-server"} 2"#.into()));
-        assert!(
-            !out.iter().any(|l| l.contains("open_fds")),
-            "a partial sum would look like a drop"
-        );
+        assert!(!out.iter().any(|l| l.contains("open_fds")), "a partial sum would look like a drop");
     }
 
     #[test]
@@ -520,9 +443,7 @@ mod tests {
         host.proc_file("101/stat", "garbage");
         std::fs::remove_file(host.paths.proc_root.join("400/stat")).unwrap();
         let mut out = Vec::new();
-        collector(&host, &["clickhouse-server", "bash"])
-            .collect(7, &mut out)
-            .unwrap();
+        collector(&host, &["clickhouse-server", "bash"]).collect(7, &mut out).unwrap();
         let out = render(&out);
         assert!(out.contains(&r#"gauge node_process_count{process="clickhouse-server"} 0"#.into()));
         assert!(out.contains(&r#"gauge node_process_count{process="bash"} 0"#.into()));
@@ -547,11 +468,7 @@ mod tests {
         };
         assert_eq!(round(&mut c), 6, "every new pid is looked at");
         for _ in 1..FRESH_ROUNDS {
-            assert_eq!(
-                round(&mut c),
-                4,
-                "young unmatched pids are looked at every round"
-            );
+            assert_eq!(round(&mut c), 4, "young unmatched pids are looked at every round");
         }
         let rechecks: u64 = (0..RECHECK_ROUNDS).map(|_| round(&mut c)).sum();
         assert_eq!(rechecks, 4, "then each once per {RECHECK_ROUNDS} rounds");
@@ -569,19 +486,9 @@ mod tests {
         for _ in 0..FRESH_ROUNDS + 1 {
             assert_eq!(count(&mut c), Some(0.0));
         }
-        add_process(
-            &host,
-            400,
-            "keeper",
-            "",
-            &stat_line(400, "keeper", "S", 7, 7, 1, 0),
-            0,
-        );
+        add_process(&host, 400, "keeper", "", &stat_line(400, "keeper", "S", 7, 7, 1, 0), 0);
         let rounds_to_find = (1..=RECHECK_ROUNDS).find(|_| count(&mut c) == Some(1.0));
-        assert!(
-            rounds_to_find.is_some(),
-            "not found within {RECHECK_ROUNDS} rounds"
-        );
+        assert!(rounds_to_find.is_some(), "not found within {RECHECK_ROUNDS} rounds");
     }
 
     #[test]
@@ -596,14 +503,7 @@ mod tests {
         for _ in 0..FRESH_ROUNDS + 1 {
             assert_eq!(count(&mut c), Some(1.0));
         }
-        add_process(
-            &host,
-            400,
-            "sleep",
-            "sleep\0",
-            &stat_line(400, "sleep", "S", 1, 1, 1, 10),
-            0,
-        );
+        add_process(&host, 400, "sleep", "sleep\0", &stat_line(400, "sleep", "S", 1, 1, 1, 10), 0);
         assert_eq!(count(&mut c), Some(0.0));
     }
 
@@ -621,19 +521,11 @@ mod tests {
 
     #[test]
     fn parses_stat_with_comm_up_to_the_last_parenthesis() {
-        let usage = |cpu_ticks, rss_pages, threads| Usage {
-            cpu_ticks,
-            rss_pages,
-            threads,
-        };
+        let usage = |cpu_ticks, rss_pages, threads| Usage { cpu_ticks, rss_pages, threads };
         let line = stat_line(1, "a) b (c)", "S", 3, 4, 5, 6);
         assert_eq!(parse_stat(&line), Some(("a) b (c)", usage(7, 6, 5))));
         let line = stat_line(1, "x", "S", 3, 4, 5, -1);
-        assert_eq!(
-            parse_stat(&line),
-            Some(("x", usage(7, 0, 5))),
-            "negative rss is clamped"
-        );
+        assert_eq!(parse_stat(&line), Some(("x", usage(7, 0, 5))), "negative rss is clamped");
         assert_eq!(parse_stat("1 )x( S 1 2"), None);
     }
 
@@ -649,9 +541,7 @@ mod tests {
     fn a_missing_proc_root_is_an_error() {
         let host = FakeHost::new();
         std::fs::remove_dir(&host.paths.proc_root).unwrap();
-        let err = collector(&host, &[])
-            .collect(0, &mut Vec::new())
-            .unwrap_err();
+        let err = collector(&host, &[]).collect(0, &mut Vec::new()).unwrap_err();
         assert!(matches!(err, CollectError::Io { .. }));
     }
 

@@ -139,9 +139,7 @@ pub fn guess_level(line: &str) -> LogLevel {
     if let Some(v) = lower_value("level=").and_then(|v| word_level(&v)) {
         return v;
     }
-    head.split(|c: char| !c.is_ascii_alphabetic())
-        .find_map(word_level)
-        .unwrap_or(LogLevel::Unspecified)
+    head.split(|c: char| !c.is_ascii_alphabetic()).find_map(word_level).unwrap_or(LogLevel::Unspecified)
 }
 
 fn word_level(w: &str) -> Option<LogLevel> {
@@ -237,8 +235,8 @@ impl<'a> Cursor<'a> {
             let value: u32 = frac.parse().ok()?;
             nanos = value * 10u32.pow(9 - frac.len() as u32);
         }
-        let dt = NaiveDate::from_ymd_opt(i32::try_from(year).ok()?, month, day)?
-            .and_hms_nano_opt(hour, min, sec, nanos)?;
+        let dt =
+            NaiveDate::from_ymd_opt(i32::try_from(year).ok()?, month, day)?.and_hms_nano_opt(hour, min, sec, nanos)?;
         Some(dt.and_utc().timestamp_millis())
     }
 
@@ -284,11 +282,7 @@ mod tests {
     use chrono::{TimeZone, Utc};
 
     fn ms(y: i32, mo: u32, d: u32, h: u32, mi: u32, s: u32, milli: i64) -> i64 {
-        Utc.with_ymd_and_hms(y, mo, d, h, mi, s)
-            .single()
-            .map(|t| t.timestamp_millis())
-            .unwrap_or(0)
-            + milli
+        Utc.with_ymd_and_hms(y, mo, d, h, mi, s).single().map(|t| t.timestamp_millis()).unwrap_or(0) + milli
     }
 
     #[test]
@@ -302,10 +296,7 @@ mod tests {
         assert_eq!(p.query_id, "8f3c9a1e-0000-4000-8000-000000000001");
         assert_eq!(p.level, LogLevel::Error);
         assert_eq!(p.logger, "executeQuery");
-        assert!(
-            p.message
-                .starts_with("Code: 252. DB::Exception: Too many parts (300).")
-        );
+        assert!(p.message.starts_with("Code: 252. DB::Exception: Too many parts (300)."));
         assert!(p.message.ends_with("'SinkToStorage'"));
         assert_eq!(error_code(p.message), Some("252"));
     }
@@ -390,44 +381,29 @@ mod tests {
 
     #[test]
     fn recognises_entry_starts() {
-        assert!(starts_with_timestamp(
-            "2024.01.15 10:23:45.123456 [ 1 ] {} <Error> L: m"
-        ));
-        assert!(starts_with_timestamp(
-            "2024-01-15T10:23:45Z level=info msg=x"
-        ));
+        assert!(starts_with_timestamp("2024.01.15 10:23:45.123456 [ 1 ] {} <Error> L: m"));
+        assert!(starts_with_timestamp("2024-01-15T10:23:45Z level=info msg=x"));
         assert!(starts_with_timestamp("[2024-01-15 10:23:45,123] WARN x"));
-        assert!(!starts_with_timestamp(
-            "0. DB::Exception::Exception(...) @ 0x000000000c4fd2d5"
-        ));
-        assert!(!starts_with_timestamp(
-            "   at java.lang.Thread.run(Thread.java:750)"
-        ));
+        assert!(!starts_with_timestamp("0. DB::Exception::Exception(...) @ 0x000000000c4fd2d5"));
+        assert!(!starts_with_timestamp("   at java.lang.Thread.run(Thread.java:750)"));
         assert!(!starts_with_timestamp(""));
         assert!(!starts_with_timestamp("2024.01.15 10:2é"));
     }
 
     #[test]
     fn guesses_levels_of_foreign_formats() {
-        assert_eq!(
-            guess_level("2024-01-15 10:23:45 ERROR db down"),
-            LogLevel::Error
-        );
+        assert_eq!(guess_level("2024-01-15 10:23:45 ERROR db down"), LogLevel::Error);
         assert_eq!(guess_level("[WARN] disk almost full"), LogLevel::Warning);
         assert_eq!(guess_level("ts=1 level=info msg=ok"), LogLevel::Info);
         assert_eq!(guess_level("ts=1 level=\"error\" msg=ok"), LogLevel::Error);
-        assert_eq!(
-            guess_level("nothing to see, no error here"),
-            LogLevel::Unspecified
-        );
+        assert_eq!(guess_level("nothing to see, no error here"), LogLevel::Unspecified);
         assert_eq!(guess_level("ééééé"), LogLevel::Unspecified);
     }
 
     #[test]
     fn never_panics_on_arbitrary_input() {
         use rand::{Rng, SeedableRng};
-        let valid =
-            "2024.01.15 10:23:45.123456 [ 12345 ] {8f3c-é} <Error> executeQuery: Code: 252. DB::E";
+        let valid = "2024.01.15 10:23:45.123456 [ 12345 ] {8f3c-é} <Error> executeQuery: Code: 252. DB::E";
         // Every prefix of a valid line hits every early-return path of the parser.
         for end in 0..=valid.len() {
             if let Some(prefix) = valid.get(..end) {
@@ -441,9 +417,7 @@ mod tests {
         let alphabet = b"0123456789.:- []{}<>ZT+Code: Error\xc3\xa9";
         for _ in 0..20_000 {
             let len = rng.random_range(0..64);
-            let bytes: Vec<u8> = (0..len)
-                .map(|_| alphabet[rng.random_range(0..alphabet.len())])
-                .collect();
+            let bytes: Vec<u8> = (0..len).map(|_| alphabet[rng.random_range(0..alphabet.len())]).collect();
             let s = String::from_utf8_lossy(&bytes);
             let _ = parse(&s);
             let _ = starts_with_timestamp(&s);

@@ -35,10 +35,7 @@ pub(crate) fn open(path: &Path) -> io::Result<(File, Metadata)> {
     let file = File::open(path)?;
     let meta = file.metadata()?;
     if !meta.is_file() {
-        return Err(io::Error::new(
-            ErrorKind::InvalidInput,
-            "not a regular file",
-        ));
+        return Err(io::Error::new(ErrorKind::InvalidInput, "not a regular file"));
     }
     Ok((file, meta))
 }
@@ -161,12 +158,7 @@ impl FileTail {
         stop
     }
 
-    fn poll_inner(
-        &mut self,
-        ctx: &mut PollCtx<'_>,
-        pending: &mut Option<Pending>,
-        size: u64,
-    ) -> Stop {
+    fn poll_inner(&mut self, ctx: &mut PollCtx<'_>, pending: &mut Option<Pending>, size: u64) -> Stop {
         if size < self.read_pos || (size > self.read_pos && !self.sig_matches()) {
             // copytruncate (or an editor rewriting the file): whatever follows the truncation is
             // new content starting at 0. The unfinished line we hold existed before the
@@ -188,9 +180,7 @@ impl FileTail {
         }
         let idle = ctx.now.saturating_duration_since(self.last_growth);
         let gone = self.rotated && idle >= ctx.rotate_wait;
-        if self.read_pos > self.commit
-            && (idle >= ctx.partial_flush_after || gone)
-            && !self.flush_partial(ctx, pending)
+        if self.read_pos > self.commit && (idle >= ctx.partial_flush_after || gone) && !self.flush_partial(ctx, pending)
         {
             return Stop::Full;
         }
@@ -256,10 +246,7 @@ impl FileTail {
             if ctx.bytes_left == 0 {
                 return Stop::Full;
             }
-            let want = ctx
-                .chunk
-                .len()
-                .min(usize::try_from(ctx.bytes_left).unwrap_or(usize::MAX));
+            let want = ctx.chunk.len().min(usize::try_from(ctx.bytes_left).unwrap_or(usize::MAX));
             let n = match file.read_at(&mut ctx.chunk[..want], self.read_pos) {
                 Ok(0) => return Stop::Drained,
                 Ok(n) => n,
@@ -337,8 +324,7 @@ impl FileTail {
         if data.len() >= SIG_BYTES || self.sig_end != base {
             self.sig.clear();
         }
-        self.sig
-            .extend_from_slice(&data[data.len().saturating_sub(SIG_BYTES)..]);
+        self.sig.extend_from_slice(&data[data.len().saturating_sub(SIG_BYTES)..]);
         let excess = self.sig.len().saturating_sub(SIG_BYTES);
         self.sig.drain(..excess);
         self.sig_end = base + data.len() as u64;

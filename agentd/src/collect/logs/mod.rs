@@ -162,18 +162,12 @@ impl Tailer {
         let mut patterns = Vec::new();
         let mut name_patterns = Vec::new();
         for g in &opts.globs {
-            patterns.push(glob::Pattern::new(g).map_err(|e| TailError::Glob {
-                glob: g.clone(),
-                message: e.to_string(),
-            })?);
-            let name = Path::new(g)
-                .file_name()
-                .map(|n| n.to_string_lossy().into_owned())
-                .unwrap_or_default();
-            name_patterns.push(glob::Pattern::new(&name).map_err(|e| TailError::Glob {
-                glob: g.clone(),
-                message: e.to_string(),
-            })?);
+            patterns
+                .push(glob::Pattern::new(g).map_err(|e| TailError::Glob { glob: g.clone(), message: e.to_string() })?);
+            let name = Path::new(g).file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+            name_patterns.push(
+                glob::Pattern::new(&name).map_err(|e| TailError::Glob { glob: g.clone(), message: e.to_string() })?,
+            );
         }
         // Coalescing channel: one stored wake-up is as good as a thousand, and a burst of events
         // can't grow memory.
@@ -190,11 +184,7 @@ impl Tailer {
         let mut tailer = Self {
             globs: opts.globs,
             patterns,
-            max_line_bytes: if opts.max_line_bytes == 0 {
-                DEFAULT_MAX_LINE_BYTES
-            } else {
-                opts.max_line_bytes
-            },
+            max_line_bytes: if opts.max_line_bytes == 0 { DEFAULT_MAX_LINE_BYTES } else { opts.max_line_bytes },
             read_from: opts.read_from,
             tuning,
             files: Vec::new(),
@@ -231,10 +221,7 @@ impl Tailer {
             return Vec::new();
         }
         let now_ms = i64::try_from(
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap_or_default()
-                .as_millis(),
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_millis(),
         )
         .unwrap_or(i64::MAX);
         let mut ctx = PollCtx {
@@ -261,11 +248,7 @@ impl Tailer {
             }
         }
         let groups: Vec<Vec<usize>> = groups.into_iter().map(|(_, g)| g).collect();
-        let start = if groups.is_empty() {
-            0
-        } else {
-            self.round_robin % groups.len()
-        };
+        let start = if groups.is_empty() { 0 } else { self.round_robin % groups.len() };
         self.round_robin = self.round_robin.wrapping_add(1);
         'groups: for g in groups[start..].iter().chain(&groups[..start]) {
             for &i in g {
@@ -286,12 +269,7 @@ impl Tailer {
             files: self
                 .files
                 .iter()
-                .map(|f| FileCursor {
-                    path: f.source.clone(),
-                    dev: f.id.0,
-                    inode: f.id.1,
-                    offset: f.commit,
-                })
+                .map(|f| FileCursor { path: f.source.clone(), dev: f.id.0, inode: f.id.1, offset: f.commit })
                 .collect(),
         }
     }
@@ -315,10 +293,8 @@ impl Tailer {
             if !self.matches(&path) || self.files.iter().any(|f| f.id == id) {
                 continue;
             }
-            let found = file::open(&path)
-                .ok()
-                .filter(|(_, meta)| file::file_id(meta) == id)
-                .or_else(|| find_in_dir(&path, id));
+            let found =
+                file::open(&path).ok().filter(|(_, meta)| file::file_id(meta) == id).or_else(|| find_in_dir(&path, id));
             let Some((fd, meta)) = found else {
                 tracing::warn!(path = %fc.path, offset = fc.offset, "log file read last run is gone; lines written to it after the saved offset were not collected");
                 continue;
@@ -353,11 +329,7 @@ impl Tailer {
                 continue;
             }
             if let Some(parent) = path.parent() {
-                let parent = if parent.as_os_str().is_empty() {
-                    Path::new(".")
-                } else {
-                    parent
-                };
+                let parent = if parent.as_os_str().is_empty() { Path::new(".") } else { parent };
                 if !dirs.iter().any(|d| d == parent) {
                     dirs.push(parent.to_path_buf());
                 }
@@ -391,20 +363,13 @@ impl Tailer {
                 // Renamed between the glob and the open: already tracked under its old name.
                 continue;
             }
-            let offset =
-                if !self.scanned_once && !self.had_cursor && self.read_from == ReadFrom::End {
-                    file::end_offset(&fd, meta.len())
-                } else {
-                    0
-                };
+            let offset = if !self.scanned_once && !self.had_cursor && self.read_from == ReadFrom::End {
+                file::end_offset(&fd, meta.len())
+            } else {
+                0
+            };
             tracing::info!(path = %path.display(), offset, "tailing log file");
-            self.files.push(FileTail::new(
-                path.to_string_lossy().into_owned(),
-                fd,
-                id,
-                offset,
-                now,
-            ));
+            self.files.push(FileTail::new(path.to_string_lossy().into_owned(), fd, id, offset, now));
         }
         for f in &mut self.files {
             if !seen.contains(&f.id) && !f.rotated {
@@ -460,9 +425,7 @@ fn new_watcher(
         let wake = match res {
             Ok(ev) => match ev.kind {
                 // Our own opens and reads show up as access events: waking on them would spin.
-                EventKind::Access(AccessKind::Close(AccessMode::Write)) => {
-                    relevant(&ev, &name_patterns)
-                }
+                EventKind::Access(AccessKind::Close(AccessMode::Write)) => relevant(&ev, &name_patterns),
                 EventKind::Access(_) => false,
                 EventKind::Modify(ModifyKind::Name(_))
                 | EventKind::Create(_)
@@ -496,13 +459,10 @@ fn new_watcher(
 fn relevant(ev: &notify::Event, name_patterns: &[glob::Pattern]) -> bool {
     ev.need_rescan()
         || ev.paths.is_empty()
-        || ev.paths.iter().any(|p| {
-            p.file_name().is_some_and(|n| {
-                name_patterns
-                    .iter()
-                    .any(|pat| pat.matches(&n.to_string_lossy()))
-            })
-        })
+        || ev
+            .paths
+            .iter()
+            .any(|p| p.file_name().is_some_and(|n| name_patterns.iter().any(|pat| pat.matches(&n.to_string_lossy()))))
 }
 
 /// The directory part of a glob before its first wildcard: the deepest directory that surely
@@ -516,11 +476,7 @@ fn literal_dir(glob: &str) -> PathBuf {
         }
         dir.push(c);
     }
-    if dir.as_os_str().is_empty() {
-        PathBuf::from(".")
-    } else {
-        dir
-    }
+    if dir.as_os_str().is_empty() { PathBuf::from(".") } else { dir }
 }
 
 /// A file with identity `id` in the directory of `path`: where a rotated file ends up
@@ -534,9 +490,7 @@ fn find_in_dir(path: &Path, id: FileId) -> Option<(std::fs::File, std::fs::Metad
     for entry in entries.flatten() {
         let Ok(meta) = entry.metadata() else { continue };
         if meta.is_file() && file::file_id(&meta) == id {
-            let found = file::open(&entry.path())
-                .ok()
-                .filter(|(_, m)| file::file_id(m) == id);
+            let found = file::open(&entry.path()).ok().filter(|(_, m)| file::file_id(m) == id);
             if found.is_some() {
                 tracing::info!(path = %path.display(), now_at = %entry.path().display(), "log file was rotated while the agent was down; finishing it first");
                 return found;

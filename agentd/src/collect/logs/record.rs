@@ -33,8 +33,7 @@ impl Pending {
     /// What continuation lines arriving in a later poll should be attributed to: this entry's
     /// metadata without its text. None for a record that takes no continuation lines.
     pub fn carry(&self) -> Option<LogRecord> {
-        self.absorbs
-            .then(|| follow_up(&self.rec, String::new(), false))
+        self.absorbs.then(|| follow_up(&self.rec, String::new(), false))
     }
 }
 
@@ -84,10 +83,7 @@ pub(crate) fn accept_line(
                     if open_records >= limits.max_records {
                         return false;
                     }
-                    *pending = Some(Pending {
-                        rec: follow_up(entry, text, truncated),
-                        absorbs: true,
-                    });
+                    *pending = Some(Pending { rec: follow_up(entry, text, truncated), absorbs: true });
                     return true;
                 }
             }
@@ -104,10 +100,7 @@ pub(crate) fn accept_line(
     if let Some(prev) = pending.take() {
         out.push(prev.rec);
     }
-    *pending = Some(Pending {
-        rec,
-        absorbs: entry_start,
-    });
+    *pending = Some(Pending { rec, absorbs: entry_start });
     true
 }
 
@@ -118,12 +111,7 @@ fn follow_up(entry: &LogRecord, text: String, truncated: bool) -> LogRecord {
         source: entry.source.clone(),
         level: entry.level,
         message: text,
-        fields: entry
-            .fields
-            .iter()
-            .filter(|f| f.name != "truncated")
-            .cloned()
-            .collect(),
+        fields: entry.fields.iter().filter(|f| f.name != "truncated").cloned().collect(),
     };
     if !rec.fields.iter().any(|f| f.name == "continued") {
         rec.fields.push(Label::new("continued", "true"));
@@ -199,10 +187,7 @@ mod tests {
     }
 
     fn field<'a>(r: &'a LogRecord, name: &str) -> Option<&'a str> {
-        r.fields
-            .iter()
-            .find(|f| f.name == name)
-            .map(|f| f.value.as_str())
+        r.fields.iter().find(|f| f.name == name).map(|f| f.value.as_str())
     }
 
     #[test]
@@ -220,11 +205,7 @@ mod tests {
 
     #[test]
     fn continuation_lines_join_the_previous_entry_and_overflow_to_a_follow_up() {
-        let limits = Limits {
-            max_records: 10,
-            max_line_bytes: 100,
-            max_message_bytes: 70,
-        };
+        let limits = Limits { max_records: 10, max_line_bytes: 100, max_message_bytes: 70 };
         let mut out = Vec::new();
         let mut pending = None;
         let lines: [&[u8]; 6] = [
@@ -236,23 +217,11 @@ mod tests {
             b"",
         ];
         for l in lines {
-            assert!(accept_line(
-                &mut out,
-                &mut pending,
-                None,
-                &limits,
-                "f",
-                l,
-                false,
-                5
-            ));
+            assert!(accept_line(&mut out, &mut pending, None, &limits, "f", l, false, 5));
         }
         out.extend(pending.take().map(Pending::into_record));
         assert_eq!(out.len(), 3, "{out:#?}");
-        assert_eq!(
-            out[0].message,
-            "Code: 252. boom\n0. DB::Exception::Exception() @ 0x1\n1. DB::f() @ 0x2"
-        );
+        assert_eq!(out[0].message, "Code: 252. boom\n0. DB::Exception::Exception() @ 0x1\n1. DB::f() @ 0x2");
         assert_eq!(field(&out[0], "code"), Some("252"));
         assert_eq!(field(&out[1], "continued"), Some("true"));
         assert_eq!(field(&out[1], "query_id"), Some("q"));
@@ -262,43 +231,12 @@ mod tests {
 
     #[test]
     fn raw_lines_stay_separate_and_respect_the_record_limit() {
-        let limits = Limits {
-            max_records: 2,
-            max_line_bytes: 100,
-            max_message_bytes: 1600,
-        };
+        let limits = Limits { max_records: 2, max_line_bytes: 100, max_message_bytes: 1600 };
         let mut out = Vec::new();
         let mut pending = None;
-        assert!(accept_line(
-            &mut out,
-            &mut pending,
-            None,
-            &limits,
-            "f",
-            b"plain one",
-            false,
-            5
-        ));
-        assert!(accept_line(
-            &mut out,
-            &mut pending,
-            None,
-            &limits,
-            "f",
-            b"ERROR two",
-            true,
-            5
-        ));
-        assert!(!accept_line(
-            &mut out,
-            &mut pending,
-            None,
-            &limits,
-            "f",
-            b"three",
-            false,
-            5
-        ));
+        assert!(accept_line(&mut out, &mut pending, None, &limits, "f", b"plain one", false, 5));
+        assert!(accept_line(&mut out, &mut pending, None, &limits, "f", b"ERROR two", true, 5));
+        assert!(!accept_line(&mut out, &mut pending, None, &limits, "f", b"three", false, 5));
         out.extend(pending.take().map(Pending::into_record));
         assert_eq!(out.len(), 2);
         assert_eq!(out[0].timestamp_ms, 5);
