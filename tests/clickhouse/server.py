@@ -224,9 +224,10 @@ def content_decoded(chunks, encoding):
 
 
 def checksum(block):
-    """ClickHouse's block checksum: CityHash128 (v1.0.2) of header+data, low 64 bits first."""
+    """ClickHouse's block checksum: CityHash128 (v1.0.2) of header+data as two little-endian u64,
+    first the half that clickhouse-cityhash returns in the high bits."""
     h = CityHash128(block)
-    return struct.pack("<QQ", h & 0xFFFFFFFFFFFFFFFF, h >> 64)
+    return struct.pack("<QQ", h >> 64, h & 0xFFFFFFFFFFFFFFFF)
 
 
 def native_decompressed(chunks):
