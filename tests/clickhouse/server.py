@@ -810,13 +810,13 @@ def main():
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
-    print(f"listening on {args.host}:{port} (ClickHouse {ENGINE['version']}, data {engine.data_dir}, "
-          f"started in {time.time() - t0:.2f}s)", flush=True)
     if args.ready_file:
         tmp = args.ready_file + ".tmp"
         with open(tmp, "w") as f:
             f.write(f"{port}\n")
         os.replace(tmp, args.ready_file)
+    print(f"listening on {args.host}:{port} (ClickHouse {ENGINE['version']}, data {engine.data_dir}, "
+          f"started in {time.time() - t0:.2f}s)", flush=True)
     try:
         httpd.serve_forever(poll_interval=0.2)
     finally:
