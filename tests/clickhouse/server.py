@@ -815,8 +815,8 @@ def main():
         with open(tmp, "w") as f:
             f.write(f"{port}\n")
         os.replace(tmp, args.ready_file)
-    print(f"listening on {args.host}:{port} (ClickHouse {ENGINE['version']}, data {engine.data_dir}, "
-          f"started in {time.time() - t0:.2f}s)", flush=True)
+    log(f"ClickHouse {ENGINE['version']} (chdb), data {engine.data_dir}, started in {time.time() - t0:.2f}s")
+    print(f"listening on {args.host}:{port}", flush=True)
     try:
         httpd.serve_forever(poll_interval=0.2)
     finally:

@@ -182,7 +182,7 @@ class Srv:
         try:
             if not line.startswith("listening on 127.0.0.1:"):
                 raise RuntimeError(f"server did not start: {line!r}, see {data_dir}.log")
-            self.port = int(line.split()[2].split(":")[1])
+            self.port = int(line.strip().rsplit(":", 1)[1])
             with open(self.ready) as f:
                 assert int(f.read()) == self.port
         except BaseException:
