@@ -319,7 +319,7 @@ INSERT_RE = re.compile(r"^" + _LEAD + r"INSERT\s+INTO\b", re.I | re.S)
 FORMAT_RE = re.compile(r"\bFORMAT\s+([A-Za-z][A-Za-z0-9_]*)", re.I)
 VALUES_RE = re.compile(r"\bVALUES\b", re.I)
 SELECT_RE = re.compile(r"\b(SELECT|WITH)\b", re.I)
-TRAILING_FORMAT_RE = re.compile(r"\bFORMAT\s+([A-Za-z][A-Za-z0-9_]*)\s*;?\s*$", re.I)
+TRAILING_FORMAT_RE = re.compile(r"\bFORMAT\s+([A-Za-z][A-Za-z0-9_]*)(?:\s+SETTINGS\s[^;]*)?\s*;?\s*$", re.I)
 ASYNC_METRICS_RE = re.compile(r"asynchronous_metrics\b", re.I)
 
 
@@ -703,7 +703,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
                     if len(text) > MAX_QUERY_TEXT:
                         raise make_error(1001, "STD_EXCEPTION", "Query is too large for this test front")
                     sql = text.decode("utf-8", "replace")
-                    m = TRAILING_FORMAT_RE.search(sql[-200:])
+                    m = TRAILING_FORMAT_RE.search(sql[-400:])
                     out_fmt = m.group(1) if m else fmt
                     if ASYNC_METRICS_RE.search(sql):
                         with eng.async_lock:
