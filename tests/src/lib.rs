@@ -244,3 +244,83 @@ where
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+/// The real ClickHouse 26.9 engine (PyPI chdb-core) behind its HTTP interface
+/// (`tests/clickhouse/server.py`), started on a free port over a data directory that survives
+/// restarts. `tests/clickhouse/install` (run by `tests/run`) provides the Python that has it;
+/// `MEDIC_CHDB_PYTHON` overrides the interpreter.
+pub struct ClickHouseProc {
+    pub proc: Proc,
+    pub port: u16,
+    pub data_dir: PathBuf,
+}
+
+pub fn chdb_python() -> Result<PathBuf> {
+    if let Ok(p) = std::env::var("MEDIC_CHDB_PYTHON") {
+        return Ok(PathBuf::from(p));
+    }
+    let venv = std::env::var("MEDIC_CHDB_VENV").map(PathBuf::from).unwrap_or_else(|_| {
+        PathBuf::from(std::env::var("HOME").unwrap_or_else(|_| "/root".into())).join(".cache/medic/chdb-venv")
+    });
+    let py = venv.join("bin/python");
+    if !py.exists() {
+        bail!("{} not found: run tests/clickhouse/install (tests/run does) to install the ClickHouse engine", py.display());
+    }
+    Ok(py)
+}
+
+impl ClickHouseProc {
+    pub async fn start(data_dir: &Path) -> Result<Self> {
+        Self::start_on(data_dir, 0).await
+    }
+
+    /// Starts on `port` (0 = any free one); restarting on the same port and dir resumes the data.
+    pub async fn start_on(data_dir: &Path, port: u16) -> Result<Self> {
+        std::fs::create_dir_all(data_dir)?;
+        let ready = data_dir.join(format!("ready-{}", std::process::id()));
+        let _ = std::fs::remove_file(&ready);
+        let server = Path::new(env!("CARGO_MANIFEST_DIR")).join("clickhouse/server.py");
+        let mut cmd = Command::new(chdb_python()?);
+        cmd.arg(server)
+            .arg("--port")
+            .arg(port.to_string())
+            .arg("--data-dir")
+            .arg(data_dir)
+            .arg("--ready-file")
+            .arg(&ready);
+        let proc = Proc::spawn("clickhouse", &mut cmd, &data_dir.join("server.out"))?;
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let port = loop {
+            if let Some(p) = std::fs::read_to_string(&ready).ok().and_then(|s| s.trim().parse::<u16>().ok()) {
+                break p;
+            }
+            if Instant::now() > deadline {
+                let out = std::fs::read_to_string(data_dir.join("server.out")).unwrap_or_default();
+                bail!("the ClickHouse test server did not start within 60 s:\n{out}");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        let c = Self { proc, port, data_dir: data_dir.to_path_buf() };
+        wait_http_ok(&c.url(), Duration::from_secs(30)).await?;
+        Ok(c)
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    pub fn client(&self) -> clickhouse::Client {
+        clickhouse::Client::default().with_url(self.url())
+    }
+
+    /// Runs a statement and returns its TabSeparated output.
+    pub async fn query(&self, sql: &str) -> Result<String> {
+        let resp = client().post(self.url()).body(sql.to_string()).send().await?;
+        let status = resp.status();
+        let body = resp.text().await?;
+        if !status.is_success() {
+            bail!("ClickHouse: {sql}: {body}");
+        }
+        Ok(body)
+    }
+}
