@@ -25,6 +25,19 @@ pub struct ControllerConfig {
     /// Collection interval pushed to agents (e.g. "10s"); unset leaves each agent's own.
     #[serde(with = "humantime_serde_compat::option")]
     pub agent_interval: Option<Duration>,
+    /// ClickHouse HTTP URL (e.g. http://clickhouse:8123) to store telemetry in; unset uses the
+    /// embedded store under `data_dir`.
+    pub clickhouse_url: Option<String>,
+    /// Database for Medic's tables. Default "medic".
+    pub clickhouse_database: String,
+    /// ClickHouse user; MEDIC_CLICKHOUSE_USER overrides. Default: the server's default user.
+    pub clickhouse_user: Option<String>,
+    /// File holding the ClickHouse password (MEDIC_CLICKHOUSE_PASSWORD overrides). Passwords are
+    /// never taken from the command line, where `ps` would show them.
+    pub clickhouse_password_file: Option<PathBuf>,
+    /// Upper bound for one ClickHouse statement. Default 30s.
+    #[serde(with = "humantime_serde_compat")]
+    pub clickhouse_timeout: Duration,
 }
 
 impl Default for ControllerConfig {
@@ -37,11 +50,40 @@ impl Default for ControllerConfig {
             max_message_bytes: 16 << 20,
             ingest_queue_batches: 4096,
             agent_interval: None,
+            clickhouse_url: None,
+            clickhouse_database: "medic".into(),
+            clickhouse_user: None,
+            clickhouse_password_file: None,
+            clickhouse_timeout: Duration::from_secs(30),
         }
     }
 }
 
 impl ControllerConfig {
+    /// ClickHouse connection settings, with credentials from the environment or the password
+    /// file; `None` when the embedded store is to be used.
+    pub fn clickhouse(&self) -> anyhow::Result<Option<crate::store::clickhouse::ClickHouseOptions>> {
+        let Some(url) = &self.clickhouse_url else { return Ok(None) };
+        let mut o = crate::store::clickhouse::ClickHouseOptions::new(url.clone());
+        o.database = self.clickhouse_database.clone();
+        o.retention = self.retention;
+        o.timeout = self.clickhouse_timeout;
+        o.user = std::env::var("MEDIC_CLICKHOUSE_USER").ok().or_else(|| self.clickhouse_user.clone());
+        o.password = match std::env::var("MEDIC_CLICKHOUSE_PASSWORD") {
+            Ok(p) => Some(p),
+            Err(_) => match &self.clickhouse_password_file {
+                Some(f) => Some(
+                    std::fs::read_to_string(f)
+                        .map_err(|e| anyhow::anyhow!("reading the ClickHouse password file {}: {e}", f.display()))?
+                        .trim_end_matches(['\n', '\r'])
+                        .to_string(),
+                ),
+                None => None,
+            },
+        };
+        Ok(Some(o))
+    }
+
     pub fn from_file(path: &std::path::Path) -> anyhow::Result<Self> {
         let text = std::fs::read_to_string(path)
             .map_err(|e| anyhow::anyhow!("reading config file {}: {e}", path.display()))?;

@@ -42,6 +42,17 @@ struct RunArgs {
     /// Collection interval pushed to every agent, e.g. 10s [default: agents keep their own]
     #[arg(long, value_parser = humantime::parse_duration)]
     agent_interval: Option<Duration>,
+    /// Store telemetry in ClickHouse at this HTTP URL (e.g. http://clickhouse:8123) instead of
+    /// the embedded store. Credentials: MEDIC_CLICKHOUSE_USER / MEDIC_CLICKHOUSE_PASSWORD or
+    /// --clickhouse-password-file, never on the command line.
+    #[arg(long)]
+    clickhouse_url: Option<String>,
+    /// ClickHouse database for Medic's tables [default: medic]
+    #[arg(long)]
+    clickhouse_database: Option<String>,
+    /// File holding the ClickHouse password.
+    #[arg(long)]
+    clickhouse_password_file: Option<PathBuf>,
     #[command(flatten)]
     log: LogArgs,
 }
@@ -122,6 +133,15 @@ fn config(args: &RunArgs) -> anyhow::Result<ControllerConfig> {
     }
     if let Some(v) = args.agent_interval {
         cfg.agent_interval = Some(v);
+    }
+    if let Some(v) = &args.clickhouse_url {
+        cfg.clickhouse_url = Some(v.clone());
+    }
+    if let Some(v) = &args.clickhouse_database {
+        cfg.clickhouse_database = v.clone();
+    }
+    if let Some(v) = &args.clickhouse_password_file {
+        cfg.clickhouse_password_file = Some(v.clone());
     }
     Ok(cfg)
 }

@@ -6,6 +6,7 @@ use crate::ingest::nodes::NodeTable;
 use crate::ingest::writer::{Writer, WriterOptions};
 use crate::ingest::{IngestOptions, IngestService};
 use crate::store::Store;
+use crate::store::clickhouse::ClickHouseStore;
 use crate::store::embedded::EmbeddedStore;
 use crate::telemetry::Metrics;
 use anyhow::Context;
@@ -14,10 +15,18 @@ use std::sync::Arc;
 use std::time::Duration;
 
 pub async fn run(cfg: ControllerConfig, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
-    let store: Arc<dyn Store> = Arc::new(
-        EmbeddedStore::open(&cfg.data_dir)
-            .with_context(|| format!("opening the embedded store in {}", cfg.data_dir.display()))?,
-    );
+    let store: Arc<dyn Store> = match cfg.clickhouse()? {
+        Some(opts) => {
+            let url = opts.url.clone();
+            Arc::new(ClickHouseStore::open(opts).await.with_context(|| {
+                format!("connecting to ClickHouse at {url} (check --clickhouse-url and that the server is up)")
+            })?)
+        }
+        None => Arc::new(
+            EmbeddedStore::open(&cfg.data_dir)
+                .with_context(|| format!("opening the embedded store in {}", cfg.data_dir.display()))?,
+        ),
+    };
     let metrics = Arc::new(Metrics::new(store.kind()));
     metrics.store_up.set(1);
     let nodes = NodeTable::default();

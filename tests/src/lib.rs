@@ -245,6 +245,30 @@ where
     }
 }
 
+/// Waits until the agent has nothing unacked and the controller's last stored seq equals the
+/// agent's last assigned seq, read on both sides of the controller read so it is consistent.
+pub async fn drained(agent: &AgentProc, controller: &ControllerProc) -> Result<serde_json::Value> {
+    eventually(Duration::from_secs(30), || async {
+        let before = agent.metrics().await?;
+        let nodes = controller.nodes().await?;
+        let after = agent.metrics().await?;
+        let last = before.get("medic_agent_spool_last_seq").copied().unwrap_or(-1.0);
+        let acked = after.get("medic_agent_spool_acked_seq").copied().unwrap_or(-2.0);
+        let last_after = after.get("medic_agent_spool_last_seq").copied().unwrap_or(-3.0);
+        let Some(node) = nodes.get(&agent.node) else { bail!("controller does not know {}", agent.node) };
+        let stored = node["last_seq"].as_f64().unwrap_or(-4.0);
+        if last == last_after && last == acked && last == stored {
+            Ok(Some(node.clone()))
+        } else {
+            bail!(
+                "{}: agent last={last} acked={acked} (then last={last_after}), controller last_seq={stored}",
+                agent.node
+            )
+        }
+    })
+    .await
+}
+
 /// The real ClickHouse 26.9 engine (PyPI chdb-core) behind its HTTP interface
 /// (`tests/clickhouse/server.py`), started on a free port over a data directory that survives
 /// restarts. `tests/clickhouse/install` (run by `tests/run`) provides the Python that has it;

@@ -6,6 +6,7 @@
 //! crash can never leave batches stored without their sequence numbers (which would store a
 //! replay twice) or sequence numbers without their batches (which would lose data).
 
+pub mod clickhouse;
 pub mod embedded;
 
 use async_trait::async_trait;
