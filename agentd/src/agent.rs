@@ -76,8 +76,13 @@ async fn collect_loop(
     mut stop: watch::Receiver<bool>,
 ) {
     let opts = host::HostOptions {
-        paths: host::HostPaths { proc_root: cfg.proc_root.clone(), sys_root: cfg.sys_root.clone(), rootfs: cfg.rootfs.clone() },
+        paths: host::HostPaths {
+            proc_root: cfg.proc_root.clone(),
+            sys_root: cfg.sys_root.clone(),
+            rootfs: cfg.rootfs.clone(),
+        },
         processes: cfg.processes.clone(),
+        ..Default::default()
     };
     let mut collectors: Vec<Box<dyn Collector>> = host::collectors(&opts);
     collectors.push(Box::new(SelfCollector::new()));
@@ -155,7 +160,10 @@ async fn tail_loop(mut tailer: Tailer, shared: Shared, spool_dir: PathBuf, mut s
 }
 
 /// Runs the agent until `shutdown` resolves.
-pub async fn run(cfg: AgentConfig, shutdown: impl std::future::Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+pub async fn run(
+    cfg: AgentConfig,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
     let node = cfg.node_name();
     let metrics = Arc::new(AgentMetrics::new());
     let spool = Spool::open(&cfg.spool_dir, SpoolOptions { max_bytes: cfg.spool_max_bytes, ..Default::default() })
@@ -164,7 +172,12 @@ pub async fn run(cfg: AgentConfig, shutdown: impl std::future::Future<Output = (
     tracing::info!(node = %node, spool = %cfg.spool_dir.display(), unacked = st.batches, next_seq = st.next_seq, corrupt = st.corrupt_records_total, "spool opened");
     let cursor = restore_cursor(&spool, &cfg.spool_dir);
     let (hint_tx, hint_rx) = watch::channel(None);
-    let shared = Shared { spool: Arc::new(Mutex::new(spool)), appended: Arc::new(Notify::new()), metrics: metrics.clone(), interval_hint: hint_tx };
+    let shared = Shared {
+        spool: Arc::new(Mutex::new(spool)),
+        appended: Arc::new(Notify::new()),
+        metrics: metrics.clone(),
+        interval_hint: hint_tx,
+    };
     {
         let spool = shared.spool.lock().unwrap_or_else(|p| p.into_inner());
         stream::update_spool_metrics(&shared, &spool);
@@ -175,7 +188,11 @@ pub async fn run(cfg: AgentConfig, shutdown: impl std::future::Future<Output = (
     tasks.push(tokio::spawn(collect_loop(cfg.clone(), shared.clone(), hint_rx, stop_rx.clone())));
     if !cfg.log_files.is_empty() {
         let tailer = Tailer::new(
-            TailerOptions { globs: cfg.log_files.clone(), max_line_bytes: cfg.max_line_bytes, read_from: cfg.read_from },
+            TailerOptions {
+                globs: cfg.log_files.clone(),
+                max_line_bytes: cfg.max_line_bytes,
+                read_from: cfg.read_from,
+            },
             cursor,
         )
         .context("starting the log tailer")?;

@@ -25,9 +25,8 @@ async fn healthz(State(m): State<Arc<AgentMetrics>>) -> Response {
 
 async fn metrics_handler(State(m): State<Arc<AgentMetrics>>) -> Response {
     match m.encode() {
-        Ok(body) => {
-            ([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], body).into_response()
-        }
+        Ok(body) => ([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], body)
+            .into_response(),
         Err(_) => (StatusCode::INTERNAL_SERVER_ERROR, "encoding metrics failed").into_response(),
     }
 }

@@ -52,7 +52,7 @@ struct LogArgs {
     #[arg(long, value_enum, default_value_t = LogFormat::Text, global = true)]
     log_format: LogFormat,
     /// Log filter, e.g. info or controller=debug,info (RUST_LOG also works).
-    #[arg(long, default_value = "info", global = true)]
+    #[arg(long, default_value = "info,fjall=warn,lsm_tree=warn", global = true)]
     log_level: String,
     /// Also append logs (JSON lines) to this file.
     #[arg(long, global = true)]
@@ -234,7 +234,9 @@ async fn main() -> anyhow::Result<()> {
                 cfg.data_dir = PathBuf::from("medic-local-data");
             }
             let mut log = cli.run.log.clone();
-            log.log_file.get_or_insert_with(|| std::path::absolute(&cfg.data_dir).unwrap_or(cfg.data_dir.clone()).join("controller.log"));
+            log.log_file.get_or_insert_with(|| {
+                std::path::absolute(&cfg.data_dir).unwrap_or(cfg.data_dir.clone()).join("controller.log")
+            });
             init_logging(&log)?;
             run_local(cfg, local).await
         }

@@ -89,7 +89,11 @@ impl Metrics {
             prometheus_client::registry::Unit::Seconds,
             m.store_write_seconds.clone(),
         );
-        registry.register("ingest_queue_batches", "Batches waiting for the store writer", m.ingest_queue_batches.clone());
+        registry.register(
+            "ingest_queue_batches",
+            "Batches waiting for the store writer",
+            m.ingest_queue_batches.clone(),
+        );
         registry.register_with_unit(
             "ingest_ack_latency",
             "From a batch's arrival to its ack being queued",

@@ -44,7 +44,10 @@ async fn drained(agent: &AgentProc, controller: &ControllerProc) -> Result<serde
         if last == last_after && last == acked && last == stored {
             Ok(Some(node.clone()))
         } else {
-            bail!("{}: agent last={last} acked={acked} (then last={last_after}), controller last_seq={stored}", agent.node)
+            bail!(
+                "{}: agent last={last} acked={acked} (then last={last_after}), controller last_seq={stored}",
+                agent.node
+            )
         }
     })
     .await
@@ -68,7 +71,13 @@ fn assert_exactly_once(node: &str, written: &[String], stored: &[String]) {
     }
     let missing: Vec<&String> = written.iter().filter(|w| !counts.contains_key(key(w))).collect();
     let dups: Vec<(&&str, &usize)> = counts.iter().filter(|(_, n)| **n > 1).collect();
-    assert!(missing.is_empty(), "{node}: {} of {} log lines never stored, e.g. {:?}", missing.len(), written.len(), missing.first());
+    assert!(
+        missing.is_empty(),
+        "{node}: {} of {} log lines never stored, e.g. {:?}",
+        missing.len(),
+        written.len(),
+        missing.first()
+    );
     assert!(dups.is_empty(), "{node}: log lines stored more than once: {dups:?}");
     assert_eq!(stored.len(), written.len(), "{node}: stored log records vs lines written");
 }
@@ -92,7 +101,10 @@ async fn three_agents_lose_and_duplicate_nothing_when_controller_and_agent_are_k
         let spool = dir.path().join(format!("spool-{i}"));
         let log = log.to_string_lossy().to_string();
         let args = ["--interval", "200ms", "--log-file", log.as_str(), "--read-from", "beginning"];
-        agents.push((AgentProc::start(&controller.grpc_url(), &format!("node-{i}"), &spool, free_port(), &args).await?, args.map(String::from)));
+        agents.push((
+            AgentProc::start(&controller.grpc_url(), &format!("node-{i}"), &spool, free_port(), &args).await?,
+            args.map(String::from),
+        ));
     }
     let pause = |ms| tokio::time::sleep(Duration::from_millis(ms));
 
@@ -125,7 +137,11 @@ async fn three_agents_lose_and_duplicate_nothing_when_controller_and_agent_are_k
         assert_eq!(node["batches"].as_u64(), Some(last_seq), "{}: every seq stored exactly once: {node}", agent.node);
         let lines = eventually(Duration::from_secs(10), || async {
             let stored = stored_log_lines(&controller, &agent.node).await?;
-            if stored.len() >= written[i].len() { Ok(Some(stored)) } else { bail!("{} of {} lines stored", stored.len(), written[i].len()) }
+            if stored.len() >= written[i].len() {
+                Ok(Some(stored))
+            } else {
+                bail!("{} of {} lines stored", stored.len(), written[i].len())
+            }
         })
         .await?;
         assert_exactly_once(&agent.node, &written[i], &lines);
@@ -146,7 +162,14 @@ async fn rotation_and_truncation_lose_no_log_line() -> Result<()> {
     let log = dir.path().join("server.log");
     std::fs::write(&log, "")?;
     let glob = log.to_string_lossy().to_string();
-    let agent = AgentProc::start(&controller.grpc_url(), "rot", &dir.path().join("spool"), free_port(), &["--interval", "1s", "--log-file", &glob]).await?;
+    let agent = AgentProc::start(
+        &controller.grpc_url(),
+        "rot",
+        &dir.path().join("spool"),
+        free_port(),
+        &["--interval", "1s", "--log-file", &glob],
+    )
+    .await?;
     let mut expected = Vec::new();
     let mut write = |n: std::ops::Range<usize>, path: &Path| -> Result<()> {
         let mut f = std::fs::OpenOptions::new().append(true).create(true).open(path)?;
@@ -170,10 +193,58 @@ async fn rotation_and_truncation_lose_no_log_line() -> Result<()> {
 
     let stored = eventually(Duration::from_secs(15), || async {
         let stored = stored_log_lines(&controller, "rot").await?;
-        if stored.len() >= expected.len() { Ok(Some(stored)) } else { bail!("{} of {} lines stored", stored.len(), expected.len()) }
+        if stored.len() >= expected.len() {
+            Ok(Some(stored))
+        } else {
+            bail!("{} of {} lines stored", stored.len(), expected.len())
+        }
     })
     .await?;
     assert_exactly_once("rot", &expected, &stored);
     drop(agent);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_torn_spool_tail_is_skipped_and_counted_and_everything_before_it_is_delivered() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let (grpc, http, agent_http) = (free_port(), free_port(), free_port());
+    let spool = dir.path().join("spool");
+    let url = format!("http://127.0.0.1:{grpc}");
+    let args = ["--interval", "200ms"];
+    // No controller yet: the agent keeps everything in its spool.
+    let mut agent = AgentProc::start(&url, "torn", &spool, agent_http, &args).await?;
+    eventually(Duration::from_secs(10), || async {
+        let m = agent.metrics().await?;
+        Ok((m.get("medic_agent_spool_last_seq").copied().unwrap_or(0.0) >= 5.0).then_some(()))
+    })
+    .await?;
+    agent.proc.kill9();
+
+    // Power loss mid-append: half a record of garbage at the end of the newest segment.
+    let mut segments: Vec<PathBuf> = std::fs::read_dir(&spool)?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "seg"))
+        .collect();
+    segments.sort();
+    let newest = segments.last().ok_or_else(|| anyhow::anyhow!("no spool segment in {}", spool.display()))?;
+    let records_before = std::fs::metadata(newest)?.len();
+    let mut f = std::fs::OpenOptions::new().append(true).open(newest)?;
+    f.write_all(&[0x4d, 0x45, 0x44, 0x31, 0xff, 0xff, 0x00, 0x00, 0x12, 0x34])?;
+    f.write_all(&[0u8; 300])?;
+    drop(f);
+    assert!(records_before > 0);
+
+    let controller = ControllerProc::start(&dir.path().join("c"), grpc, http, &[]).await?;
+    let agent = AgentProc::start(&url, "torn", &spool, agent_http, &args).await?;
+    let m = agent.metrics().await?;
+    assert!(
+        m.get("medic_agent_spool_corrupt_records_total").copied().unwrap_or(0.0) >= 1.0,
+        "the torn tail is counted: {m:?}"
+    );
+    let node = drained(&agent, &controller).await?;
+    assert_eq!(node["seq_gaps"], 0, "no complete batch was lost: {node}");
+    assert_eq!(node["batches"], node["last_seq"], "{node}");
+    assert!(node["last_seq"].as_u64().unwrap_or(0) >= 5);
     Ok(())
 }

@@ -9,8 +9,7 @@ use crate::telemetry::AgentMetrics;
 use medic_proto::PROTOCOL_VERSION;
 use medic_proto::v1::telemetry_client::TelemetryClient;
 use medic_proto::v1::{
-    AgentMessage, Command, CommandResult, CommandStatus, Heartbeat, Hello, Label, agent_message,
-    controller_message,
+    AgentMessage, Command, CommandResult, CommandStatus, Heartbeat, Hello, Label, agent_message, controller_message,
 };
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -171,10 +170,8 @@ async fn session(opts: &StreamOptions, shared: &Shared) -> Result<(), StreamErro
         .http2_keep_alive_interval(Duration::from_secs(15))
         .keep_alive_timeout(Duration::from_secs(10))
         .keep_alive_while_idle(true);
-    let channel = endpoint
-        .connect()
-        .await
-        .map_err(|source| StreamError::Connect { url: opts.controller.clone(), source })?;
+    let channel =
+        endpoint.connect().await.map_err(|source| StreamError::Connect { url: opts.controller.clone(), source })?;
     let mut client = TelemetryClient::new(channel)
         .max_decoding_message_size(opts.max_message_bytes)
         .max_encoding_message_size(opts.max_message_bytes);

@@ -23,7 +23,7 @@ use writer::Job;
 
 #[derive(Debug, Clone)]
 pub struct IngestOptions {
-    /// Largest message an agent may send; larger ones end that agent's stream with RESOURCE_EXHAUSTED.
+    /// Largest message an agent may send; larger ones end that agent's stream with an error.
     pub max_message_bytes: usize,
     /// How long a new stream may take to send its Hello.
     pub hello_timeout: Duration,
@@ -140,7 +140,7 @@ impl IngestService {
                 }
                 Err(status) => {
                     let reason = match status.code() {
-                        tonic::Code::ResourceExhausted => "oversized",
+                        tonic::Code::ResourceExhausted | tonic::Code::OutOfRange => "oversized",
                         tonic::Code::Internal | tonic::Code::InvalidArgument => "malformed",
                         _ => "stream_error",
                     };
@@ -160,7 +160,10 @@ impl IngestService {
                     }
                     let dropped = self.sanitize(&mut batch);
                     if dropped > 0 {
-                        self.metrics.samples_rejected.get_or_create(&crate::telemetry::ReasonLabels { reason: "timestamp".into() }).inc_by(dropped as u64);
+                        self.metrics
+                            .samples_rejected
+                            .get_or_create(&crate::telemetry::ReasonLabels { reason: "timestamp".into() })
+                            .inc_by(dropped as u64);
                     }
                     let job = Job::Batch {
                         node: node.clone(),
@@ -206,9 +209,13 @@ impl Telemetry for IngestService {
     async fn stream(&self, request: Request<Streaming<AgentMessage>>) -> Result<Response<Self::StreamStream>, Status> {
         let mut inbound = request.into_inner();
         let first = match tokio::time::timeout(self.opts.hello_timeout, inbound.message()).await {
-            Err(_) => return Err(self.refuse("hello_timeout", Status::deadline_exceeded("no hello within the timeout"))),
+            Err(_) => {
+                return Err(self.refuse("hello_timeout", Status::deadline_exceeded("no hello within the timeout")));
+            }
             Ok(Err(status)) => return Err(self.refuse("malformed", status)),
-            Ok(Ok(None)) => return Err(self.refuse("bad_hello", Status::invalid_argument("stream closed before hello"))),
+            Ok(Ok(None)) => {
+                return Err(self.refuse("bad_hello", Status::invalid_argument("stream closed before hello")));
+            }
             Ok(Ok(Some(m))) => m,
         };
         let Some(agent_message::Msg::Hello(hello)) = first.msg else {
@@ -231,7 +238,8 @@ impl Telemetry for IngestService {
         let last_stored_seq = reply_rx.await.map_err(|_| Status::unavailable("controller is shutting down"))?;
 
         let (tx, rx) = mpsc::channel(1024);
-        let welcome = Welcome { protocol_version: PROTOCOL_VERSION, controller_id: self.controller_id.clone(), last_stored_seq };
+        let welcome =
+            Welcome { protocol_version: PROTOCOL_VERSION, controller_id: self.controller_id.clone(), last_stored_seq };
         let _ = tx.try_send(Ok(ControllerMessage { msg: Some(Msg::Welcome(welcome)) }));
         if let Some(i) = self.opts.interval_hint {
             let hint = ConfigHint { interval_ms: i.as_millis() as u64 };

@@ -19,7 +19,13 @@ pub type Outbound = mpsc::Sender<Result<ControllerMessage, Status>>;
 
 pub enum Job {
     /// A (re)connecting agent: adopt its spool incarnation and say what is already stored.
-    Hello { node: String, spool_id: String, labels: Vec<(String, String)>, agent_version: String, reply: oneshot::Sender<u64> },
+    Hello {
+        node: String,
+        spool_id: String,
+        labels: Vec<(String, String)>,
+        agent_version: String,
+        reply: oneshot::Sender<u64>,
+    },
     /// One batch to store; the ack goes straight to the session's outbound stream.
     Batch { node: String, spool_id: String, batch: Arc<Batch>, received: Instant, outbound: Outbound },
 }
@@ -137,10 +143,8 @@ impl Writer {
             }
         }
         set.nodes = touched.values().cloned().collect();
-        let (samples, logs): (u64, u64) = set
-            .batches
-            .iter()
-            .fold((0, 0), |(s, l), (_, b)| (s + b.samples.len() as u64, l + b.logs.len() as u64));
+        let (samples, logs): (u64, u64) =
+            set.batches.iter().fold((0, 0), |(s, l), (_, b)| (s + b.samples.len() as u64, l + b.logs.len() as u64));
         let stored_batches = set.batches.len() as u64;
 
         self.write_until_stored(set).await;
@@ -188,4 +192,209 @@ impl Writer {
 
 fn log_store_error(e: &StoreError, retry_in: Duration) {
     tracing::error!(error = %e, retry_in = ?retry_in, "cannot store telemetry; holding acks so agents keep it spooled");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::embedded::EmbeddedStore;
+    use crate::store::{LogQuery, Point, SeriesQuery, StoredLog};
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    /// The embedded store, but the first `fail` writes are refused (a store that is down).
+    struct Flaky {
+        inner: EmbeddedStore,
+        fail: AtomicUsize,
+        writes: AtomicUsize,
+    }
+
+    #[async_trait::async_trait]
+    impl Store for Flaky {
+        fn kind(&self) -> &'static str {
+            "flaky"
+        }
+        async fn load_nodes(&self) -> Result<Vec<NodeRecord>, StoreError> {
+            self.inner.load_nodes().await
+        }
+        async fn write(&self, set: WriteSet) -> Result<(), StoreError> {
+            if self.fail.load(Ordering::SeqCst) > 0 {
+                self.fail.fetch_sub(1, Ordering::SeqCst);
+                return Err(StoreError::Unavailable("down for the test".into()));
+            }
+            self.writes.fetch_add(1, Ordering::SeqCst);
+            self.inner.write(set).await
+        }
+        async fn metric_names(&self, node: &str) -> Result<Vec<String>, StoreError> {
+            self.inner.metric_names(node).await
+        }
+        async fn series(&self, q: &SeriesQuery) -> Result<Vec<Point>, StoreError> {
+            self.inner.series(q).await
+        }
+        async fn logs(&self, q: &LogQuery) -> Result<Vec<StoredLog>, StoreError> {
+            self.inner.logs(q).await
+        }
+        async fn enforce_retention(&self, c: i64) -> Result<u64, StoreError> {
+            self.inner.enforce_retention(c).await
+        }
+        async fn ping(&self) -> Result<(), StoreError> {
+            Ok(())
+        }
+    }
+
+    struct Harness {
+        jobs: mpsc::Sender<Job>,
+        nodes: NodeTable,
+        store: Arc<Flaky>,
+        _dir: tempfile::TempDir,
+    }
+
+    fn harness(fail: usize) -> Harness {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(Flaky {
+            inner: EmbeddedStore::open(dir.path()).unwrap(),
+            fail: AtomicUsize::new(fail),
+            writes: AtomicUsize::new(0),
+        });
+        let nodes = NodeTable::default();
+        let (jobs, rx) = mpsc::channel(64);
+        let writer =
+            Writer::new(store.clone(), nodes.clone(), Arc::new(Metrics::new("test")), WriterOptions::default());
+        tokio::spawn(writer.run(rx));
+        Harness { jobs, nodes, store, _dir: dir }
+    }
+
+    impl Harness {
+        async fn hello(&self, node: &str, spool: &str) -> u64 {
+            let (reply, rx) = oneshot::channel();
+            let job = Job::Hello {
+                node: node.into(),
+                spool_id: spool.into(),
+                labels: vec![],
+                agent_version: "t".into(),
+                reply,
+            };
+            self.jobs.send(job).await.unwrap();
+            rx.await.unwrap()
+        }
+
+        /// Sends a batch with one sample and returns the ack.
+        async fn batch(&self, node: &str, spool: &str, seq: u64) -> u64 {
+            let (tx, mut rx) = mpsc::channel(4);
+            let sample = medic_proto::v1::Sample {
+                metric: "m".into(),
+                timestamp_ms: now_ms(),
+                value: seq as f64,
+                ..Default::default()
+            };
+            let batch = Arc::new(Batch { seq, samples: vec![sample], ..Default::default() });
+            let job =
+                Job::Batch { node: node.into(), spool_id: spool.into(), batch, received: Instant::now(), outbound: tx };
+            self.jobs.send(job).await.unwrap();
+            match rx.recv().await.unwrap().unwrap().msg {
+                Some(Msg::Ack(a)) => a.seq,
+                other => panic!("expected an ack, got {other:?}"),
+            }
+        }
+
+        fn record(&self, node: &str) -> NodeRecord {
+            self.nodes.record_or_new(node, 0)
+        }
+    }
+
+    #[tokio::test]
+    async fn a_replayed_batch_is_acked_but_not_stored_twice() {
+        let h = harness(0);
+        assert_eq!(h.hello("n", "s1").await, 0);
+        assert_eq!(h.batch("n", "s1", 1).await, 1);
+        assert_eq!(h.batch("n", "s1", 2).await, 2);
+        assert_eq!(h.batch("n", "s1", 1).await, 2, "a replay is acked with the highest stored seq");
+        let r = h.record("n");
+        assert_eq!((r.batches, r.duplicates, r.samples, r.seq_gaps), (2, 1, 2, 0));
+        assert_eq!(h.hello("n", "s1").await, 2, "a reconnecting agent learns what is already stored");
+    }
+
+    #[tokio::test]
+    async fn missing_sequence_numbers_are_counted_as_gaps() {
+        let h = harness(0);
+        h.hello("n", "s").await;
+        h.batch("n", "s", 1).await;
+        assert_eq!(h.batch("n", "s", 5).await, 5);
+        let r = h.record("n");
+        assert_eq!((r.batches, r.seq_gaps), (2, 3));
+    }
+
+    #[tokio::test]
+    async fn a_new_spool_restarts_sequence_numbers_without_losing_history() {
+        let h = harness(0);
+        h.hello("n", "old").await;
+        h.batch("n", "old", 1).await;
+        h.batch("n", "old", 2).await;
+        assert_eq!(h.hello("n", "new").await, 0, "a wiped spool starts over at seq 1");
+        assert_eq!(h.batch("n", "new", 1).await, 1);
+        let r = h.record("n");
+        assert_eq!((r.batches, r.duplicates, r.seq_gaps), (3, 0, 0));
+    }
+
+    #[tokio::test]
+    async fn a_batch_from_a_superseded_spool_is_refused() {
+        let h = harness(0);
+        h.hello("n", "old").await;
+        h.hello("n", "new").await;
+        let (tx, mut rx) = mpsc::channel(4);
+        let job = Job::Batch {
+            node: "n".into(),
+            spool_id: "old".into(),
+            batch: Arc::new(Batch { seq: 1, ..Default::default() }),
+            received: Instant::now(),
+            outbound: tx,
+        };
+        h.jobs.send(job).await.unwrap();
+        let status = rx.recv().await.unwrap().unwrap_err();
+        assert_eq!(status.code(), tonic::Code::Aborted);
+        assert_eq!(h.record("n").batches, 0);
+    }
+
+    #[tokio::test]
+    async fn nothing_is_acked_until_the_store_takes_the_write() {
+        let h = harness(3);
+        h.hello("n", "s").await; // retried until the store comes back
+        assert_eq!(h.batch("n", "s", 1).await, 1);
+        assert_eq!(h.store.fail.load(Ordering::SeqCst), 0, "all three failures were retried");
+        assert_eq!(h.record("n").batches, 1);
+        assert_eq!(h.nodes.store_error(), None, "recovered");
+    }
+
+    #[tokio::test]
+    async fn state_survives_a_restart_of_the_writer() {
+        let dir = tempfile::tempdir().unwrap();
+        for round in 0..2u64 {
+            let store: Arc<dyn Store> = Arc::new(EmbeddedStore::open(dir.path()).unwrap());
+            let nodes = NodeTable::default();
+            nodes.load(store.load_nodes().await.unwrap());
+            let (jobs, rx) = mpsc::channel(8);
+            let task = tokio::spawn(
+                Writer::new(store, nodes.clone(), Arc::new(Metrics::new("t")), WriterOptions::default()).run(rx),
+            );
+            let h = Harness {
+                jobs,
+                nodes,
+                store: Arc::new(Flaky {
+                    inner: EmbeddedStore::open(&dir.path().join("unused")).unwrap(),
+                    fail: AtomicUsize::new(0),
+                    writes: AtomicUsize::new(0),
+                }),
+                _dir: tempfile::tempdir().unwrap(),
+            };
+            assert_eq!(h.hello("n", "s").await, round * 2);
+            // Round 1 replays seq 1..=2 (as an agent would after a controller crash) then sends 3..=4.
+            for seq in 1..=2 * (round + 1) {
+                h.batch("n", "s", seq).await;
+            }
+            let r = h.record("n");
+            assert_eq!((r.batches, r.last_seq, r.duplicates), (2 * (round + 1), 2 * (round + 1), round * 2));
+            drop(h);
+            task.abort();
+            let _ = task.await;
+        }
+    }
 }

@@ -43,12 +43,7 @@ struct SeriesIndex {
 
 impl SeriesIndex {
     fn insert(&mut self, id: u64, key: String, desc: SeriesDesc) {
-        self.by_node
-            .entry(desc.node.clone())
-            .or_default()
-            .entry(desc.metric.clone())
-            .or_default()
-            .push(id);
+        self.by_node.entry(desc.node.clone()).or_default().entry(desc.metric.clone()).or_default().push(id);
         self.by_key.insert(key, id);
         self.descs.insert(id, desc);
         self.next_id = self.next_id.max(id + 1);
@@ -231,8 +226,8 @@ impl EmbeddedStore {
             let id = u64::from_be_bytes(
                 k.as_ref().try_into().map_err(|_| StoreError::Corrupt("series key is not 8 bytes".into()))?,
             );
-            let desc: SeriesDesc = serde_json::from_slice(&v)
-                .map_err(|e| StoreError::Corrupt(format!("series {id}: {e}")))?;
+            let desc: SeriesDesc =
+                serde_json::from_slice(&v).map_err(|e| StoreError::Corrupt(format!("series {id}: {e}")))?;
             let labels: Vec<Label> = desc.labels.iter().map(|(n, v)| Label::new(n.clone(), v.clone())).collect();
             series_key(&mut key, &desc.node, &desc.metric, &labels);
             index.insert(id, key.clone(), desc);
@@ -264,9 +259,8 @@ impl Store for EmbeddedStore {
             let mut out = Vec::new();
             for item in inner.nodes.iter() {
                 let (k, v) = item.into_inner().map_err(io)?;
-                let rec: NodeRecord = serde_json::from_slice(&v).map_err(|e| {
-                    StoreError::Corrupt(format!("node record {:?}: {e}", String::from_utf8_lossy(&k)))
-                })?;
+                let rec: NodeRecord = serde_json::from_slice(&v)
+                    .map_err(|e| StoreError::Corrupt(format!("node record {:?}: {e}", String::from_utf8_lossy(&k))))?;
                 out.push(rec);
             }
             Ok(out)
@@ -310,7 +304,12 @@ impl Store for EmbeddedStore {
                         let value = f64::from_le_bytes(
                             v.as_ref().try_into().map_err(|_| StoreError::Corrupt("sample value".into()))?,
                         );
-                        out.push(Point { metric: desc.metric.clone(), labels: labels.clone(), timestamp_ms: ts, value });
+                        out.push(Point {
+                            metric: desc.metric.clone(),
+                            labels: labels.clone(),
+                            timestamp_ms: ts,
+                            value,
+                        });
                         if out.len() >= q.limit {
                             return Ok(out);
                         }
@@ -337,17 +336,14 @@ impl Store for EmbeddedStore {
                 let ks = inner.day_keyspace(day)?;
                 for item in ks.range(lo.clone()..=hi.clone()).rev() {
                     let (k, v) = item.into_inner().map_err(io)?;
-                    let record = LogRecord::decode(v.as_ref())
-                        .map_err(|e| StoreError::Corrupt(format!("log record: {e}")))?;
+                    let record =
+                        LogRecord::decode(v.as_ref()).map_err(|e| StoreError::Corrupt(format!("log record: {e}")))?;
                     if q.min_level.is_some_and(|min| record.level < min) {
                         continue;
                     }
                     let seq_at = k.len().saturating_sub(12);
-                    let seq = k
-                        .get(seq_at..seq_at + 8)
-                        .and_then(|b| b.try_into().ok())
-                        .map(u64::from_be_bytes)
-                        .unwrap_or(0);
+                    let seq =
+                        k.get(seq_at..seq_at + 8).and_then(|b| b.try_into().ok()).map(u64::from_be_bytes).unwrap_or(0);
                     out.push(StoredLog { node: q.node.clone(), seq, record });
                     if out.len() >= q.limit {
                         return Ok(out);
@@ -388,5 +384,162 @@ impl Store for EmbeddedStore {
 
     async fn ping(&self) -> Result<(), StoreError> {
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use medic_proto::v1::{Batch, LogLevel, MetricKind, Sample};
+
+    fn sample(metric: &str, cpu: &str, ts: i64, v: f64) -> Sample {
+        Sample {
+            metric: metric.into(),
+            labels: vec![Label::new("cpu", cpu)],
+            timestamp_ms: ts,
+            value: v,
+            kind: MetricKind::Counter as i32,
+        }
+    }
+
+    fn log(ts: i64, level: LogLevel, msg: &str) -> LogRecord {
+        LogRecord {
+            timestamp_ms: ts,
+            source: "/var/log/x.log".into(),
+            level: level as i32,
+            message: msg.into(),
+            fields: vec![],
+        }
+    }
+
+    fn set(node: &str, seq: u64, samples: Vec<Sample>, logs: Vec<LogRecord>) -> WriteSet {
+        WriteSet {
+            batches: vec![(node.into(), Arc::new(Batch { seq, created_unix_ms: 0, samples, logs }))],
+            nodes: vec![NodeRecord {
+                node: node.into(),
+                spool_id: "s".into(),
+                last_seq: seq,
+                batches: seq,
+                ..Default::default()
+            }],
+        }
+    }
+
+    const T0: i64 = 1_763_942_400_000; // 2025-11-24T00:00:00Z
+
+    #[tokio::test]
+    async fn what_was_written_is_there_after_reopening() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = EmbeddedStore::open(dir.path()).unwrap();
+            store
+                .write(set(
+                    "n1",
+                    1,
+                    vec![sample("cpu_total", "0", T0, 1.0), sample("cpu_total", "1", T0, 2.0)],
+                    vec![log(T0, LogLevel::Error, "boom")],
+                ))
+                .await
+                .unwrap();
+            store.write(set("n1", 2, vec![sample("cpu_total", "0", T0 + 10_000, 3.0)], vec![])).await.unwrap();
+        }
+        let store = EmbeddedStore::open(dir.path()).unwrap();
+        let nodes = store.load_nodes().await.unwrap();
+        assert_eq!(nodes.len(), 1);
+        assert_eq!((nodes[0].node.as_str(), nodes[0].last_seq), ("n1", 2));
+        assert_eq!(store.metric_names("n1").await.unwrap(), ["cpu_total"]);
+        let q = SeriesQuery {
+            node: "n1".into(),
+            metric: "cpu_total".into(),
+            from_ms: T0 - 1,
+            to_ms: T0 + 60_000,
+            limit: 100,
+        };
+        let points = store.series(&q).await.unwrap();
+        let got: Vec<(&str, i64, f64)> =
+            points.iter().map(|p| (p.labels["cpu"].as_str(), p.timestamp_ms, p.value)).collect();
+        assert_eq!(got, [("0", T0, 1.0), ("0", T0 + 10_000, 3.0), ("1", T0, 2.0)]);
+        // New series after reopening get fresh ids, not ones already used.
+        store.write(set("n1", 3, vec![sample("cpu_total", "2", T0, 9.0)], vec![])).await.unwrap();
+        assert_eq!(store.series(&q).await.unwrap().len(), 4);
+    }
+
+    #[tokio::test]
+    async fn series_queries_respect_the_time_range_across_days() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = EmbeddedStore::open(dir.path()).unwrap();
+        let day = DAY_MS;
+        store
+            .write(set("n", 1, (0..5).map(|d| sample("m_total", "0", T0 + d * day, d as f64)).collect(), vec![]))
+            .await
+            .unwrap();
+        let q = SeriesQuery {
+            node: "n".into(),
+            metric: "m_total".into(),
+            from_ms: T0 + day,
+            to_ms: T0 + 3 * day,
+            limit: 100,
+        };
+        let values: Vec<f64> = store.series(&q).await.unwrap().iter().map(|p| p.value).collect();
+        assert_eq!(values, [1.0, 2.0, 3.0]);
+        let limited = store.series(&SeriesQuery { limit: 2, ..q }).await.unwrap();
+        assert_eq!(limited.len(), 2);
+    }
+
+    #[tokio::test]
+    async fn logs_come_newest_first_filtered_by_minimum_level() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = EmbeddedStore::open(dir.path()).unwrap();
+        let logs = vec![
+            log(T0, LogLevel::Info, "a"),
+            log(T0 + 1, LogLevel::Error, "b"),
+            log(T0 + 2, LogLevel::Warning, "c"),
+            log(T0 + 3, LogLevel::Fatal, "d"),
+        ];
+        store.write(set("n", 7, vec![], logs)).await.unwrap();
+        let q = LogQuery {
+            node: "n".into(),
+            min_level: Some(LogLevel::Warning as i32),
+            from_ms: 0,
+            to_ms: T0 + day_ms(),
+            limit: 10,
+        };
+        let got: Vec<String> = store.logs(&q).await.unwrap().into_iter().map(|l| l.record.message).collect();
+        assert_eq!(got, ["d", "c", "b"]);
+        let all = store.logs(&LogQuery { min_level: None, limit: 2, ..q }).await.unwrap();
+        assert_eq!(all.iter().map(|l| (l.record.message.as_str(), l.seq)).collect::<Vec<_>>(), [("d", 7), ("c", 7)]);
+        assert!(
+            store
+                .logs(&LogQuery { node: "other".into(), min_level: None, from_ms: 0, to_ms: i64::MAX / 2, limit: 10 })
+                .await
+                .unwrap()
+                .is_empty()
+        );
+    }
+
+    fn day_ms() -> i64 {
+        DAY_MS
+    }
+
+    #[tokio::test]
+    async fn retention_drops_whole_days_older_than_the_cutoff_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = EmbeddedStore::open(dir.path()).unwrap();
+        store
+            .write(set(
+                "n",
+                1,
+                (0..3).map(|d| sample("m_total", "0", T0 + d * DAY_MS, d as f64)).collect(),
+                vec![log(T0, LogLevel::Info, "old")],
+            ))
+            .await
+            .unwrap();
+        // Cutoff in the middle of day 1: day 0 goes, day 1 (partly younger) stays.
+        let dropped = store.enforce_retention(T0 + DAY_MS + DAY_MS / 2).await.unwrap();
+        assert_eq!(dropped, 2, "samples and logs of day 0");
+        let q =
+            SeriesQuery { node: "n".into(), metric: "m_total".into(), from_ms: 0, to_ms: T0 + 10 * DAY_MS, limit: 100 };
+        let values: Vec<f64> = store.series(&q).await.unwrap().iter().map(|p| p.value).collect();
+        assert_eq!(values, [1.0, 2.0]);
     }
 }
