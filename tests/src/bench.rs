@@ -18,10 +18,7 @@ pub fn cpu_seconds(pid: i32) -> Result<f64> {
     let path = format!("/proc/{pid}/stat");
     let stat = std::fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
     // The command name (field 2) may contain spaces and parentheses: fields after the last ')'.
-    let rest = stat
-        .rsplit_once(')')
-        .map(|(_, r)| r)
-        .with_context(|| format!("{path}: no ')' in {stat:?}"))?;
+    let rest = stat.rsplit_once(')').map(|(_, r)| r).with_context(|| format!("{path}: no ')' in {stat:?}"))?;
     let fields: Vec<&str> = rest.split_whitespace().collect();
     // rest starts at field 3 (state); utime is field 14, stime field 15.
     let (Some(utime), Some(stime)) = (fields.get(11), fields.get(12)) else {
@@ -35,10 +32,7 @@ pub fn cpu_seconds(pid: i32) -> Result<f64> {
 pub fn rss_bytes(pid: i32) -> Result<u64> {
     let path = format!("/proc/{pid}/status");
     let status = std::fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
-    let line = status
-        .lines()
-        .find(|l| l.starts_with("VmRSS:"))
-        .with_context(|| format!("{path}: no VmRSS line"))?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:")).with_context(|| format!("{path}: no VmRSS line"))?;
     let kb: u64 = line
         .split_whitespace()
         .nth(1)
@@ -89,11 +83,7 @@ pub async fn interrupted() {
 }
 
 /// Runs `fut` unless interrupted or `limit` passes first; either of those is an error.
-pub async fn bounded<T>(
-    what: &str,
-    limit: Duration,
-    fut: impl std::future::Future<Output = Result<T>>,
-) -> Result<T> {
+pub async fn bounded<T>(what: &str, limit: Duration, fut: impl std::future::Future<Output = Result<T>>) -> Result<T> {
     tokio::select! {
         r = tokio::time::timeout(limit, fut) => match r {
             Ok(r) => r,
@@ -145,9 +135,7 @@ mod tests {
         assert_eq!(percentile(&v, 99.0), 99.0);
         assert_eq!(percentile(&v, 100.0), 100.0);
         assert_eq!(percentile(&[], 99.0), 0.0);
-        let m = crate::parse_exposition(
-            "a_total{type=\"float\"} 2\na_total{type=\"histogram\"} 3\na_total_x 7\nb 1\n",
-        );
+        let m = crate::parse_exposition("a_total{type=\"float\"} 2\na_total{type=\"histogram\"} 3\na_total_x 7\nb 1\n");
         assert_eq!(sum_metric(&m, "a_total"), Some(5.0));
         assert_eq!(sum_metric(&m, "b"), Some(1.0));
         assert_eq!(sum_metric(&m, "c"), None);

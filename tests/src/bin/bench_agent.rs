@@ -46,12 +46,7 @@ struct Footprint {
 impl Footprint {
     fn start(pid: i32) -> Result<Self> {
         let rss = rss_bytes(pid)?;
-        Ok(Self {
-            cpu_start: cpu_seconds(pid)?,
-            rss_max: rss,
-            rss_final: rss,
-            ..Default::default()
-        })
+        Ok(Self { cpu_start: cpu_seconds(pid)?, rss_max: rss, rss_final: rss, ..Default::default() })
     }
     fn sample_rss(&mut self, pid: i32) -> Result<()> {
         let rss = rss_bytes(pid)?;
@@ -65,12 +60,7 @@ impl Footprint {
 }
 
 async fn scrape_into(client: &reqwest::Client, url: &str, f: &mut Footprint) {
-    let body = match client
-        .get(url)
-        .send()
-        .await
-        .and_then(|r| r.error_for_status())
-    {
+    let body = match client.get(url).send().await.and_then(|r| r.error_for_status()) {
         Ok(r) => r.text().await,
         Err(e) => Err(e),
     };
@@ -78,10 +68,7 @@ async fn scrape_into(client: &reqwest::Client, url: &str, f: &mut Footprint) {
         Ok(text) => {
             f.scrapes_ok += 1;
             f.last_scrape_bytes = text.len();
-            f.last_scrape_series = text
-                .lines()
-                .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
-                .count();
+            f.last_scrape_series = text.lines().filter(|l| !l.starts_with('#') && !l.trim().is_empty()).count();
         }
         Err(_) => f.scrapes_failed += 1,
     }
@@ -90,30 +77,20 @@ async fn scrape_into(client: &reqwest::Client, url: &str, f: &mut Footprint) {
 fn alive(p: &mut Proc, log: &Path) -> Result<()> {
     match p.child.try_wait() {
         Ok(None) => Ok(()),
-        Ok(Some(status)) => bail!(
-            "{} exited ({status}) during the run; its log:\n{}",
-            p.name,
-            tail(log, 20)
-        ),
+        Ok(Some(status)) => bail!("{} exited ({status}) during the run; its log:\n{}", p.name, tail(log, 20)),
         Err(e) => bail!("{}: {e}", p.name),
     }
 }
 
 async fn run(args: Args) -> Result<()> {
-    let dir = tempfile::Builder::new()
-        .prefix("medic-bench-agent-")
-        .tempdir()?;
+    let dir = tempfile::Builder::new().prefix("medic-bench-agent-").tempdir()?;
     let dir = dir.path();
-    let mut controller =
-        ControllerProc::start(&dir.join("controller"), free_port(), free_port(), &[])
-            .await
-            .context("starting the controller")?;
+    let mut controller = ControllerProc::start(&dir.join("controller"), free_port(), free_port(), &[])
+        .await
+        .context("starting the controller")?;
 
     let app_log = dir.join("app.log");
-    let mut log = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&app_log)?;
+    let mut log = std::fs::OpenOptions::new().create(true).append(true).open(&app_log)?;
     writeln!(log, "2026-11-24 06:00:00.000 INFO bench: started")?;
     let app_log_arg = app_log.to_string_lossy().into_owned();
     let mut agent = AgentProc::start(
@@ -121,14 +98,7 @@ async fn run(args: Args) -> Result<()> {
         "bench-agent",
         &dir.join("agent").join("spool"),
         free_port(),
-        &[
-            "--interval",
-            "1s",
-            "--log-file",
-            &app_log_arg,
-            "--process",
-            "prometheus-node-exporter",
-        ],
+        &["--interval", "1s", "--log-file", &app_log_arg, "--process", "prometheus-node-exporter"],
     )
     .await
     .context("starting agentd")?;
@@ -140,10 +110,7 @@ async fn run(args: Args) -> Result<()> {
     let mut cmd = std::process::Command::new(&args.node_exporter);
     cmd.arg(format!("--web.listen-address=127.0.0.1:{ne_port}"));
     let mut ne = Proc::spawn("node_exporter", &mut cmd, &ne_log).with_context(|| {
-        format!(
-            "starting {} (apt-get install prometheus-node-exporter)",
-            args.node_exporter.display()
-        )
+        format!("starting {} (apt-get install prometheus-node-exporter)", args.node_exporter.display())
     })?;
     if let Err(e) = wait_http_ok(&ne_url, Duration::from_secs(20)).await {
         bail!("{e:#}; node_exporter log:\n{}", tail(&ne_log, 20));
@@ -152,9 +119,7 @@ async fn run(args: Args) -> Result<()> {
 
     let (agent_pid, ne_pid) = (agent.proc.pid(), ne.pid());
     let agent_url = agent.url("/metrics");
-    let client = reqwest::Client::builder()
-        .timeout(Duration::from_secs(5))
-        .build()?;
+    let client = reqwest::Client::builder().timeout(Duration::from_secs(5)).build()?;
     println!(
         "bench_agent: agentd (pid {agent_pid}, --interval 1s) and node_exporter (pid {ne_pid}), both scraped every 1 s for {:?}",
         args.duration
@@ -167,16 +132,9 @@ async fn run(args: Args) -> Result<()> {
     let mut line = 0u64;
     while started.elapsed() < args.duration {
         tick.tick().await;
-        tokio::join!(
-            scrape_into(&client, &ne_url, &mut fn_),
-            scrape_into(&client, &agent_url, &mut fa)
-        );
+        tokio::join!(scrape_into(&client, &ne_url, &mut fn_), scrape_into(&client, &agent_url, &mut fa));
         line += 1;
-        writeln!(
-            log,
-            "2026-11-24 06:00:{:02}.000 INFO bench: line {line}",
-            line % 60
-        )?;
+        writeln!(log, "2026-11-24 06:00:{:02}.000 INFO bench: line {line}", line % 60)?;
         alive(&mut agent.proc, &agent_log)?;
         alive(&mut ne, &ne_log)?;
         fa.sample_rss(agent_pid)?;
@@ -190,30 +148,10 @@ async fn run(args: Args) -> Result<()> {
     let delivered_after = delivered(&controller).await;
 
     println!("{:<34}{:>14}{:>16}", "", "agentd", "node_exporter");
-    println!(
-        "{:<34}{:>14.1}{:>16.1}",
-        "RSS max (MB)",
-        mb(fa.rss_max),
-        mb(fn_.rss_max)
-    );
-    println!(
-        "{:<34}{:>14.1}{:>16.1}",
-        "RSS final (MB)",
-        mb(fa.rss_final),
-        mb(fn_.rss_final)
-    );
-    println!(
-        "{:<34}{:>14.2}{:>16.2}",
-        "CPU (% of one core)",
-        fa.cpu_pct(secs),
-        fn_.cpu_pct(secs)
-    );
-    println!(
-        "{:<34}{:>14.2}{:>16.2}",
-        "CPU seconds",
-        fa.cpu_end - fa.cpu_start,
-        fn_.cpu_end - fn_.cpu_start
-    );
+    println!("{:<34}{:>14.1}{:>16.1}", "RSS max (MB)", mb(fa.rss_max), mb(fn_.rss_max));
+    println!("{:<34}{:>14.1}{:>16.1}", "RSS final (MB)", mb(fa.rss_final), mb(fn_.rss_final));
+    println!("{:<34}{:>14.2}{:>16.2}", "CPU (% of one core)", fa.cpu_pct(secs), fn_.cpu_pct(secs));
+    println!("{:<34}{:>14.2}{:>16.2}", "CPU seconds", fa.cpu_end - fa.cpu_start, fn_.cpu_end - fn_.cpu_start);
     println!(
         "{:<34}{:>14}{:>16}",
         "/metrics scrapes ok / failed",

@@ -19,9 +19,7 @@ use bytes::Bytes;
 use clap::Parser;
 use medic_proto::v1::controller_message::Msg;
 use medic_proto::v1::{AgentMessage, Hello, agent_message};
-use medic_tests::bench::{
-    bounded, cpu_seconds, percentile, self_cpu_seconds, stop, sum_metric, tail,
-};
+use medic_tests::bench::{bounded, cpu_seconds, percentile, self_cpu_seconds, stop, sum_metric, tail};
 use medic_tests::{ControllerProc, Proc, free_port, scrape, wait_http_ok};
 use prost::Message;
 use series::{Generator, SeriesDef};
@@ -93,10 +91,7 @@ struct Window {
 impl Window {
     fn after_warmup(args: &Args) -> Self {
         let start = Instant::now() + args.warmup;
-        Self {
-            start,
-            end: start + args.duration,
-        }
+        Self { start, end: start + args.duration }
     }
     fn contains(&self, t: Instant) -> bool {
         t >= self.start && t < self.end
@@ -115,18 +110,8 @@ async fn edge(metrics_url: &str, counter: &str, pid: i32) -> Result<Edge> {
     let at = Instant::now();
     let server_cpu = cpu_seconds(pid)?;
     let self_cpu = self_cpu_seconds()?;
-    let counter = sum_metric(
-        &scrape(metrics_url)
-            .await
-            .with_context(|| format!("scraping {metrics_url}"))?,
-        counter,
-    );
-    Ok(Edge {
-        counter,
-        server_cpu,
-        self_cpu,
-        at,
-    })
+    let counter = sum_metric(&scrape(metrics_url).await.with_context(|| format!("scraping {metrics_url}"))?, counter);
+    Ok(Edge { counter, server_cpu, self_cpu, at })
 }
 
 fn finish(phase: &mut Phase, a: &Edge, b: &Edge) {
@@ -166,9 +151,7 @@ async fn connect_agent(url: &str, node: &str, spool_id: &str, window: usize) -> 
         .await
         .with_context(|| format!("{node}: connecting to {url}"))?;
     let mut grpc = tonic::client::Grpc::new(channel);
-    grpc.ready()
-        .await
-        .with_context(|| format!("{node}: channel not ready"))?;
+    grpc.ready().await.with_context(|| format!("{node}: channel not ready"))?;
     let (tx, rx) = mpsc::channel::<Bytes>(window + 2);
     let hello = AgentMessage {
         msg: Some(agent_message::Msg::Hello(Hello {
@@ -180,25 +163,15 @@ async fn connect_agent(url: &str, node: &str, spool_id: &str, window: usize) -> 
             spool_id: spool_id.into(),
         })),
     };
-    tx.send(Bytes::from(hello.encode_to_vec()))
-        .await
-        .map_err(|_| anyhow!("{node}: request stream closed"))?;
+    tx.send(Bytes::from(hello.encode_to_vec())).await.map_err(|_| anyhow!("{node}: request stream closed"))?;
     let path = PathAndQuery::from_static("/medic.v1.Telemetry/Stream");
     let mut inbound = grpc
-        .streaming(
-            tonic::Request::new(tokio_stream::wrappers::ReceiverStream::new(rx)),
-            path,
-            medic::AgentCodec,
-        )
+        .streaming(tonic::Request::new(tokio_stream::wrappers::ReceiverStream::new(rx)), path, medic::AgentCodec)
         .await
         .map_err(|s| anyhow!("{node}: stream refused: {s}"))?
         .into_inner();
     let last_stored_seq = loop {
-        match inbound
-            .message()
-            .await
-            .map_err(|s| anyhow!("{node}: no welcome: {s}"))?
-        {
+        match inbound.message().await.map_err(|s| anyhow!("{node}: no welcome: {s}"))? {
             Some(m) => match m.msg {
                 Some(Msg::Welcome(w)) => break w.last_stored_seq,
                 _ => continue,
@@ -206,11 +179,7 @@ async fn connect_agent(url: &str, node: &str, spool_id: &str, window: usize) -> 
             None => bail!("{node}: stream closed before the welcome"),
         }
     };
-    Ok(AgentConn {
-        tx,
-        inbound,
-        last_stored_seq,
-    })
+    Ok(AgentConn { tx, inbound, last_stored_seq })
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -223,11 +192,7 @@ async fn run_agent(
     window_size: usize,
     window: Window,
 ) -> AgentState {
-    let AgentConn {
-        tx,
-        mut inbound,
-        last_stored_seq,
-    } = conn;
+    let AgentConn { tx, mut inbound, last_stored_seq } = conn;
     let state = Arc::new(Mutex::new(AgentState::default()));
     let permits = Arc::new(Semaphore::new(window_size));
 
@@ -248,8 +213,7 @@ async fn run_agent(
                                 st.inflight.pop_front();
                                 freed += 1;
                                 if window.contains(now) {
-                                    st.latencies_ms
-                                        .push(now.duration_since(sent).as_secs_f64() * 1e3);
+                                    st.latencies_ms.push(now.duration_since(sent).as_secs_f64() * 1e3);
                                     st.batches += 1;
                                     st.samples += n as u64;
                                 }
@@ -288,19 +252,8 @@ async fn run_agent(
             break;
         }
         permit.forget();
-        let bytes = encoder.encode(
-            &prefixes,
-            &series,
-            &mut generator,
-            seq,
-            series::now_ms(),
-            batch_samples,
-        );
-        state
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .inflight
-            .push_back((seq, Instant::now(), batch_samples));
+        let bytes = encoder.encode(&prefixes, &series, &mut generator, seq, series::now_ms(), batch_samples);
+        state.lock().unwrap_or_else(|p| p.into_inner()).inflight.push_back((seq, Instant::now(), batch_samples));
         if tx.send(bytes).await.is_err() {
             break;
         }
@@ -309,12 +262,7 @@ async fn run_agent(
     // Let what is in flight be acked (not counted: after the window), then close the stream.
     let deadline = Instant::now() + Duration::from_secs(5);
     while Instant::now() < deadline && !reader.is_finished() {
-        if state
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .inflight
-            .is_empty()
-        {
+        if state.lock().unwrap_or_else(|p| p.into_inner()).inflight.is_empty() {
             break;
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
@@ -335,10 +283,9 @@ async fn run_agent(
 }
 
 async fn medic_phase(args: &Args, series: Arc<Vec<SeriesDef>>, dir: &Path) -> Result<Phase> {
-    let mut controller =
-        ControllerProc::start(&dir.join("controller"), free_port(), free_port(), &[])
-            .await
-            .context("starting the controller")?;
+    let mut controller = ControllerProc::start(&dir.join("controller"), free_port(), free_port(), &[])
+        .await
+        .context("starting the controller")?;
     let pid = controller.proc.pid();
     let metrics_url = controller.url("/metrics");
     let prefixes = Arc::new(medic::sample_prefixes(&series));
@@ -347,35 +294,16 @@ async fn medic_phase(args: &Args, series: Arc<Vec<SeriesDef>>, dir: &Path) -> Re
     let mut conns = Vec::with_capacity(args.agents);
     for i in 0..args.agents {
         let node = format!("bench-node-{i:03}");
-        conns.push(
-            connect_agent(
-                &controller.grpc_url(),
-                &node,
-                &format!("bench-{run}-{i}"),
-                args.window,
-            )
-            .await?,
-        );
+        conns.push(connect_agent(&controller.grpc_url(), &node, &format!("bench-{run}-{i}"), args.window).await?);
     }
-    println!(
-        "medic: {} agents connected; {:?} warm-up, then {:?} measured",
-        args.agents, args.warmup, args.duration
-    );
+    println!("medic: {} agents connected; {:?} warm-up, then {:?} measured", args.agents, args.warmup, args.duration);
 
     let window = Window::after_warmup(args);
     let tasks: Vec<_> = conns
         .into_iter()
         .enumerate()
         .map(|(i, conn)| {
-            tokio::spawn(run_agent(
-                i,
-                conn,
-                series.clone(),
-                prefixes.clone(),
-                args.batch_samples,
-                args.window,
-                window,
-            ))
+            tokio::spawn(run_agent(i, conn, series.clone(), prefixes.clone(), args.batch_samples, args.window, window))
         })
         .collect();
 
@@ -447,11 +375,7 @@ async fn run_sender(
     window: Window,
 ) -> SenderStats {
     let mut st = SenderStats::default();
-    let client = match reqwest::Client::builder()
-        .pool_max_idle_per_host(1)
-        .timeout(Duration::from_secs(10))
-        .build()
-    {
+    let client = match reqwest::Client::builder().pool_max_idle_per_host(1).timeout(Duration::from_secs(10)).build() {
         Ok(c) => c,
         Err(e) => {
             st.errors += 1;
@@ -484,19 +408,14 @@ async fn run_sender(
                 let status = resp.status();
                 // Read the body so the connection is reused.
                 let text = resp.text().await.unwrap_or_default();
-                if status.is_success() {
-                    Ok(())
-                } else {
-                    Err(format!("{status}: {}", text.trim()))
-                }
+                if status.is_success() { Ok(()) } else { Err(format!("{status}: {}", text.trim())) }
             }
             Err(e) => Err(format!("{e}")),
         };
         let done = Instant::now();
         match outcome {
             Ok(()) if window.contains(done) => {
-                st.latencies_ms
-                    .push(done.duration_since(sent).as_secs_f64() * 1e3);
+                st.latencies_ms.push(done.duration_since(sent).as_secs_f64() * 1e3);
                 st.requests += 1;
                 st.samples += batch_samples as u64;
             }
@@ -516,27 +435,17 @@ async fn prometheus_phase(args: &Args, series: Arc<Vec<SeriesDef>>, dir: &Path) 
     let dir = dir.join("prometheus");
     std::fs::create_dir_all(&dir)?;
     let config = dir.join("prometheus.yml");
-    std::fs::write(
-        &config,
-        "global:\n  scrape_interval: 1m\nscrape_configs: []\n",
-    )?;
+    std::fs::write(&config, "global:\n  scrape_interval: 1m\nscrape_configs: []\n")?;
     let port = free_port();
     let base = format!("http://127.0.0.1:{port}");
     let mut cmd = std::process::Command::new(&args.prometheus);
     cmd.arg("--web.enable-remote-write-receiver")
         .arg(format!("--config.file={}", config.display()))
-        .arg(format!(
-            "--storage.tsdb.path={}",
-            dir.join("data").display()
-        ))
+        .arg(format!("--storage.tsdb.path={}", dir.join("data").display()))
         .arg(format!("--web.listen-address=127.0.0.1:{port}"));
     let log = dir.join("prometheus.out");
-    let mut proc = Proc::spawn("prometheus", &mut cmd, &log).with_context(|| {
-        format!(
-            "starting {} (apt-get install prometheus)",
-            args.prometheus.display()
-        )
-    })?;
+    let mut proc = Proc::spawn("prometheus", &mut cmd, &log)
+        .with_context(|| format!("starting {} (apt-get install prometheus)", args.prometheus.display()))?;
     if let Err(e) = wait_http_ok(&format!("{base}/-/ready"), Duration::from_secs(30)).await {
         bail!("{e:#}; prometheus log:\n{}", tail(&log, 20));
     }
@@ -550,15 +459,7 @@ async fn prometheus_phase(args: &Args, series: Arc<Vec<SeriesDef>>, dir: &Path) 
 
     let window = Window::after_warmup(args);
     let tasks: Vec<_> = (0..args.agents)
-        .map(|i| {
-            tokio::spawn(run_sender(
-                i,
-                write_url.clone(),
-                series.clone(),
-                args.batch_samples,
-                window,
-            ))
-        })
+        .map(|i| tokio::spawn(run_sender(i, write_url.clone(), series.clone(), args.batch_samples, window)))
         .collect();
     sleep_until(window.start.into()).await;
     let counter = "prometheus_tsdb_head_samples_appended_total";
@@ -620,9 +521,7 @@ async fn run(args: Args) -> Result<()> {
         bail!("--agents, --series, --batch-samples and --window must be at least 1");
     }
     let series = Arc::new(series::node_series(args.series));
-    let dir = tempfile::Builder::new()
-        .prefix("medic-bench-ingest-")
-        .tempdir()?;
+    let dir = tempfile::Builder::new().prefix("medic-bench-ingest-").tempdir()?;
     println!(
         "bench_ingest: {} nodes x {} series, {} samples per batch ({:.1} collection rounds), window {}",
         args.agents,
@@ -632,12 +531,7 @@ async fn run(args: Args) -> Result<()> {
         args.window
     );
     let limit = args.warmup + args.duration + Duration::from_secs(90);
-    let medic = bounded(
-        "the Medic phase",
-        limit,
-        medic_phase(&args, series.clone(), dir.path()),
-    )
-    .await?;
+    let medic = bounded("the Medic phase", limit, medic_phase(&args, series.clone(), dir.path())).await?;
     print_phase(
         "Medic controller (gRPC stream, durable group commit)",
         "stored (acked)",
@@ -650,12 +544,7 @@ async fn run(args: Args) -> Result<()> {
         println!("ingest_ack_p99_ms={:.2}", medic.latency(99.0));
         return Ok(());
     }
-    let prom = bounded(
-        "the Prometheus phase",
-        limit,
-        prometheus_phase(&args, series.clone(), dir.path()),
-    )
-    .await?;
+    let prom = bounded("the Prometheus phase", limit, prometheus_phase(&args, series.clone(), dir.path())).await?;
     print_phase(
         "Prometheus remote write (HTTP/1.1, snappy protobuf, one request in flight per sender)",
         "accepted (2xx)",

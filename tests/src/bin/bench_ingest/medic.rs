@@ -21,11 +21,7 @@ pub fn sample_prefixes(series: &[SeriesDef]) -> Vec<Vec<u8>> {
                 labels: d.labels.iter().map(|(n, v)| Label::new(n, v)).collect(),
                 timestamp_ms: 0,
                 value: 0.0,
-                kind: if d.counter {
-                    MetricKind::Counter
-                } else {
-                    MetricKind::Gauge
-                } as i32,
+                kind: if d.counter { MetricKind::Counter } else { MetricKind::Gauge } as i32,
             }
             .encode_to_vec()
         })
@@ -126,9 +122,7 @@ mod tests {
         for seq in 1..4 {
             let bytes = enc.encode(&prefixes, &series, &mut g, seq, 1_790_000_000_000, 500);
             let msg = AgentMessage::decode(bytes).expect("decodes");
-            let Some(agent_message::Msg::Batch(batch)) = msg.msg else {
-                panic!("not a batch: {msg:?}")
-            };
+            let Some(agent_message::Msg::Batch(batch)) = msg.msg else { panic!("not a batch: {msg:?}") };
             assert_eq!(batch.seq, seq);
             assert_eq!(batch.created_unix_ms, 1_790_000_000_000);
             assert_eq!(batch.samples.len(), 500);

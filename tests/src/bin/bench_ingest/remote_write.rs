@@ -54,30 +54,15 @@ impl RequestBuilder {
                 let mut labels: Vec<Label> = d
                     .labels
                     .iter()
-                    .map(|(n, v)| Label {
-                        name: n.clone(),
-                        value: v.clone(),
-                    })
+                    .map(|(n, v)| Label { name: n.clone(), value: v.clone() })
                     .chain([
-                        Label {
-                            name: "__name__".into(),
-                            value: d.metric.clone(),
-                        },
-                        Label {
-                            name: "instance".into(),
-                            value: instance.into(),
-                        },
-                        Label {
-                            name: "job".into(),
-                            value: "node".into(),
-                        },
+                        Label { name: "__name__".into(), value: d.metric.clone() },
+                        Label { name: "instance".into(), value: instance.into() },
+                        Label { name: "job".into(), value: "node".into() },
                     ])
                     .collect();
                 labels.sort_by(|a, b| a.name.cmp(&b.name));
-                TimeSeries {
-                    labels,
-                    samples: Vec::new(),
-                }
+                TimeSeries { labels, samples: Vec::new() }
             })
             .collect();
         Self {
@@ -90,28 +75,16 @@ impl RequestBuilder {
     }
 
     /// The snappy-compressed WriteRequest body with the next `n` samples of `generator`.
-    pub fn build(
-        &mut self,
-        defs: &[SeriesDef],
-        generator: &mut Generator,
-        n: usize,
-    ) -> Result<Vec<u8>> {
+    pub fn build(&mut self, defs: &[SeriesDef], generator: &mut Generator, n: usize) -> Result<Vec<u8>> {
         let (series, touched) = (&mut self.series, &mut self.touched);
         generator.next_samples(defs, n, |i, ts, v| {
             let s = &mut series[i];
             if s.samples.is_empty() {
                 touched.push(i);
             }
-            s.samples.push(Sample {
-                value: v,
-                timestamp: ts,
-            });
+            s.samples.push(Sample { value: v, timestamp: ts });
         });
-        self.request.timeseries.extend(
-            self.touched
-                .iter()
-                .map(|&i| std::mem::take(&mut self.series[i])),
-        );
+        self.request.timeseries.extend(self.touched.iter().map(|&i| std::mem::take(&mut self.series[i])));
         self.buf.clear();
         let encoded = self.request.encode(&mut self.buf);
         for (mut ts, &i) in self.request.timeseries.drain(..).zip(&self.touched) {
@@ -120,9 +93,7 @@ impl RequestBuilder {
         }
         self.touched.clear();
         encoded.context("encoding a WriteRequest")?;
-        self.snappy
-            .compress_vec(&self.buf)
-            .context("snappy-compressing a WriteRequest")
+        self.snappy.compress_vec(&self.buf).context("snappy-compressing a WriteRequest")
     }
 }
 
@@ -144,17 +115,9 @@ mod tests {
             let n: usize = req.timeseries.iter().map(|t| t.samples.len()).sum();
             assert_eq!(n, 300);
             for t in &req.timeseries {
-                assert!(
-                    t.labels.windows(2).all(|w| w[0].name < w[1].name),
-                    "{:?}",
-                    t.labels
-                );
+                assert!(t.labels.windows(2).all(|w| w[0].name < w[1].name), "{:?}", t.labels);
                 assert!(t.labels.iter().any(|l| l.name == "__name__"));
-                assert!(
-                    t.labels
-                        .iter()
-                        .any(|l| l.name == "instance" && l.value == "node-007")
-                );
+                assert!(t.labels.iter().any(|l| l.name == "instance" && l.value == "node-007"));
                 let key = format!("{:?}", t.labels);
                 for s in &t.samples {
                     if let Some(&p) = last_ts.get(&key) {
@@ -165,10 +128,6 @@ mod tests {
             }
         }
         assert_eq!(last_ts.len(), 250);
-        assert!(
-            b.series
-                .iter()
-                .all(|s| s.samples.is_empty() && !s.labels.is_empty())
-        );
+        assert!(b.series.iter().all(|s| s.samples.is_empty() && !s.labels.is_empty()));
     }
 }

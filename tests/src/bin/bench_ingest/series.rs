@@ -14,18 +14,9 @@ pub struct SeriesDef {
 }
 
 fn def(metric: &str, labels: &[(&str, &str)], counter: bool, base: f64, rate: f64) -> SeriesDef {
-    let mut labels: Vec<(String, String)> = labels
-        .iter()
-        .map(|(n, v)| (n.to_string(), v.to_string()))
-        .collect();
+    let mut labels: Vec<(String, String)> = labels.iter().map(|(n, v)| (n.to_string(), v.to_string())).collect();
     labels.sort();
-    SeriesDef {
-        metric: metric.to_string(),
-        labels,
-        counter,
-        base,
-        rate,
-    }
+    SeriesDef { metric: metric.to_string(), labels, counter, base, rate }
 }
 
 /// The series catalogue of a node: a 8-CPU host with 4 NICs, 4 disks and 6 filesystems, as
@@ -84,13 +75,7 @@ pub fn node_series(count: usize) -> Vec<SeriesDef> {
             ("node_filesystem_files_free", 1.1e8, 0.001),
             ("node_filesystem_readonly", 0.0, 0.0),
         ] {
-            s.push(def(
-                m,
-                &[("device", dev), ("fstype", fstype), ("mountpoint", mp)],
-                false,
-                base,
-                swing,
-            ));
+            s.push(def(m, &[("device", dev), ("fstype", fstype), ("mountpoint", mp)], false, base, swing));
         }
     }
     for dev in ["nvme0n1", "nvme1n1", "sda", "sdb"] {
@@ -129,13 +114,7 @@ pub fn node_series(count: usize) -> Vec<SeriesDef> {
         ("Committed_AS", 2.0e11, 0.02),
         ("HugePages_Total", 0.0, 0.0),
     ] {
-        s.push(def(
-            &format!("node_memory_{m}_bytes"),
-            &[],
-            false,
-            base,
-            swing,
-        ));
+        s.push(def(&format!("node_memory_{m}_bytes"), &[], false, base, swing));
     }
     for (m, counter, base, rate) in [
         ("node_load1", false, 6.2, 0.3),
@@ -198,47 +177,17 @@ pub fn node_series(count: usize) -> Vec<SeriesDef> {
         s.push(def(m, &[], false, base, swing));
     }
     for cpu in &cpus {
-        s.push(def(
-            "node_schedstat_running_seconds_total",
-            &[("cpu", cpu)],
-            true,
-            3e5,
-            2.8,
-        ));
-        s.push(def(
-            "node_schedstat_waiting_seconds_total",
-            &[("cpu", cpu)],
-            true,
-            4e4,
-            0.4,
-        ));
-        s.push(def(
-            "node_cpu_scaling_frequency_hertz",
-            &[("cpu", cpu)],
-            false,
-            3.1e9,
-            0.1,
-        ));
+        s.push(def("node_schedstat_running_seconds_total", &[("cpu", cpu)], true, 3e5, 2.8));
+        s.push(def("node_schedstat_waiting_seconds_total", &[("cpu", cpu)], true, 4e4, 0.4));
+        s.push(def("node_cpu_scaling_frequency_hertz", &[("cpu", cpu)], false, 3.1e9, 0.1));
     }
     s.push(def("node_nf_conntrack_entries", &[], false, 1.8e4, 0.05));
-    s.push(def(
-        "node_nf_conntrack_entries_limit",
-        &[],
-        false,
-        262144.0,
-        0.0,
-    ));
+    s.push(def("node_nf_conntrack_entries_limit", &[], false, 262144.0, 0.0));
     let mut i = 0;
     while s.len() < count {
         let chip = format!("platform_coretemp_{}", i / 16);
         let sensor = format!("temp{}", i % 16 + 1);
-        s.push(def(
-            "node_hwmon_temp_celsius",
-            &[("chip", &chip), ("sensor", &sensor)],
-            false,
-            55.0,
-            0.1,
-        ));
+        s.push(def("node_hwmon_temp_celsius", &[("chip", &chip), ("sensor", &sensor)], false, 55.0, 0.1));
         i += 1;
     }
     s.truncate(count);
@@ -259,22 +208,11 @@ pub struct Generator {
 
 impl Generator {
     pub fn new(series_count: usize, node_index: usize) -> Self {
-        Self {
-            series_count,
-            phase: node_index as f64 * 0.37,
-            round: 0,
-            pos: 0,
-            ts: 0,
-        }
+        Self { series_count, phase: node_index as f64 * 0.37, round: 0, pos: 0, ts: 0 }
     }
 
     /// Calls `f(series index, timestamp ms, value)` for the next `n` samples.
-    pub fn next_samples(
-        &mut self,
-        series: &[SeriesDef],
-        n: usize,
-        mut f: impl FnMut(usize, i64, f64),
-    ) {
+    pub fn next_samples(&mut self, series: &[SeriesDef], n: usize, mut f: impl FnMut(usize, i64, f64)) {
         for _ in 0..n {
             if self.pos == 0 {
                 self.ts = (self.ts + 1).max(now_ms());
@@ -312,16 +250,10 @@ mod tests {
         for n in [1, 100, 250, 400] {
             let s = node_series(n);
             assert_eq!(s.len(), n);
-            let keys: HashSet<String> = s
-                .iter()
-                .map(|d| format!("{}{:?}", d.metric, d.labels))
-                .collect();
+            let keys: HashSet<String> = s.iter().map(|d| format!("{}{:?}", d.metric, d.labels)).collect();
             assert_eq!(keys.len(), n, "series must be distinct");
             for d in &s {
-                assert!(
-                    d.labels.windows(2).all(|w| w[0].0 < w[1].0),
-                    "labels sorted: {d:?}"
-                );
+                assert!(d.labels.windows(2).all(|w| w[0].0 < w[1].0), "labels sorted: {d:?}");
             }
         }
     }
