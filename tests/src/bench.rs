@@ -93,6 +93,17 @@ pub async fn bounded<T>(what: &str, limit: Duration, fut: impl std::future::Futu
     }
 }
 
+/// Exit status of a benchmark: errors as one readable chain of causes, without a backtrace.
+pub fn report(result: Result<()>) -> std::process::ExitCode {
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
 /// The last `n` lines of a log file, for error messages.
 pub fn tail(path: &Path, n: usize) -> String {
     match std::fs::read_to_string(path) {
@@ -118,6 +129,13 @@ pub fn stop(p: &mut crate::Proc, grace: Duration) {
         std::thread::sleep(Duration::from_millis(20));
     }
     p.kill9();
+}
+
+/// The machine's load averages, printed with the figures: other work on the box skews them.
+pub fn loadavg() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_else(|_| "?".into())
 }
 
 pub fn mb(bytes: u64) -> f64 {

@@ -10,7 +10,7 @@
 
 use anyhow::{Context, Result, bail};
 use clap::Parser;
-use medic_tests::bench::{bounded, cpu_seconds, mb, rss_bytes, stop, tail};
+use medic_tests::bench::{bounded, cpu_seconds, loadavg, mb, report, rss_bytes, stop, tail};
 use medic_tests::{AgentProc, ControllerProc, Proc, free_port, wait_http_ok};
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -124,6 +124,7 @@ async fn run(args: Args) -> Result<()> {
         "bench_agent: agentd (pid {agent_pid}, --interval 1s) and node_exporter (pid {ne_pid}), both scraped every 1 s for {:?}",
         args.duration
     );
+    println!("load average before: {}", loadavg());
     let delivered_before = delivered(&controller).await;
     let mut fa = Footprint::start(agent_pid)?;
     let mut fn_ = Footprint::start(ne_pid)?;
@@ -211,8 +212,8 @@ async fn delivered(controller: &ControllerProc) -> Result<(u64, u64, u64)> {
 }
 
 #[tokio::main]
-async fn main() -> Result<()> {
+async fn main() -> std::process::ExitCode {
     let args = Args::parse();
     let limit = args.settle + args.duration + Duration::from_secs(90);
-    bounded("bench_agent", limit, run(args)).await
+    report(bounded("bench_agent", limit, run(args)).await)
 }

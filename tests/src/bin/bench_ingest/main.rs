@@ -19,7 +19,7 @@ use bytes::Bytes;
 use clap::Parser;
 use medic_proto::v1::controller_message::Msg;
 use medic_proto::v1::{AgentMessage, Hello, agent_message};
-use medic_tests::bench::{bounded, cpu_seconds, percentile, self_cpu_seconds, stop, sum_metric, tail};
+use medic_tests::bench::{bounded, cpu_seconds, loadavg, percentile, report, self_cpu_seconds, stop, sum_metric, tail};
 use medic_tests::{ControllerProc, Proc, free_port, scrape, wait_http_ok};
 use prost::Message;
 use series::{Generator, SeriesDef};
@@ -530,6 +530,11 @@ async fn run(args: Args) -> Result<()> {
         args.batch_samples as f64 / series.len() as f64,
         args.window
     );
+    println!(
+        "load average before: {} (on {} CPUs)",
+        loadavg(),
+        std::thread::available_parallelism().map_or(0, |n| n.get())
+    );
     let limit = args.warmup + args.duration + Duration::from_secs(90);
     let medic = bounded("the Medic phase", limit, medic_phase(&args, series.clone(), dir.path())).await?;
     print_phase(
@@ -561,6 +566,6 @@ async fn run(args: Args) -> Result<()> {
 }
 
 #[tokio::main]
-async fn main() -> Result<()> {
-    run(Args::parse()).await
+async fn main() -> std::process::ExitCode {
+    report(run(Args::parse()).await)
 }
