@@ -348,3 +348,4 @@ impl ClickHouseProc {
         Ok(body)
     }
 }
+pub mod bench;
