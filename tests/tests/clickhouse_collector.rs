@@ -5,7 +5,10 @@ use agentd::collect::clickhouse::{ClickHouseCollector, ClickHouseOptions, Query}
 use anyhow::{Result, bail};
 use medic_proto::v1::{MetricKind, Sample};
 use medic_tests::*;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 fn options(url: &str, timeout: Duration) -> ClickHouseOptions {
     ClickHouseOptions {
@@ -180,6 +183,63 @@ async fn a_server_that_never_answers_is_reported_down_after_the_timeout() -> Res
     assert!(took < timeout + Duration::from_millis(500), "second round took {took:?}");
     assert_eq!(must(&out, "clickhouse_scrape_errors_total", &[("query", "version")]), 2.0);
     drop(listener);
+    Ok(())
+}
+
+/// A proxy in front of the engine that answers like a server where the agent's user is read-only
+/// (`readonly=1`, common for monitoring users; the engine itself does not enforce it): a request
+/// changing a setting gets READONLY (164). Returns its port and how many requests it refused.
+async fn readonly_proxy(upstream: u16) -> Result<(u16, Arc<AtomicUsize>)> {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let port = listener.local_addr()?.port();
+    let refused = Arc::new(AtomicUsize::new(0));
+    let counter = refused.clone();
+    tokio::spawn(async move {
+        while let Ok((mut client, _)) = listener.accept().await {
+            let counter = counter.clone();
+            tokio::spawn(async move {
+                // The crate writes a small request in one go: its head (and body) come in one read.
+                let mut buf = vec![0u8; 64 << 10];
+                let n = client.read(&mut buf).await?;
+                let head = String::from_utf8_lossy(&buf[..n]);
+                if head.lines().next().is_some_and(|l| l.contains("max_execution_time")) {
+                    counter.fetch_add(1, Ordering::SeqCst);
+                    let body = "Code: 164. DB::Exception: Cannot modify 'max_execution_time' setting in readonly mode. \
+                                (READONLY) (version 26.9.2.1)";
+                    let resp = format!(
+                        "HTTP/1.1 500 Internal Server Error\r\nX-ClickHouse-Exception-Code: 164\r\n\
+                         Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                        body.len()
+                    );
+                    client.write_all(resp.as_bytes()).await?;
+                    return Ok::<_, std::io::Error>(());
+                }
+                let mut up = tokio::net::TcpStream::connect(("127.0.0.1", upstream)).await?;
+                up.write_all(&buf[..n]).await?;
+                tokio::io::copy_bidirectional(&mut client, &mut up).await?;
+                Ok(())
+            });
+        }
+    });
+    Ok((port, refused))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_only_user_is_served_without_server_side_timeouts() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let ch = ClickHouseProc::start(&dir.path().join("ch")).await?;
+    let (port, refused) = readonly_proxy(ch.port).await?;
+    let mut c = ClickHouseCollector::new(options(&format!("http://127.0.0.1:{port}"), Duration::from_secs(5)));
+    let (out, _) = timed(&mut c).await;
+    assert_eq!(must(&out, "clickhouse_up", &[]), 1.0, "the first round already falls back");
+    assert_eq!(refused.load(Ordering::SeqCst), 1);
+    assert_eq!(c.scrape_errors(Query::Version), 0);
+    let (out, _) = timed(&mut c).await;
+    assert_eq!(must(&out, "clickhouse_up", &[]), 1.0);
+    assert_eq!(refused.load(Ordering::SeqCst), 1, "the setting is not sent again");
+    for q in Query::ALL {
+        assert_eq!(c.scrape_errors(q), 0, "{}", q.name());
+    }
     Ok(())
 }
 

@@ -186,6 +186,10 @@ impl QueryError {
     /// The server's error code (`Code: 60. DB::Exception: ...`), if the server answered with one.
     pub fn server_code(&self) -> Option<u32> {
         let QueryError::ClickHouse(clickhouse::error::Error::BadResponse(text)) = self else { return None };
+        // With an empty body the crate reports just the X-ClickHouse-Exception-Code header.
+        if let Ok(code) = text.trim().parse() {
+            return Some(code);
+        }
         let rest = &text[text.find("Code: ")? + "Code: ".len()..];
         let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
         rest[..digits].parse().ok()
@@ -442,6 +446,8 @@ mod tests {
             "Code: 60. DB::Exception: Unknown table expression identifier 'system.query_log'. (UNKNOWN_TABLE)".into(),
         ));
         assert_eq!(e.server_code(), Some(60));
+        let e = QueryError::ClickHouse(clickhouse::error::Error::BadResponse("164".into()));
+        assert_eq!(e.server_code(), Some(164));
         assert_eq!(QueryError::Timeout(Duration::from_secs(1)).server_code(), None);
     }
 }
