@@ -102,3 +102,25 @@ impl AgentConfig {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn clickhouse_keys_parse_and_default() {
+        let cfg: AgentConfig = toml::from_str(
+            "clickhouse_url = \"http://127.0.0.1:8123\"\nclickhouse_user = \"medic\"\n\
+             clickhouse_password_file = \"/etc/medic/ch-password\"\nclickhouse_timeout = \"2s\"\n",
+        )
+        .expect("valid config");
+        assert_eq!(cfg.clickhouse_url.as_deref(), Some("http://127.0.0.1:8123"));
+        assert_eq!(cfg.clickhouse_user.as_deref(), Some("medic"));
+        assert_eq!(cfg.clickhouse_password_file, Some(PathBuf::from("/etc/medic/ch-password")));
+        assert_eq!(cfg.clickhouse_timeout, Duration::from_secs(2));
+        let d = AgentConfig::default();
+        assert_eq!((d.clickhouse_url, d.clickhouse_timeout), (None, Duration::from_secs(5)));
+        // A password is never a config key: only a file holding it.
+        assert!(toml::from_str::<AgentConfig>("clickhouse_password = \"x\"").is_err());
+    }
+}

@@ -352,7 +352,12 @@ where
 }
 
 fn build_client(opts: &ClickHouseOptions, server_timeout: bool) -> Client {
-    let mut client = Client::default().with_url(&opts.url).with_product_info("medic-agentd", env!("CARGO_PKG_VERSION"));
+    // Uncompressed: the answers are small (~100 KB a round) and the server is usually on the same
+    // host, where LZ4 would only cost CPU on both ends.
+    let mut client = Client::default()
+        .with_url(&opts.url)
+        .with_compression(clickhouse::Compression::None)
+        .with_product_info("medic-agentd", env!("CARGO_PKG_VERSION"));
     if let Some(u) = &opts.user {
         client = client.with_user(u);
     }
