@@ -176,6 +176,7 @@ async fn clickhouse_loop(
             was_up = Some(up);
         }
         shared.metrics.samples_collected.inc_by(samples.len() as u64);
+        shared.metrics.latest_clickhouse.replace(samples.clone());
         spool_batch(&shared, samples, Vec::new(), &[]);
     }
 }
