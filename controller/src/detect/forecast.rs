@@ -12,7 +12,7 @@
 //! cleanup), so the fit starts after the last level shift of the day-over-day difference
 //! (i.e. the last change in daily growth) when there is one, within a bounded window.
 
-use crate::detect::changepoint::{ChangepointConfig, detect_level_shifts};
+use crate::detect::changepoint::{ChangepointConfig, detect_level_shifts, median};
 use augurs::ets::{AutoETS, trend::AutoETSTrendModel};
 use augurs::mstl::MSTLModel;
 use augurs::{Fit, Predict};
@@ -64,6 +64,10 @@ pub struct ForecastConfig {
     pub use_changepoints: bool,
     /// How often [`ExhaustionForecaster::refresh_if_due`] refits.
     pub refresh_secs: f64,
+    /// Factor on the ETS interval half-width. ETS intervals treat the fitted parameters and the
+    /// STL seasonal component as known; on held-back synthetic data they covered ~69% / ~88%
+    /// at nominal 80% / 95%, i.e. were ~20% too narrow, so they are widened by this much.
+    pub interval_widening: f64,
 }
 
 impl Default for ForecastConfig {
@@ -77,6 +81,7 @@ impl Default for ForecastConfig {
             level: 0.95,
             use_changepoints: true,
             refresh_secs: 900.0,
+            interval_widening: 1.25,
         }
     }
 }
@@ -107,15 +112,6 @@ pub struct Projection {
     pub fitted_points: usize,
     /// Whether the fit window was cut at a detected change in growth.
     pub cut_at_change: bool,
-}
-
-pub(crate) fn median(v: &mut [f64]) -> Option<f64> {
-    if v.is_empty() {
-        return None;
-    }
-    v.sort_by(|a, b| a.total_cmp(b));
-    let m = v.len() / 2;
-    Some(if v.len() % 2 == 0 { (v[m - 1] + v[m]) / 2.0 } else { v[m] })
 }
 
 /// Averages samples onto a grid ending at the last sample; empty cells are interpolated.
@@ -208,6 +204,9 @@ pub fn project(samples: &[(i64, f64)], cfg: &ForecastConfig, level: f64) -> Resu
         Some(iv) => (unscale(&iv.lower), unscale(&iv.upper)),
         None => (point.clone(), point.clone()),
     };
+    let w = cfg.interval_widening;
+    let lower: Vec<f64> = point.iter().zip(&lower).map(|(p, l)| p - w * (p - l)).collect();
+    let upper: Vec<f64> = point.iter().zip(&upper).map(|(p, u)| p + w * (u - p)).collect();
     Ok(Some(Projection {
         step_secs: step,
         period,
@@ -481,7 +480,7 @@ mod tests {
             let slope = -(1.0 + 4.0 * rng.uniform());
             let amp = 5.0 * rng.uniform();
             let sigma = 0.5 + rng.uniform();
-            let phase = rng.uniform() * 6.28;
+            let phase = rng.uniform() * std::f64::consts::TAU;
             let full = series(9.0, |t| {
                 500.0
                     + slope * t / DAY

@@ -7,7 +7,8 @@
 //! (where least squares is the optimal estimator), and every class has random rates, noise and
 //! phases. Errors are capped at the forecast horizon, so "never" vs "in 200 days" is no error.
 
-use crate::detect::forecast::{ForecastConfig, Limit, forecast_exhaustion, median};
+use crate::detect::changepoint::median;
+use crate::detect::forecast::{ForecastConfig, Limit, forecast_exhaustion};
 use std::collections::BTreeMap;
 
 #[derive(clap::Args, Debug, Clone)]

@@ -9,6 +9,7 @@
 //!
 //! Counters should be fed as rates: peers with different uptimes have incomparable totals.
 
+use crate::detect::changepoint::median;
 use augurs::outlier::{DbscanDetector, MADDetector, OutlierDetector};
 use std::collections::{BTreeMap, HashMap, VecDeque};
 
@@ -101,15 +102,6 @@ struct NodeState {
 pub struct PeerGroups {
     cfg: PeerConfig,
     nodes: HashMap<String, NodeState>,
-}
-
-fn median(v: &mut [f64]) -> Option<f64> {
-    if v.is_empty() {
-        return None;
-    }
-    v.sort_by(|a, b| a.total_cmp(b));
-    let m = v.len() / 2;
-    Some(if v.len() % 2 == 0 { (v[m - 1] + v[m]) / 2.0 } else { v[m] })
 }
 
 impl PeerGroups {
