@@ -218,7 +218,7 @@ impl PeerGroups {
 
     /// Evidence per outlying row index for one metric's aligned rows.
     fn compare(&self, metric: &str, rows: &[Vec<f64>]) -> Result<Vec<(usize, MetricEvidence)>, OutlierError> {
-        if rows.len() < self.cfg.min_group {
+        if rows.len() < self.cfg.min_group.max(3) {
             return Ok(Vec::new());
         }
         let cells = rows[0].len();
