@@ -20,6 +20,20 @@ enum Command {
     /// Run a controller on the embedded store plus one agentd watching this machine
     /// (and the controller's own log). Ctrl-C stops both.
     Local(LocalArgs),
+    /// Offline benchmarks of the detection layer.
+    Bench(BenchArgs),
+}
+
+#[derive(Args, Debug)]
+struct BenchArgs {
+    #[command(subcommand)]
+    cmd: BenchCmd,
+}
+
+#[derive(Subcommand, Debug)]
+enum BenchCmd {
+    /// Time-to-exhaustion accuracy: MSTL+ETS vs a least-squares line (predict_linear).
+    Forecast(controller::detect::forecast_bench::ForecastBenchArgs),
 }
 
 #[derive(Args, Debug, Clone)]
@@ -269,6 +283,9 @@ async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let mut cfg = config(&cli.run)?;
     match cli.command {
+        Some(Command::Bench(bench)) => match bench.cmd {
+            BenchCmd::Forecast(args) => controller::detect::forecast_bench::run(args),
+        },
         None => {
             init_logging(&cli.run.log)?;
             controller::server::run(cfg, shutdown_signal()).await
