@@ -2,6 +2,8 @@
 
 use crate::api::{self, ApiState};
 use crate::config::ControllerConfig;
+use crate::detect::engine::EngineConfig;
+use crate::detect::exposition::DetectionCollector;
 use crate::ingest::nodes::NodeTable;
 use crate::ingest::writer::{Writer, WriterOptions};
 use crate::ingest::{IngestOptions, IngestService};
@@ -33,7 +35,10 @@ pub async fn run(cfg: ControllerConfig, shutdown: impl Future<Output = ()> + Sen
     nodes.load(store.load_nodes().await.context("loading node delivery state")?);
 
     let (jobs_tx, jobs_rx) = tokio::sync::mpsc::channel(cfg.ingest_queue_batches.max(1));
-    let writer = Writer::new(store.clone(), nodes.clone(), metrics.clone(), WriterOptions::default());
+    let engine = crate::detect::engine::start(EngineConfig::default(), ());
+    metrics.register_collector(DetectionCollector(engine.state.clone()));
+    let writer =
+        Writer::new(store.clone(), nodes.clone(), metrics.clone(), WriterOptions::default()).with_detection(engine.clone());
     let writer_task = tokio::spawn(writer.run(jobs_rx));
 
     let ingest = IngestService::new(
@@ -72,7 +77,12 @@ pub async fn run(cfg: ControllerConfig, shutdown: impl Future<Output = ()> + Sen
         });
 
     let mut http_stop = stop_rx.clone();
-    let app = api::router(ApiState { store: store.clone(), nodes: nodes.clone(), metrics: metrics.clone() });
+    let app = api::router(ApiState {
+        store: store.clone(),
+        nodes: nodes.clone(),
+        metrics: metrics.clone(),
+        detection: engine.state.clone(),
+    });
     let http = axum::serve(http_listener, app).with_graceful_shutdown(async move {
         let _ = http_stop.wait_for(|s| *s).await;
     });
