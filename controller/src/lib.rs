@@ -8,6 +8,7 @@ pub mod api;
 pub mod config;
 pub mod detect;
 pub mod ingest;
+pub mod rules;
 pub mod server;
 pub mod store;
 pub mod telemetry;

@@ -22,6 +22,23 @@ enum Command {
     Local(LocalArgs),
     /// Offline benchmarks of the detection layer.
     Bench(BenchArgs),
+    /// Offline checks of rule files, like promtool's.
+    Rules(RulesArgs),
+}
+
+#[derive(Args, Debug)]
+struct RulesArgs {
+    #[command(subcommand)]
+    cmd: RulesCmd,
+}
+
+#[derive(Subcommand, Debug)]
+enum RulesCmd {
+    /// Validate every rule file in DIR; exit 1 with file:line:column for each error.
+    Check {
+        /// Directory of rule files (*.yaml; *test*.yaml files are tests, not rules).
+        dir: PathBuf,
+    },
 }
 
 #[derive(Args, Debug)]
@@ -283,6 +300,21 @@ async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let mut cfg = config(&cli.run)?;
     match cli.command {
+        Some(Command::Rules(rules)) => match rules.cmd {
+            RulesCmd::Check { dir } => match controller::rules::load::load_dir(&dir) {
+                Ok(set) => {
+                    println!("{}: {} rules OK", dir.display(), set.rules.len());
+                    Ok(())
+                }
+                Err(errors) => {
+                    for e in &errors {
+                        eprintln!("{e}");
+                    }
+                    eprintln!("{} error(s); the rule set would be rejected", errors.len());
+                    std::process::exit(1);
+                }
+            },
+        },
         Some(Command::Bench(bench)) => match bench.cmd {
             BenchCmd::Forecast(args) => controller::detect::forecast_bench::run(args),
         },
