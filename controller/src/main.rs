@@ -73,6 +73,9 @@ struct RunArgs {
     /// Collection interval pushed to every agent, e.g. 10s [default: agents keep their own]
     #[arg(long, value_parser = humantime::parse_duration)]
     agent_interval: Option<Duration>,
+    /// Directory of rule files; reloaded on change and on SIGHUP [default: no rules]
+    #[arg(long)]
+    rules_dir: Option<PathBuf>,
     /// Store telemetry in ClickHouse at this HTTP URL (e.g. http://clickhouse:8123) instead of
     /// the embedded store. Credentials: MEDIC_CLICKHOUSE_USER / MEDIC_CLICKHOUSE_PASSWORD or
     /// --clickhouse-password-file, never on the command line.
@@ -176,6 +179,9 @@ fn config(args: &RunArgs) -> anyhow::Result<ControllerConfig> {
     }
     if let Some(v) = args.agent_interval {
         cfg.agent_interval = Some(v);
+    }
+    if let Some(v) = &args.rules_dir {
+        cfg.rules_dir = Some(v.clone());
     }
     if let Some(v) = &args.clickhouse_url {
         cfg.clickhouse_url = Some(v.clone());

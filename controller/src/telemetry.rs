@@ -120,6 +120,13 @@ impl Metrics {
         family.get_or_create(&ReasonLabels { reason: reason.to_string() }).inc();
     }
 
+    /// Registers metrics that carry their full `medic_…` names themselves.
+    pub fn register_unprefixed(&self, f: impl FnOnce(&mut Registry)) {
+        if let Ok(mut r) = self.collectors.lock() {
+            f(&mut r);
+        }
+    }
+
     pub fn register_collector(&self, c: impl prometheus_client::collector::Collector) {
         if let Ok(mut r) = self.collectors.lock() {
             r.register_collector(Box::new(c));

@@ -2,6 +2,7 @@
 
 use crate::detect::engine::{ChangepointView, DetectionState, ForecastView, OutlierView};
 use crate::ingest::nodes::NodeTable;
+use crate::rules::watch::ActiveRules;
 use crate::store::{LogQuery, SeriesQuery, Store, StoreError};
 use crate::telemetry::Metrics;
 use axum::extract::{Query, State};
@@ -18,6 +19,7 @@ pub struct ApiState {
     pub nodes: NodeTable,
     pub metrics: Arc<Metrics>,
     pub detection: Arc<std::sync::RwLock<DetectionState>>,
+    pub rules: Option<ActiveRules>,
 }
 
 pub fn router(state: ApiState) -> Router {
@@ -28,6 +30,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/api/v1/metrics", get(metric_names))
         .route("/api/v1/series", get(series))
         .route("/api/v1/logs", get(logs))
+        .route("/api/v1/rules", get(rules))
         .route("/api/v1/forecasts", get(forecasts))
         .route("/api/v1/outliers", get(outliers))
         .route("/api/v1/changepoints", get(changepoints))
@@ -266,4 +269,25 @@ async fn outliers(State(s): State<ApiState>) -> Result<Json<Vec<OutlierView>>, A
 async fn changepoints(State(s): State<ApiState>, Query(q): Query<NodeParam>) -> Result<Json<Vec<ChangepointView>>, ApiError> {
     let st = detection(&s)?;
     Ok(Json(st.changepoints.iter().rev().filter(|c| q.node.as_ref().is_none_or(|n| *n == c.node)).cloned().collect()))
+}
+
+/// The active rules (name, file:line, description) and the errors of a rejected reload.
+async fn rules(State(s): State<ApiState>) -> Json<serde_json::Value> {
+    let Some(active) = &s.rules else {
+        return Json(serde_json::json!({"rules_dir": null, "rules": [], "errors": []}));
+    };
+    let set = active.get();
+    let rules: Vec<serde_json::Value> = set
+        .rules
+        .iter()
+        .map(|r| {
+            serde_json::json!({
+                "name": r.rule.name,
+                "description": r.rule.description,
+                "file": format!("{}:{}", r.file.display(), r.line),
+                "dry_run": r.rule.guards.dry_run,
+            })
+        })
+        .collect();
+    Json(serde_json::json!({"rules": rules, "errors": active.last_errors()}))
 }
