@@ -183,7 +183,7 @@ function clickhouse() {
 
     row('Queries'),
     timeseries('Queries by type', 'Finished queries per second from system.query_log, by type (QueryFinish, exceptions…).', [q(`sum by (type) (rate(clickhouse_query_log_queries_total{${I}}[${RI}]))`, '{{type}}')], { unit: 'qps', w: 8 }),
-    timeseries('Query duration', 'Query duration quantiles over recent queries (system.query_log).', [q(`max by (quantile) (clickhouse_query_duration_seconds{${I}})`, 'p{{quantile}}')], { unit: 's', w: 8 }),
+    timeseries('Query duration', 'Query duration quantiles of the queries finished in each collection round (system.query_log); the maximum over the interval, since rounds without finished queries report none.', [q(`max by (quantile) (max_over_time(clickhouse_query_duration_seconds{${I}}[${RI}]))`, 'p{{quantile}}')], { unit: 's', w: 8 }),
     timeseries('Failed queries', 'Queries that failed, per second.', [
       q(`sum(rate(clickhouse_failed_queries_total{${I}}[${RI}]))`, 'failed (query_log)'),
       q(`sum(rate(clickhouse_events_FailedQuery_total{${I}}[${RI}]))`, 'FailedQuery event'),
@@ -210,7 +210,7 @@ function clickhouse() {
     timeseries('Table rows', 'Rows per table.', [q(`sum by (database, table) (clickhouse_table_rows{${T}})`, '{{database}}.{{table}}')], { unit: 'short', w: 8, min: 0 }),
 
     row('Merges, mutations and disks'),
-    timeseries('Merges and mutations', 'Running merges, running/stuck/failed mutations and the background pool in use.', [
+    timeseries('Merges and mutations', 'Running merges, running/stuck/failed mutations (tables that have had mutations) and the background pool in use.', [
       q(`sum(clickhouse_merges_running{${I}})`, 'merges'),
       q(`sum(clickhouse_mutations_running{${I}})`, 'mutations running'),
       q(`sum(clickhouse_mutations_stuck{${I}})`, 'mutations stuck'),
