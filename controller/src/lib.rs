@@ -6,6 +6,7 @@
 
 pub mod api;
 pub mod config;
+pub mod decide;
 pub mod detect;
 pub mod ingest;
 pub mod rules;

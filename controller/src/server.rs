@@ -3,11 +3,11 @@
 use crate::api::{self, ApiState};
 use crate::config::ControllerConfig;
 use crate::detect::engine::EngineConfig;
-use crate::rules::watch::{ActiveRules, RuleMetrics};
 use crate::detect::exposition::DetectionCollector;
 use crate::ingest::nodes::NodeTable;
 use crate::ingest::writer::{Writer, WriterOptions};
 use crate::ingest::{IngestOptions, IngestService};
+use crate::rules::watch::{ActiveRules, RuleMetrics};
 use crate::store::Store;
 use crate::store::clickhouse::ClickHouseStore;
 use crate::store::embedded::EmbeddedStore;
@@ -44,8 +44,8 @@ pub async fn run(cfg: ControllerConfig, shutdown: impl Future<Output = ()> + Sen
     let rules_task = rules.clone().map(|r| tokio::spawn(r.watch()));
     let engine = crate::detect::engine::start(EngineConfig::default(), ());
     metrics.register_collector(DetectionCollector(engine.state.clone()));
-    let writer =
-        Writer::new(store.clone(), nodes.clone(), metrics.clone(), WriterOptions::default()).with_detection(engine.clone());
+    let writer = Writer::new(store.clone(), nodes.clone(), metrics.clone(), WriterOptions::default())
+        .with_detection(engine.clone());
     let writer_task = tokio::spawn(writer.run(jobs_rx));
 
     let ingest = IngestService::new(

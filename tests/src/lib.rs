@@ -288,7 +288,10 @@ pub fn chdb_python() -> Result<PathBuf> {
     });
     let py = venv.join("bin/python");
     if !py.exists() {
-        bail!("{} not found: run tests/clickhouse/install (tests/run does) to install the ClickHouse engine", py.display());
+        bail!(
+            "{} not found: run tests/clickhouse/install (tests/run does) to install the ClickHouse engine",
+            py.display()
+        );
     }
     Ok(py)
 }
@@ -428,10 +431,16 @@ impl FakePagerDuty {
     pub async fn start() -> Result<Self> {
         use axum::{Json, Router, extract::State, routing::post};
         type Events = std::sync::Arc<std::sync::Mutex<Vec<serde_json::Value>>>;
-        async fn enqueue(State(events): State<Events>, Json(v): Json<serde_json::Value>) -> (axum::http::StatusCode, Json<serde_json::Value>) {
+        async fn enqueue(
+            State(events): State<Events>,
+            Json(v): Json<serde_json::Value>,
+        ) -> (axum::http::StatusCode, Json<serde_json::Value>) {
             let key = v["dedup_key"].clone();
             events.lock().unwrap_or_else(|p| p.into_inner()).push(v);
-            (axum::http::StatusCode::ACCEPTED, Json(serde_json::json!({"status": "success", "message": "Event processed", "dedup_key": key})))
+            (
+                axum::http::StatusCode::ACCEPTED,
+                Json(serde_json::json!({"status": "success", "message": "Event processed", "dedup_key": key})),
+            )
         }
         let events: Events = Default::default();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;

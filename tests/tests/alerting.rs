@@ -47,13 +47,17 @@ async fn clickhouse_down_pages_through_prometheus_and_alertmanager_and_resolves(
         Ok((prom.query("clickhouse_up == 1").await?.len() == 1).then_some(()))
     })
     .await?;
-    assert!(pd.events().iter().all(|e| e["payload"]["summary"].as_str().is_none_or(|s| !s.contains("does not answer"))), "no page while healthy");
+    assert!(
+        pd.events().iter().all(|e| e["payload"]["summary"].as_str().is_none_or(|s| !s.contains("does not answer"))),
+        "no page while healthy"
+    );
 
     // The fault: ClickHouse dies.
     ch.proc.kill9();
     let trigger = eventually(Duration::from_secs(60), || async {
         let found = pd.events().into_iter().find(|e| {
-            e["event_action"] == "trigger" && e["payload"]["summary"].as_str().is_some_and(|s| s.contains("does not answer"))
+            e["event_action"] == "trigger"
+                && e["payload"]["summary"].as_str().is_some_and(|s| s.contains("does not answer"))
         });
         Ok(found)
     })
@@ -62,7 +66,12 @@ async fn clickhouse_down_pages_through_prometheus_and_alertmanager_and_resolves(
     assert_eq!(trigger["payload"]["severity"], "critical");
     assert_eq!(trigger["payload"]["summary"], format!("ClickHouse on 127.0.0.1:{} does not answer", agent.http));
     assert_eq!(trigger["payload"]["custom_details"]["runbook"], "deploy/prometheus/runbooks.md#clickhousedown");
-    assert!(trigger["payload"]["custom_details"]["description"].as_str().unwrap_or_default().contains("cannot query ClickHouse"));
+    assert!(
+        trigger["payload"]["custom_details"]["description"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("cannot query ClickHouse")
+    );
     assert_eq!(trigger["client"], "Medic");
     let dedup = trigger["dedup_key"].as_str().unwrap_or_default().to_string();
     assert!(!dedup.is_empty());

@@ -49,7 +49,8 @@ fn every_alert_behaves_as_its_unit_test_says() {
 fn every_alert_has_for_severity_summary_description_runbook_and_a_test() {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/prometheus");
     let runbooks = std::fs::read_to_string(dir.join("runbooks.md")).expect("runbooks.md");
-    let tested: String = files("-rules-test.yaml").iter().map(|f| std::fs::read_to_string(dir.join(f)).unwrap_or_default()).collect();
+    let tested: String =
+        files("-rules-test.yaml").iter().map(|f| std::fs::read_to_string(dir.join(f)).unwrap_or_default()).collect();
     for f in files("-rules.yaml") {
         let text = std::fs::read_to_string(dir.join(&f)).expect("rule file");
         for block in text.split("- alert: ").skip(1) {
@@ -58,7 +59,10 @@ fn every_alert_has_for_severity_summary_description_runbook_and_a_test() {
                 assert!(block.contains(key), "{f}: {name} lacks {key}");
             }
             let anchor = block.split("runbooks.md#").nth(1).and_then(|s| s.split('"').next()).unwrap_or_default();
-            assert!(runbooks.to_lowercase().contains(&format!("### {anchor}")), "{f}: {name}: no runbook section #{anchor}");
+            assert!(
+                runbooks.to_lowercase().contains(&format!("### {anchor}")),
+                "{f}: {name}: no runbook section #{anchor}"
+            );
             assert!(tested.contains(&format!("alertname: {name}\n")), "{f}: {name} has no promtool test");
         }
     }

@@ -27,7 +27,8 @@ async fn a_broken_edit_is_rejected_and_sighup_reloads_the_fixed_files() -> Resul
     std::fs::create_dir_all(&rules)?;
     std::fs::write(rules.join("clickhouse.yaml"), GOOD)?;
     let rules_arg = rules.to_string_lossy().to_string();
-    let c = ControllerProc::start(&dir.path().join("c"), free_port(), free_port(), &["--rules-dir", &rules_arg]).await?;
+    let c =
+        ControllerProc::start(&dir.path().join("c"), free_port(), free_port(), &["--rules-dir", &rules_arg]).await?;
     let (ok, listed) = reload_state(&c).await?;
     assert_eq!(ok, 1.0);
     assert_eq!(listed["rules"][0]["name"], "readonly-replica");

@@ -266,7 +266,10 @@ async fn outliers(State(s): State<ApiState>) -> Result<Json<Vec<OutlierView>>, A
 }
 
 /// Recent changepoints, newest first.
-async fn changepoints(State(s): State<ApiState>, Query(q): Query<NodeParam>) -> Result<Json<Vec<ChangepointView>>, ApiError> {
+async fn changepoints(
+    State(s): State<ApiState>,
+    Query(q): Query<NodeParam>,
+) -> Result<Json<Vec<ChangepointView>>, ApiError> {
     let st = detection(&s)?;
     Ok(Json(st.changepoints.iter().rev().filter(|c| q.node.as_ref().is_none_or(|n| *n == c.node)).cloned().collect()))
 }

@@ -237,7 +237,10 @@ impl Engine {
             e.1 += v;
         };
         let max_parts = self.cfg.max_parts_per_partition;
-        let fc = self.forecasters.entry(node.to_string()).or_insert_with(|| ExhaustionForecaster::new(self.cfg.forecast.clone()));
+        let fc = self
+            .forecasters
+            .entry(node.to_string())
+            .or_insert_with(|| ExhaustionForecaster::new(self.cfg.forecast.clone()));
         let mut counters: Vec<&Sample> = Vec::new();
         for s in &b.batch.samples {
             let ts = s.timestamp_ms;
@@ -278,7 +281,9 @@ impl Engine {
                     "cpu_busy_cores"
                 }
                 "node_disk_io_time_seconds_total" => "disk_io_busy_ratio",
-                "node_network_receive_bytes_total" if label(s, "device") != Some("lo") => "network_receive_bytes_per_second",
+                "node_network_receive_bytes_total" if label(s, "device") != Some("lo") => {
+                    "network_receive_bytes_per_second"
+                }
                 "node_network_transmit_bytes_total" if label(s, "device") != Some("lo") => {
                     "network_transmit_bytes_per_second"
                 }
@@ -457,7 +462,12 @@ mod tests {
             for n in 0..5 {
                 let load = if n == 4 { 8.0 } else { 1.0 } + ((t / 30_000 + n) % 7) as f64 * 0.01;
                 let samples = vec![
-                    gauge("node_filesystem_avail_bytes", &[("mountpoint", "/data")], t, total - per_ms * (t - t0) as f64),
+                    gauge(
+                        "node_filesystem_avail_bytes",
+                        &[("mountpoint", "/data")],
+                        t,
+                        total - per_ms * (t - t0) as f64,
+                    ),
                     gauge("node_load1", &[], t, load),
                 ];
                 engine.observe(&StoredBatch {

@@ -58,7 +58,11 @@ impl Collector for DetectionCollector {
                 st.batches_skipped.load(Ordering::Relaxed),
             ),
             ("medic_detect_errors", "Model fits that failed", st.errors.load(Ordering::Relaxed)),
-            ("medic_changepoints_recent", "Changepoints in the recent history kept in memory", st.changepoints.len() as u64),
+            (
+                "medic_changepoints_recent",
+                "Changepoints in the recent history kept in memory",
+                st.changepoints.len() as u64,
+            ),
         ] {
             if name == "medic_changepoints_recent" {
                 let e = encoder.encode_descriptor(name, help, None, MetricType::Gauge)?;

@@ -62,7 +62,10 @@ pub const SQL_ALLOW_LIST: &[&str] = &[
 pub fn sql_allowed(statement: &str) -> bool {
     let folded = statement.split_whitespace().collect::<Vec<_>>().join(" ").to_uppercase();
     let single = !folded.trim_end_matches(';').contains(';');
-    single && SQL_ALLOW_LIST.iter().any(|p| folded.starts_with(p.trim_end()) && (folded.len() == p.trim_end().len() || p.ends_with(' ')))
+    single
+        && SQL_ALLOW_LIST
+            .iter()
+            .any(|p| folded.starts_with(p.trim_end()) && (folded.len() == p.trim_end().len() || p.ends_with(' ')))
 }
 
 /// Rule files in `dir`: `*.yaml`/`*.yml`, except test files (`*test*.yaml`), in name order.
@@ -91,7 +94,9 @@ pub fn load_dir(dir: &Path) -> Result<RuleSet, Vec<RuleError>> {
                 Ok(rules) => set.rules.extend(rules),
                 Err(mut e) => errors.append(&mut e),
             },
-            Err(e) => errors.push(RuleError { file: f.clone(), line: 0, column: 0, message: format!("cannot read: {e}") }),
+            Err(e) => {
+                errors.push(RuleError { file: f.clone(), line: 0, column: 0, message: format!("cannot read: {e}") })
+            }
         }
     }
     let mut seen: BTreeMap<String, (PathBuf, usize)> = BTreeMap::new();
@@ -101,7 +106,11 @@ pub fn load_dir(dir: &Path) -> Result<RuleSet, Vec<RuleError>> {
                 file: r.file.clone(),
                 line: r.line,
                 column: 1,
-                message: format!("rule name {:?} is already used at {}:{line}; names must be unique", r.rule.name, file.display()),
+                message: format!(
+                    "rule name {:?} is already used at {}:{line}; names must be unique",
+                    r.rule.name,
+                    file.display()
+                ),
             });
         } else {
             seen.insert(r.rule.name.clone(), (r.file.clone(), r.line));
@@ -121,7 +130,12 @@ pub fn parse(path: &Path, text: &str) -> Result<Vec<LoadedRule>, Vec<RuleError>>
     for rule in file.rules {
         let (line, column) = locate_rule(text, &rule.name);
         for message in validate(&rule) {
-            errors.push(RuleError { file: path.to_path_buf(), line, column, message: format!("rule {:?}: {message}", rule.name) });
+            errors.push(RuleError {
+                file: path.to_path_buf(),
+                line,
+                column,
+                message: format!("rule {:?}: {message}", rule.name),
+            });
         }
         out.push(LoadedRule { rule, file: path.to_path_buf(), line });
     }
