@@ -4,6 +4,7 @@
 //! (embedded | ClickHouse) → detection, remediation and publishing as they land. `api` serves
 //! /healthz, /metrics and /api/v1; `server` wires it all together.
 
+pub mod act;
 pub mod api;
 pub mod config;
 pub mod decide;
