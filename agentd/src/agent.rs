@@ -273,6 +273,13 @@ pub async fn run(
     let mut sopts = StreamOptions::new(cfg.controller.clone(), node.clone());
     sopts.labels = cfg.labels.clone();
     sopts.max_in_flight = cfg.max_in_flight.max(1);
+    sopts.commands = Arc::new(crate::command::CommandOptions {
+        restart_commands: cfg.service_restart.clone(),
+        allow_systemctl: cfg.allow_systemctl_restart,
+    });
+    if !cfg.service_restart.is_empty() || cfg.allow_systemctl_restart {
+        sopts.capabilities.push("command.restart_service".into());
+    }
     tasks.push(tokio::spawn(stream::run(sopts, shared.clone(), stop_rx.clone())));
 
     let listener = tokio::net::TcpListener::bind(cfg.http_listen)

@@ -2,6 +2,7 @@
 //! behind [`Executor`]-shaped functions — ClickHouse statements here; the agent's service restart
 //! and Kubernetes pod/scale executors beside it.
 
+pub mod agent;
 pub mod clickhouse;
 
 #[derive(Debug, thiserror::Error)]
@@ -12,4 +13,8 @@ pub enum ActError {
     Refused(String),
     #[error("nothing to do: {0}")]
     NothingToDo(String),
+    #[error("target unavailable: {0}")]
+    Unavailable(String),
+    #[error("failed: {0}")]
+    Failed(String),
 }
