@@ -27,6 +27,12 @@ pub struct ControllerConfig {
     pub agent_interval: Option<Duration>,
     /// Directory of rule files (hot-reloaded); unset runs without remediation rules.
     pub rules_dir: Option<PathBuf>,
+    /// How often rules are evaluated. Default 10s.
+    #[serde(with = "humantime_serde_compat")]
+    pub remediation_interval: Duration,
+    /// ClickHouse HTTP URL of each node for ClickHouse steps, `{node}` replaced by the node name
+    /// (e.g. http://{node}:8123). Credentials as for `clickhouse_url`.
+    pub clickhouse_node_url: Option<String>,
     /// ClickHouse HTTP URL (e.g. http://clickhouse:8123) to store telemetry in; unset uses the
     /// embedded store under `data_dir`.
     pub clickhouse_url: Option<String>,
@@ -53,6 +59,8 @@ impl Default for ControllerConfig {
             ingest_queue_batches: 4096,
             agent_interval: None,
             rules_dir: None,
+            remediation_interval: Duration::from_secs(10),
+            clickhouse_node_url: None,
             clickhouse_url: None,
             clickhouse_database: "medic".into(),
             clickhouse_user: None,

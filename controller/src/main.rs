@@ -76,6 +76,12 @@ struct RunArgs {
     /// Directory of rule files; reloaded on change and on SIGHUP [default: no rules]
     #[arg(long)]
     rules_dir: Option<PathBuf>,
+    /// ClickHouse URL of each node for remediation steps, {node} replaced, e.g. http://{node}:8123
+    #[arg(long)]
+    clickhouse_node_url: Option<String>,
+    /// How often rules are evaluated, e.g. 10s [default: 10s]
+    #[arg(long, value_parser = humantime::parse_duration)]
+    remediation_interval: Option<Duration>,
     /// Store telemetry in ClickHouse at this HTTP URL (e.g. http://clickhouse:8123) instead of
     /// the embedded store. Credentials: MEDIC_CLICKHOUSE_USER / MEDIC_CLICKHOUSE_PASSWORD or
     /// --clickhouse-password-file, never on the command line.
@@ -182,6 +188,12 @@ fn config(args: &RunArgs) -> anyhow::Result<ControllerConfig> {
     }
     if let Some(v) = &args.rules_dir {
         cfg.rules_dir = Some(v.clone());
+    }
+    if let Some(v) = &args.clickhouse_node_url {
+        cfg.clickhouse_node_url = Some(v.clone());
+    }
+    if let Some(v) = args.remediation_interval {
+        cfg.remediation_interval = v;
     }
     if let Some(v) = &args.clickhouse_url {
         cfg.clickhouse_url = Some(v.clone());

@@ -2,6 +2,7 @@
 
 use crate::api::{self, ApiState};
 use crate::config::ControllerConfig;
+use crate::decide::runner::{ExecutorConfig, Remediation, Runner};
 use crate::detect::engine::EngineConfig;
 use crate::detect::exposition::DetectionCollector;
 use crate::ingest::nodes::NodeTable;
@@ -43,6 +44,29 @@ pub async fn run(cfg: ControllerConfig, shutdown: impl Future<Output = ()> + Sen
     });
     let rules_task = rules.clone().map(|r| tokio::spawn(r.watch()));
     let engine = crate::detect::engine::start(EngineConfig::default(), ());
+    let remediation = Remediation::default();
+    metrics.register_unprefixed(|r| remediation.audit.register(r));
+    let runner_task = rules.clone().map(|rules| {
+        let exec = ExecutorConfig {
+            clickhouse_node_url: cfg.clickhouse_node_url.clone(),
+            clickhouse_user: cfg.clickhouse_user.clone().or_else(|| std::env::var("MEDIC_CLICKHOUSE_USER").ok()),
+            clickhouse_password: std::env::var("MEDIC_CLICKHOUSE_PASSWORD").ok(),
+            ..Default::default()
+        };
+        tokio::spawn(
+            Runner {
+                rules,
+                facts: engine.facts.clone(),
+                detection: engine.state.clone(),
+                nodes: nodes.clone(),
+                exec,
+                remediation: remediation.clone(),
+                global: Default::default(),
+                every: cfg.remediation_interval,
+            }
+            .run(),
+        )
+    });
     metrics.register_collector(DetectionCollector(engine.state.clone()));
     let writer = Writer::new(store.clone(), nodes.clone(), metrics.clone(), WriterOptions::default())
         .with_detection(engine.clone());
@@ -90,6 +114,7 @@ pub async fn run(cfg: ControllerConfig, shutdown: impl Future<Output = ()> + Sen
         metrics: metrics.clone(),
         detection: engine.state.clone(),
         rules: rules.clone(),
+        remediation: remediation.clone(),
     });
     let http = axum::serve(http_listener, app).with_graceful_shutdown(async move {
         let _ = http_stop.wait_for(|s| *s).await;
@@ -114,7 +139,7 @@ pub async fn run(cfg: ControllerConfig, shutdown: impl Future<Output = ()> + Sen
 
     let (g, h) = tokio::join!(grpc, http);
     retention_task.abort();
-    if let Some(t) = rules_task {
+    for t in [rules_task, runner_task].into_iter().flatten() {
         t.abort();
     }
     writer_task.abort();

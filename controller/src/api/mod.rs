@@ -1,5 +1,7 @@
 //! HTTP: /healthz, /metrics (OpenMetrics) and the JSON API under /api/v1.
 
+use crate::decide::audit::AuditEntry;
+use crate::decide::runner::Remediation;
 use crate::detect::engine::{ChangepointView, DetectionState, ForecastView, OutlierView};
 use crate::ingest::nodes::NodeTable;
 use crate::rules::watch::ActiveRules;
@@ -20,6 +22,7 @@ pub struct ApiState {
     pub metrics: Arc<Metrics>,
     pub detection: Arc<std::sync::RwLock<DetectionState>>,
     pub rules: Option<ActiveRules>,
+    pub remediation: Remediation,
 }
 
 pub fn router(state: ApiState) -> Router {
@@ -31,6 +34,8 @@ pub fn router(state: ApiState) -> Router {
         .route("/api/v1/series", get(series))
         .route("/api/v1/logs", get(logs))
         .route("/api/v1/rules", get(rules))
+        .route("/api/v1/actions", get(actions))
+        .route("/api/v1/actions/{id}/approve", axum::routing::post(approve))
         .route("/api/v1/forecasts", get(forecasts))
         .route("/api/v1/outliers", get(outliers))
         .route("/api/v1/changepoints", get(changepoints))
@@ -293,4 +298,28 @@ async fn rules(State(s): State<ApiState>) -> Json<serde_json::Value> {
         })
         .collect();
     Json(serde_json::json!({"rules": rules, "errors": active.last_errors()}))
+}
+
+#[derive(Deserialize)]
+struct ActionParams {
+    rule: Option<String>,
+    limit: Option<usize>,
+}
+
+/// The audit log, newest first: every decision (acted, skipped and by which guard, dry-run,
+/// waiting for approval, approved, verified, rolled back, escalated) with its evidence.
+async fn actions(State(s): State<ApiState>, Query(q): Query<ActionParams>) -> Json<Vec<AuditEntry>> {
+    Json(s.remediation.audit.list(q.rule.as_deref(), q.limit.unwrap_or(200).min(10_000)))
+}
+
+/// Releases an action that waits for approval.
+async fn approve(
+    State(s): State<ApiState>,
+    axum::extract::Path(id): axum::extract::Path<String>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    if s.remediation.approve(&id) {
+        Ok(Json(serde_json::json!({"approved": id, "note": "it runs at the next remediation round"})))
+    } else {
+        Err(ApiError(StatusCode::NOT_FOUND, format!("no action {id} is waiting for approval")))
+    }
 }

@@ -55,7 +55,9 @@ impl Facts {
         for l in &batch.logs {
             if let Some(sig) = l.fields.iter().find(|f| f.name == "signature") {
                 let q = nf.signatures.entry(sig.value.clone()).or_default();
-                q.push_back(l.timestamp_ms);
+                // When the agent read it, not the time written in the line: server logs carry local
+                // time without a zone, and a window must not shift with the server's timezone.
+                q.push_back(batch.created_unix_ms);
                 while q.len() > MAX_SIGNATURES {
                     q.pop_front();
                 }

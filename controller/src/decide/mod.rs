@@ -5,6 +5,8 @@
 //! `guards` applies cooldowns, rate limits, blast radius, dry-run and approval. Acting,
 //! verifying and auditing come after this module.
 
+pub mod audit;
 pub mod conditions;
 pub mod facts;
 pub mod guards;
+pub mod runner;

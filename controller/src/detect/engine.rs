@@ -125,6 +125,8 @@ impl DetectionSink for () {}
 pub struct EngineHandle {
     tx: SyncSender<StoredBatch>,
     pub state: Arc<RwLock<DetectionState>>,
+    /// Per-node latest values, kept on the same feed for the rules.
+    pub facts: Arc<RwLock<crate::decide::facts::Facts>>,
 }
 
 impl EngineHandle {
@@ -144,12 +146,14 @@ impl EngineHandle {
 pub fn start(cfg: EngineConfig, sink: impl DetectionSink) -> EngineHandle {
     let (tx, rx) = std::sync::mpsc::sync_channel(cfg.queue.max(1));
     let state = Arc::new(RwLock::new(DetectionState::default()));
-    let engine = Engine::new(cfg, state.clone());
+    let facts = Arc::new(RwLock::new(crate::decide::facts::Facts::default()));
+    let mut engine = Engine::new(cfg, state.clone());
+    engine.facts = Some(facts.clone());
     let spawned = std::thread::Builder::new().name("medic-detect".into()).spawn(move || engine.run(rx, sink));
     if let Err(e) = spawned {
         tracing::error!(error = %e, "cannot start the detection thread; detection is off");
     }
-    EngineHandle { tx, state }
+    EngineHandle { tx, state, facts }
 }
 
 /// Per-node derived signals the fleet comparison and changepoints look at: few, meaningful,
@@ -174,6 +178,7 @@ struct Engine {
     /// Previous counter values per (node, series) for rates.
     last_counter: HashMap<(String, String), (i64, f64)>,
     last_outlier_run_ms: i64,
+    facts: Option<Arc<RwLock<crate::decide::facts::Facts>>>,
 }
 
 fn label<'a>(s: &'a Sample, name: &str) -> Option<&'a str> {
@@ -201,6 +206,7 @@ impl Engine {
             forecasters: HashMap::new(),
             last_counter: HashMap::new(),
             last_outlier_run_ms: 0,
+            facts: None,
         }
     }
 
@@ -227,6 +233,11 @@ impl Engine {
     fn observe(&mut self, b: &StoredBatch) {
         if let Ok(s) = self.state.read() {
             s.batches_seen.fetch_add(1, Ordering::Relaxed);
+        }
+        if let Some(f) = &self.facts
+            && let Ok(mut f) = f.write()
+        {
+            f.observe(&b.node, &b.labels, &b.batch);
         }
         let node = b.node.as_str();
         let role = b.labels.iter().find(|(n, _)| *n == self.cfg.role_label).map(|(_, v)| v.clone());

@@ -1,0 +1,120 @@
+//! The audit log: every decision and what became of it, with its evidence. Kept in memory for
+//! the API (bounded) and counted in `medic_actions_total{rule,action,outcome}`.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+use serde::Serialize;
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    /// A guard said no (see `guard`).
+    Skipped,
+    DryRun,
+    AwaitingApproval,
+    Approved,
+    Expired,
+    /// The steps ran.
+    Acted,
+    /// A step could not run.
+    Failed,
+    /// The condition cleared within the verification window.
+    Verified,
+    /// It did not: what could be undone was undone.
+    RolledBack,
+    /// People were told, with the evidence.
+    Escalated,
+}
+
+impl Outcome {
+    fn label(self) -> &'static str {
+        match self {
+            Outcome::Skipped => "skipped",
+            Outcome::DryRun => "dry_run",
+            Outcome::AwaitingApproval => "awaiting_approval",
+            Outcome::Approved => "approved",
+            Outcome::Expired => "expired",
+            Outcome::Acted => "acted",
+            Outcome::Failed => "failed",
+            Outcome::Verified => "verified",
+            Outcome::RolledBack => "rolled_back",
+            Outcome::Escalated => "escalated",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct AuditEntry {
+    /// The action this entry belongs to (several entries per action: decided, acted, verified…).
+    pub action_id: String,
+    pub at: String,
+    pub at_ms: i64,
+    pub rule: String,
+    pub node: String,
+    pub target: String,
+    /// Step kinds of the playbook, e.g. "ttl" or "restart+sql".
+    pub action: String,
+    pub outcome: Outcome,
+    /// The guard that decided a skip.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub guard: Option<String>,
+    pub evidence: String,
+    pub message: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ActionLabels {
+    rule: String,
+    action: String,
+    outcome: String,
+}
+
+const KEEP: usize = 10_000;
+
+#[derive(Clone, Default)]
+pub struct Audit {
+    entries: Arc<Mutex<VecDeque<AuditEntry>>>,
+    counts: Family<ActionLabels, Counter>,
+    pub pending_approval: Gauge,
+}
+
+impl Audit {
+    pub fn register(&self, r: &mut Registry) {
+        r.register(
+            "medic_actions",
+            "Remediation decisions and their outcomes, by rule and action",
+            self.counts.clone(),
+        );
+        r.register("medic_actions_pending_approval", "Actions waiting for approval", self.pending_approval.clone());
+    }
+
+    pub fn record(&self, e: AuditEntry) {
+        self.counts
+            .get_or_create(&ActionLabels {
+                rule: e.rule.clone(),
+                action: e.action.clone(),
+                outcome: e.outcome.label().into(),
+            })
+            .inc();
+        tracing::info!(action_id = %e.action_id, rule = %e.rule, node = %e.node, target = %e.target, outcome = e.outcome.label(), guard = ?e.guard, message = %e.message, "remediation");
+        if let Ok(mut q) = self.entries.lock() {
+            q.push_back(e);
+            while q.len() > KEEP {
+                q.pop_front();
+            }
+        }
+    }
+
+    /// Newest first, optionally only one rule's.
+    pub fn list(&self, rule: Option<&str>, limit: usize) -> Vec<AuditEntry> {
+        self.entries
+            .lock()
+            .map(|q| q.iter().rev().filter(|e| rule.is_none_or(|r| e.rule == r)).take(limit).cloned().collect())
+            .unwrap_or_default()
+    }
+}

@@ -1,0 +1,514 @@
+//! The remediation loop: every round it evaluates the active rules on the current facts and
+//! detections, asks the guards, runs what may run (off the loop), verifies that the condition
+//! clears in time, and otherwise rolls back what can be undone and escalates — recording every
+//! step in the audit log.
+
+use super::audit::{Audit, AuditEntry, Outcome};
+use super::conditions::{ConditionTracker, Firing, Signals};
+use super::facts::Facts;
+use super::guards::{Decision, Fleet, GlobalLimit, GuardState};
+use crate::act::{ActError, agent, clickhouse as chx};
+use crate::detect::engine::DetectionState;
+use crate::ingest::nodes::NodeTable;
+use crate::rules::load::LoadedRule;
+use crate::rules::model::{RestartHow, Rule, Step, TtlStep};
+use crate::rules::watch::ActiveRules;
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+use tokio::sync::mpsc;
+
+/// How the executors reach their targets.
+#[derive(Debug, Clone)]
+pub struct ExecutorConfig {
+    /// ClickHouse HTTP URL of a node, `{node}` replaced by its name (e.g. `http://{node}:8123`);
+    /// unset: ClickHouse steps are unavailable.
+    pub clickhouse_node_url: Option<String>,
+    pub clickhouse_user: Option<String>,
+    pub clickhouse_password: Option<String>,
+    /// Upper bound for one step.
+    pub step_timeout: Duration,
+}
+
+impl Default for ExecutorConfig {
+    fn default() -> Self {
+        Self {
+            clickhouse_node_url: None,
+            clickhouse_user: None,
+            clickhouse_password: None,
+            step_timeout: Duration::from_secs(120),
+        }
+    }
+}
+
+/// Something a step changed that can be put back.
+#[derive(Debug, Clone)]
+enum Undo {
+    Ttl { node: String, step: TtlStep, change: chx::TtlChange },
+}
+
+type Key = (String, String, String);
+
+struct Verifying {
+    id: String,
+    key: Key,
+    deadline_ms: i64,
+    undo: Vec<Undo>,
+    evidence: String,
+    action: String,
+}
+
+struct Pending {
+    firing: Firing,
+    rule: Rule,
+    expires_ms: i64,
+    approved: bool,
+}
+
+/// What an execution task reports back to the loop.
+struct Executed {
+    id: String,
+    firing: Firing,
+    rule: Rule,
+    result: Result<Vec<Undo>, (ActError, Vec<Undo>)>,
+    messages: Vec<String>,
+}
+
+/// Shared with the API: the audit log and approvals.
+#[derive(Clone)]
+pub struct Remediation {
+    pub audit: Audit,
+    approvals: Arc<Mutex<HashSet<String>>>,
+    pending_ids: Arc<Mutex<HashSet<String>>>,
+}
+
+impl Default for Remediation {
+    fn default() -> Self {
+        Self { audit: Audit::default(), approvals: Arc::default(), pending_ids: Arc::default() }
+    }
+}
+
+impl Remediation {
+    /// Releases an action waiting for approval; false when there is no such action.
+    pub fn approve(&self, id: &str) -> bool {
+        let waiting = self.pending_ids.lock().map(|p| p.contains(id)).unwrap_or(false);
+        if waiting && let Ok(mut a) = self.approvals.lock() {
+            a.insert(id.to_string());
+        }
+        waiting
+    }
+}
+
+pub struct Runner {
+    pub rules: ActiveRules,
+    pub facts: Arc<RwLock<Facts>>,
+    pub detection: Arc<RwLock<DetectionState>>,
+    pub nodes: NodeTable,
+    pub exec: ExecutorConfig,
+    pub remediation: Remediation,
+    pub global: GlobalLimit,
+    pub every: Duration,
+}
+
+fn now_ms() -> i64 {
+    chrono::Utc::now().timestamp_millis()
+}
+
+fn rfc3339(ms: i64) -> String {
+    chrono::DateTime::from_timestamp_millis(ms).map(|d| d.to_rfc3339()).unwrap_or_default()
+}
+
+fn action_name(rule: &Rule) -> String {
+    rule.steps
+        .iter()
+        .map(|s| match s {
+            Step::Restart(_) => "restart",
+            Step::Rebalance(_) => "rebalance",
+            Step::Scale(_) => "scale",
+            Step::Ttl(_) => "ttl",
+            Step::Notify(_) => "notify",
+            Step::Sql(_) => "sql",
+        })
+        .collect::<Vec<_>>()
+        .join("+")
+}
+
+async fn within<T>(t: Duration, fut: impl std::future::Future<Output = Result<T, ActError>>) -> Result<T, ActError> {
+    match tokio::time::timeout(t, fut).await {
+        Ok(r) => r,
+        Err(_) => Err(ActError::Failed(format!("step did not finish within {t:?}"))),
+    }
+}
+
+/// `database=db,table=t` → ("db", "t").
+fn table_of(target: &str) -> Option<(String, String)> {
+    let get = |k: &str| target.split(',').find_map(|kv| kv.strip_prefix(&format!("{k}=")).map(str::to_string));
+    Some((get("database")?, get("table")?))
+}
+
+impl ExecutorConfig {
+    fn clickhouse(&self, node: &str) -> Result<clickhouse::Client, ActError> {
+        let tpl = self.clickhouse_node_url.as_ref().ok_or_else(|| {
+            ActError::Unavailable("ClickHouse steps need --clickhouse-node-url (e.g. http://{node}:8123)".into())
+        })?;
+        let mut c = clickhouse::Client::default().with_url(tpl.replace("{node}", node));
+        if let Some(u) = &self.clickhouse_user {
+            c = c.with_user(u);
+        }
+        if let Some(p) = &self.clickhouse_password {
+            c = c.with_password(p);
+        }
+        Ok(c)
+    }
+
+    async fn run_step(
+        &self,
+        nodes: &NodeTable,
+        f: &Firing,
+        step: &Step,
+        undo: &mut Vec<Undo>,
+    ) -> Result<String, ActError> {
+        let t = self.step_timeout;
+        match step {
+            Step::Restart(r) => match r.how {
+                RestartHow::Replica => {
+                    let (db, table) = table_of(&f.target).ok_or_else(|| {
+                        ActError::Refused(format!("restart replica needs a table target, got {:?}", f.target))
+                    })?;
+                    let c = self.clickhouse(&f.node)?;
+                    within(t, chx::restart_replica(&c, &db, &table))
+                        .await
+                        .map(|_| format!("SYSTEM RESTART REPLICA {db}.{table}"))
+                }
+                RestartHow::Pod => {
+                    Err(ActError::Unavailable("the Kubernetes executor is not configured on this controller".into()))
+                }
+                RestartHow::Auto | RestartHow::Service => agent::restart_service(nodes, &f.node, &r.service, t).await,
+            },
+            Step::Ttl(s) => {
+                let c = self.clickhouse(&f.node)?;
+                let change = within(t, chx::shorten_ttl(&c, s)).await?;
+                let msg = format!(
+                    "TTL of {}.{} {:?} s → {} s",
+                    s.database, s.table, change.previous.seconds, change.new_seconds
+                );
+                undo.push(Undo::Ttl { node: f.node.clone(), step: s.clone(), change });
+                Ok(msg)
+            }
+            Step::Sql(s) => {
+                let c = self.clickhouse(&f.node)?;
+                within(t, chx::run_sql(&c, &s.statement)).await.map(|_| format!("ran {}", s.statement))
+            }
+            Step::Rebalance(rb) => {
+                let c = self.clickhouse(&f.node)?;
+                let plan = chx::plan_rebalance(&c, rb).await?;
+                if plan.is_empty() {
+                    return Err(ActError::NothingToDo("no partition can move to a disk with more room".into()));
+                }
+                let mut moved = Vec::new();
+                for m in &plan {
+                    chx::move_partition(&c, m, t).await?;
+                    moved.push(format!("{}.{} {} {}→{}", m.database, m.table, m.partition_id, m.from, m.to));
+                }
+                Ok(format!("moved {}", moved.join(", ")))
+            }
+            Step::Scale(_) => {
+                Err(ActError::Unavailable("the Kubernetes executor is not configured on this controller".into()))
+            }
+            Step::Notify(n) => Ok(format!(
+                "notified ({}): {}",
+                n.severity,
+                if n.summary.is_empty() { &f.evidence } else { &n.summary }
+            )),
+        }
+    }
+
+    async fn rollback(&self, u: &Undo) -> Result<String, ActError> {
+        match u {
+            Undo::Ttl { node, step, change } => {
+                let c = self.clickhouse(node)?;
+                chx::restore_ttl(&c, step, change).await?;
+                Ok(format!("TTL of {}.{} restored to {}", step.database, step.table, change.previous.expression))
+            }
+        }
+    }
+}
+
+impl Runner {
+    pub async fn run(self) {
+        let mut tracker = ConditionTracker::default();
+        let mut guards = GuardState::new(self.global.clone());
+        let mut verifying: Vec<Verifying> = Vec::new();
+        let mut pending: HashMap<String, Pending> = HashMap::new();
+        // The last decision recorded per key, so a blocked rule is audited once, not every round.
+        let mut last_decision: HashMap<Key, String> = HashMap::new();
+        let (done_tx, mut done_rx) = mpsc::channel::<Executed>(64);
+        let mut tick = tokio::time::interval(self.every);
+        loop {
+            tick.tick().await;
+            let now = now_ms();
+            let set = self.rules.get();
+            let by_name: HashMap<&str, &LoadedRule> = set.rules.iter().map(|r| (r.rule.name.as_str(), r)).collect();
+
+            // Executions that finished since the last round.
+            while let Ok(ex) = done_rx.try_recv() {
+                let key: Key = (ex.firing.rule.clone(), ex.firing.node.clone(), ex.firing.target.clone());
+                let action = action_name(&ex.rule);
+                match ex.result {
+                    Ok(undo) => {
+                        self.entry(&ex.id, &ex.firing, &action, Outcome::Acted, None, ex.messages.join("; "));
+                        let deadline_ms = now + ex.rule.verify.clears_within.as_millis() as i64;
+                        verifying.push(Verifying {
+                            id: ex.id,
+                            key,
+                            deadline_ms,
+                            undo,
+                            evidence: ex.firing.evidence,
+                            action,
+                        });
+                    }
+                    Err((e, undo)) => {
+                        self.entry(
+                            &ex.id,
+                            &ex.firing,
+                            &action,
+                            Outcome::Failed,
+                            None,
+                            format!("{}; {e}", ex.messages.join("; ")),
+                        );
+                        self.fail(&ex.id, &ex.firing.rule, &ex.rule, &action, &ex.firing, &undo, &mut guards).await;
+                    }
+                }
+            }
+
+            let round = {
+                let facts = match self.facts.read() {
+                    Ok(f) => f,
+                    Err(_) => continue,
+                };
+                let signals = self.signals();
+                let r = tracker.round(set.rules.iter().map(|r| &r.rule), &facts, &signals, now);
+                r
+            };
+            let resolved: HashSet<Key> = round.resolved.into_iter().collect();
+            for k in &resolved {
+                last_decision.remove(k);
+            }
+
+            // Verification: cleared in time, or not.
+            let mut still = Vec::new();
+            for v in verifying.drain(..) {
+                let firing = Firing {
+                    rule: v.key.0.clone(),
+                    node: v.key.1.clone(),
+                    target: v.key.2.clone(),
+                    evidence: v.evidence.clone(),
+                    since_ms: 0,
+                };
+                if resolved.contains(&v.key) {
+                    self.entry(&v.id, &firing, &v.action, Outcome::Verified, None, "the condition cleared".into());
+                    guards.finished(&v.id, true);
+                } else if now >= v.deadline_ms {
+                    self.entry(
+                        &v.id,
+                        &firing,
+                        &v.action,
+                        Outcome::Failed,
+                        None,
+                        "the condition did not clear within the verification window".into(),
+                    );
+                    match by_name.get(v.key.0.as_str()) {
+                        Some(r) => self.fail(&v.id, &v.key.0, &r.rule, &v.action, &firing, &v.undo, &mut guards).await,
+                        None => guards.finished(&v.id, false),
+                    }
+                } else {
+                    still.push(v);
+                }
+            }
+            verifying = still;
+
+            // Approvals: released, or expired.
+            let approved: HashSet<String> =
+                self.remediation.approvals.lock().map(|mut a| std::mem::take(&mut *a)).unwrap_or_default();
+            let mut to_run: Vec<(String, Firing, Rule)> = Vec::new();
+            pending.retain(|id, p| {
+                if approved.contains(id) {
+                    p.approved = true;
+                }
+                if p.approved {
+                    self.entry(id, &p.firing, &action_name(&p.rule), Outcome::Approved, None, "approved".into());
+                    to_run.push((id.clone(), p.firing.clone(), p.rule.clone()));
+                    false
+                } else if now >= p.expires_ms {
+                    self.entry(
+                        id,
+                        &p.firing,
+                        &action_name(&p.rule),
+                        Outcome::Expired,
+                        None,
+                        "nobody approved it in time".into(),
+                    );
+                    false
+                } else {
+                    true
+                }
+            });
+
+            // New decisions on firing conditions.
+            let fleet: Fleet = self
+                .facts
+                .read()
+                .map(|f| f.nodes.iter().map(|(n, nf)| (n.clone(), nf.labels.clone())).collect())
+                .unwrap_or_default();
+            let busy: HashSet<Key> = verifying
+                .iter()
+                .map(|v| v.key.clone())
+                .chain(
+                    pending.values().map(|p| (p.firing.rule.clone(), p.firing.node.clone(), p.firing.target.clone())),
+                )
+                .collect();
+            for f in round.firing {
+                let key: Key = (f.rule.clone(), f.node.clone(), f.target.clone());
+                if busy.contains(&key) {
+                    continue;
+                }
+                let Some(lr) = by_name.get(f.rule.as_str()) else { continue };
+                let rule = &lr.rule;
+                let decision = guards.decide(&f, &rule.guards, &fleet, now);
+                let tag = format!("{decision:?}");
+                let fresh = last_decision.get(&key) != Some(&tag);
+                let id = uuid::Uuid::new_v4().to_string();
+                match decision {
+                    Decision::Skip { guard, reason } => {
+                        if fresh {
+                            self.entry(&id, &f, &action_name(rule), Outcome::Skipped, Some(guard), reason);
+                        }
+                    }
+                    Decision::DryRun => {
+                        if fresh {
+                            self.entry(
+                                &id,
+                                &f,
+                                &action_name(rule),
+                                Outcome::DryRun,
+                                None,
+                                format!("would run {}", action_name(rule)),
+                            );
+                        }
+                    }
+                    Decision::AwaitApproval => {
+                        let expires =
+                            rule.guards.approval.as_ref().map(|a| a.expires_after).unwrap_or(Duration::from_secs(3600));
+                        self.entry(
+                            &id,
+                            &f,
+                            &action_name(rule),
+                            Outcome::AwaitingApproval,
+                            None,
+                            format!("approve with POST /api/v1/actions/{id}/approve within {expires:?}"),
+                        );
+                        pending.insert(
+                            id,
+                            Pending {
+                                firing: f.clone(),
+                                rule: rule.clone(),
+                                expires_ms: now + expires.as_millis() as i64,
+                                approved: false,
+                            },
+                        );
+                    }
+                    Decision::Act => to_run.push((id, f.clone(), rule.clone())),
+                }
+                last_decision.insert(key, tag);
+            }
+            if let Ok(mut ids) = self.remediation.pending_ids.lock() {
+                *ids = pending.keys().cloned().collect();
+            }
+            self.remediation.audit.pending_approval.set(pending.len() as i64);
+
+            for (id, f, rule) in to_run {
+                guards.started(&id, &f, now);
+                let (exec, nodes, tx) = (self.exec.clone(), self.nodes.clone(), done_tx.clone());
+                tokio::spawn(async move {
+                    let mut undo = Vec::new();
+                    let mut messages = Vec::new();
+                    let mut err = None;
+                    for step in &rule.steps {
+                        match exec.run_step(&nodes, &f, step, &mut undo).await {
+                            Ok(m) => messages.push(m),
+                            Err(e) => {
+                                err = Some(e);
+                                break;
+                            }
+                        }
+                    }
+                    let result = match err {
+                        None => Ok(undo),
+                        Some(e) => Err((e, undo)),
+                    };
+                    let _ = tx.send(Executed { id, firing: f, rule, result, messages }).await;
+                });
+            }
+        }
+    }
+
+    fn signals(&self) -> Signals {
+        match self.detection.read() {
+            Ok(d) => Signals {
+                forecasts: d.forecasts.values().cloned().collect(),
+                outliers: d.outliers.clone(),
+                ..Default::default()
+            },
+            Err(_) => Signals::default(),
+        }
+    }
+
+    fn entry(&self, id: &str, f: &Firing, action: &str, outcome: Outcome, guard: Option<&str>, message: String) {
+        let now = now_ms();
+        self.remediation.audit.record(AuditEntry {
+            action_id: id.to_string(),
+            at: rfc3339(now),
+            at_ms: now,
+            rule: f.rule.clone(),
+            node: f.node.clone(),
+            target: f.target.clone(),
+            action: action.to_string(),
+            outcome,
+            guard: guard.map(str::to_string),
+            evidence: f.evidence.clone(),
+            message,
+        });
+    }
+
+    /// After a failed step or verification: undo what can be undone, tell people, stop the rule.
+    async fn fail(
+        &self,
+        id: &str,
+        _rule_name: &str,
+        rule: &Rule,
+        action: &str,
+        f: &Firing,
+        undo: &[Undo],
+        guards: &mut GuardState,
+    ) {
+        if rule.on_failure.rollback {
+            for u in undo.iter().rev() {
+                match self.exec.rollback(u).await {
+                    Ok(m) => self.entry(id, f, action, Outcome::RolledBack, None, m),
+                    Err(e) => self.entry(id, f, action, Outcome::Failed, None, format!("rollback failed: {e}")),
+                }
+            }
+        }
+        if rule.on_failure.escalate {
+            self.entry(
+                id,
+                f,
+                action,
+                Outcome::Escalated,
+                None,
+                format!("rule {} stops acting until a human re-enables it; evidence: {}", rule.name, f.evidence),
+            );
+        }
+        guards.finished(id, false);
+    }
+}

@@ -1,0 +1,170 @@
+//! Remediation end to end, with real processes: a rule fires on a firing condition only, acts,
+//! and is verified when the condition clears; an action that does not help is rolled back and
+//! escalated and its rule stops; dry-run changes nothing. Everything is in the audit log.
+
+use anyhow::{Result, bail};
+use medic_tests::*;
+use std::io::Write;
+use std::path::Path;
+use std::time::Duration;
+
+async fn audit(c: &ControllerProc, rule: &str) -> Result<Vec<serde_json::Value>> {
+    get_json(&c.url(&format!("/api/v1/actions?rule={rule}"))).await
+}
+
+fn outcomes(entries: &[serde_json::Value]) -> Vec<String> {
+    entries.iter().rev().filter_map(|e| e["outcome"].as_str().map(str::to_string)).collect()
+}
+
+async fn wait_outcome(c: &ControllerProc, rule: &str, outcome: &str, secs: u64) -> Result<Vec<serde_json::Value>> {
+    eventually(Duration::from_secs(secs), || async {
+        let a = audit(c, rule).await?;
+        if a.iter().any(|e| e["outcome"] == outcome) { Ok(Some(a)) } else { bail!("{rule}: {:?}", outcomes(&a)) }
+    })
+    .await
+}
+
+fn alive(pid: i32) -> bool {
+    // SAFETY: signal 0 only checks that the process exists.
+    unsafe { libc::kill(pid, 0) == 0 }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_log_signature_restarts_the_service_and_the_fix_is_verified() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let rules = dir.path().join("rules");
+    std::fs::create_dir_all(&rules)?;
+    std::fs::write(
+        rules.join("r.yaml"),
+        "rules:
+  - name: restart-on-too-many-parts
+    when:
+      log: { signature: too_many_parts, count: 1, window: 4s }
+    do:
+      - restart: { how: service, service: dummy }
+    guards: { cooldown: 1h }
+    verify: { clears_within: 20s }
+",
+    )?;
+    let pidfile = dir.path().join("svc.pid");
+    let start = format!("sleep 600 > /dev/null 2>&1 & echo $! > {}", pidfile.display());
+    std::process::Command::new("sh").arg("-c").arg(&start).status()?;
+    let old: i32 = std::fs::read_to_string(&pidfile)?.trim().parse()?;
+    let log = dir.path().join("clickhouse-server.log");
+    std::fs::write(&log, "")?;
+
+    let r = rules.to_string_lossy().to_string();
+    let c = ControllerProc::start(
+        &dir.path().join("c"),
+        free_port(),
+        free_port(),
+        &["--rules-dir", &r, "--remediation-interval", "500ms"],
+    )
+    .await?;
+    let svc = format!("dummy=kill $(cat {p}); {start}", p = pidfile.display());
+    let l = log.to_string_lossy().to_string();
+    let _agent = AgentProc::start(
+        &c.grpc_url(),
+        "ch-1",
+        &dir.path().join("spool"),
+        free_port(),
+        &["--interval", "500ms", "--log-file", &l, "--service-restart", &svc],
+    )
+    .await?;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(audit(&c, "restart-on-too-many-parts").await?.is_empty(), "nothing fires while healthy");
+
+    let mut f = std::fs::OpenOptions::new().append(true).open(&log)?;
+    writeln!(
+        f,
+        "2026.11.24 06:00:00.000000 [ 7 ] {{q1}} <Error> executeQuery: Code: 252. DB::Exception: Too many parts (3001). Merges are processing significantly slower than inserts. (TOO_MANY_PARTS)"
+    )?;
+    drop(f);
+
+    let a = wait_outcome(&c, "restart-on-too-many-parts", "verified", 40).await?;
+    assert_eq!(outcomes(&a), ["acted", "verified"], "{a:#?}");
+    assert!(a.iter().any(|e| e["message"] == "restarted dummy"));
+    assert!(a[0]["evidence"].as_str().unwrap_or_default().contains("too_many_parts"));
+    let new: i32 = std::fs::read_to_string(&pidfile)?.trim().parse()?;
+    assert_ne!(new, old);
+    assert!(!alive(old) && alive(new));
+    let m = scrape(&c.url("/metrics")).await?;
+    let key = "medic_actions_total{rule=\"restart-on-too-many-parts\",action=\"restart\",outcome=\"verified\"}";
+    assert_eq!(m.get(key), Some(&1.0), "{:?}", m.keys().filter(|k| k.starts_with("medic_actions")).collect::<Vec<_>>());
+    // SAFETY: cleaning up the process this test started.
+    unsafe { libc::kill(new, libc::SIGKILL) };
+    Ok(())
+}
+
+async fn ttl_days(ch: &ClickHouseProc) -> Result<String> {
+    Ok(ch.query("SELECT engine_full FROM system.tables WHERE database = 'analytics' AND name = 'events'").await?)
+}
+
+fn ttl_rules(dir: &Path, dry_run: bool) -> Result<()> {
+    std::fs::write(
+        dir.join("r.yaml"),
+        format!(
+            "rules:
+  - name: ttl-that-cannot-help
+    when:
+      threshold: {{ metric: clickhouse_up, op: \"==\", value: 1 }}
+    do:
+      - ttl: {{ database: analytics, table: events, min: 1d, max: 30d, factor: 0.5 }}
+    guards: {{ dry_run: {dry_run} }}
+    verify: {{ clears_within: 3s }}
+"
+        ),
+    )?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_action_that_does_not_help_is_rolled_back_escalated_and_stops_and_dry_run_changes_nothing() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let ch = ClickHouseProc::start(&dir.path().join("ch")).await?;
+    ch.query("CREATE DATABASE analytics").await?;
+    ch.query(
+        "CREATE TABLE analytics.events (ts DateTime, x UInt64) ENGINE = MergeTree ORDER BY ts TTL ts + INTERVAL 30 DAY",
+    )
+    .await?;
+    let original = ttl_days(&ch).await?;
+    let rules = dir.path().join("rules");
+    std::fs::create_dir_all(&rules)?;
+
+    // Dry run first: decided and recorded, nothing changed.
+    ttl_rules(&rules, true)?;
+    let (r, url) = (rules.to_string_lossy().to_string(), ch.url());
+    let c = ControllerProc::start(
+        &dir.path().join("c"),
+        free_port(),
+        free_port(),
+        &["--rules-dir", &r, "--remediation-interval", "500ms", "--clickhouse-node-url", &url],
+    )
+    .await?;
+    let _agent = AgentProc::start(
+        &c.grpc_url(),
+        "ch-1",
+        &dir.path().join("spool"),
+        free_port(),
+        &["--interval", "500ms", "--clickhouse-url", &url],
+    )
+    .await?;
+    wait_outcome(&c, "ttl-that-cannot-help", "dry_run", 20).await?;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(ttl_days(&ch).await?, original, "dry-run changes nothing");
+    assert_eq!(outcomes(&audit(&c, "ttl-that-cannot-help").await?), ["dry_run"], "recorded once, not every round");
+
+    // For real: the TTL is shortened, the condition never clears, so it is put back and escalated.
+    ttl_rules(&rules, false)?;
+    let a = wait_outcome(&c, "ttl-that-cannot-help", "escalated", 40).await?;
+    assert_eq!(outcomes(&a)[1..5], ["acted", "failed", "rolled_back", "escalated"], "{a:#?}");
+    assert!(
+        a.iter().any(|e| e["message"].as_str().is_some_and(|m| m.contains("→ 1296000 s"))),
+        "shortened to 15 d: {a:#?}"
+    );
+    assert_eq!(ttl_days(&ch).await?, original, "rolled back exactly");
+    // The rule now stops instead of retrying.
+    let a = wait_outcome(&c, "ttl-that-cannot-help", "skipped", 20).await?;
+    assert_eq!(a[0]["guard"], "rule_failing");
+    Ok(())
+}
