@@ -96,8 +96,8 @@ async fn a_log_signature_restarts_the_service_and_the_fix_is_verified() -> Resul
     Ok(())
 }
 
-async fn ttl_days(ch: &ClickHouseProc) -> Result<String> {
-    Ok(ch.query("SELECT engine_full FROM system.tables WHERE database = 'analytics' AND name = 'events'").await?)
+async fn ttl_text(ch: &ClickHouseProc) -> Result<String> {
+    ch.query("SELECT engine_full FROM system.tables WHERE database = 'analytics' AND name = 'events'").await
 }
 
 fn ttl_rules(dir: &Path, dry_run: bool) -> Result<()> {
@@ -127,7 +127,7 @@ async fn an_action_that_does_not_help_is_rolled_back_escalated_and_stops_and_dry
         "CREATE TABLE analytics.events (ts DateTime, x UInt64) ENGINE = MergeTree ORDER BY ts TTL ts + INTERVAL 30 DAY",
     )
     .await?;
-    let original = ttl_days(&ch).await?;
+    let original = ttl_text(&ch).await?;
     let rules = dir.path().join("rules");
     std::fs::create_dir_all(&rules)?;
 
@@ -151,7 +151,7 @@ async fn an_action_that_does_not_help_is_rolled_back_escalated_and_stops_and_dry
     .await?;
     wait_outcome(&c, "ttl-that-cannot-help", "dry_run", 20).await?;
     tokio::time::sleep(Duration::from_secs(2)).await;
-    assert_eq!(ttl_days(&ch).await?, original, "dry-run changes nothing");
+    assert_eq!(ttl_text(&ch).await?, original, "dry-run changes nothing");
     assert_eq!(outcomes(&audit(&c, "ttl-that-cannot-help").await?), ["dry_run"], "recorded once, not every round");
 
     // For real: the TTL is shortened, the condition never clears, so it is put back and escalated.
@@ -162,7 +162,7 @@ async fn an_action_that_does_not_help_is_rolled_back_escalated_and_stops_and_dry
         a.iter().any(|e| e["message"].as_str().is_some_and(|m| m.contains("→ 1296000 s"))),
         "shortened to 15 d: {a:#?}"
     );
-    assert_eq!(ttl_days(&ch).await?, original, "rolled back exactly");
+    assert_eq!(ttl_text(&ch).await?, original, "rolled back exactly");
     // The rule now stops instead of retrying.
     let a = wait_outcome(&c, "ttl-that-cannot-help", "skipped", 20).await?;
     assert_eq!(a[0]["guard"], "rule_failing");

@@ -214,7 +214,9 @@ mod tests {
         parse(Path::new("t.yaml"), yaml).unwrap().into_iter().map(|r| r.rule).collect()
     }
 
-    fn batch(ts: i64, samples: Vec<(&str, &[(&str, &str)], f64)>, signatures: &[&str]) -> Batch {
+    type Samples<'a> = Vec<(&'a str, &'a [(&'a str, &'a str)], f64)>;
+
+    fn batch(ts: i64, samples: Samples<'_>, signatures: &[&str]) -> Batch {
         Batch {
             seq: 1,
             created_unix_ms: ts,

@@ -233,8 +233,7 @@ mod tests {
 
     #[test]
     fn a_failed_action_stops_the_rule_until_re_enabled() {
-        let mut s = GuardState::default();
-        s.global = GlobalLimit::default();
+        let mut s = GuardState::new(GlobalLimit::default());
         let g = Guards::default();
         let fl = fleet(3, 3);
         s.started("a1", &firing("r", "n0"), 0);

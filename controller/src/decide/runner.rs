@@ -75,17 +75,11 @@ struct Executed {
 }
 
 /// Shared with the API: the audit log and approvals.
-#[derive(Clone)]
+#[derive(Clone, Default)]
 pub struct Remediation {
     pub audit: Audit,
     approvals: Arc<Mutex<HashSet<String>>>,
     pending_ids: Arc<Mutex<HashSet<String>>>,
-}
-
-impl Default for Remediation {
-    fn default() -> Self {
-        Self { audit: Audit::default(), approvals: Arc::default(), pending_ids: Arc::default() }
-    }
 }
 
 impl Remediation {
@@ -276,7 +270,7 @@ impl Runner {
                             None,
                             format!("{}; {e}", ex.messages.join("; ")),
                         );
-                        self.fail(&ex.id, &ex.firing.rule, &ex.rule, &action, &ex.firing, &undo, &mut guards).await;
+                        self.fail(&ex.id, &ex.rule, &action, &ex.firing, &undo, &mut guards).await;
                     }
                 }
             }
@@ -287,8 +281,7 @@ impl Runner {
                     Err(_) => continue,
                 };
                 let signals = self.signals();
-                let r = tracker.round(set.rules.iter().map(|r| &r.rule), &facts, &signals, now);
-                r
+                tracker.round(set.rules.iter().map(|r| &r.rule), &facts, &signals, now)
             };
             let resolved: HashSet<Key> = round.resolved.into_iter().collect();
             for k in &resolved {
@@ -318,7 +311,7 @@ impl Runner {
                         "the condition did not clear within the verification window".into(),
                     );
                     match by_name.get(v.key.0.as_str()) {
-                        Some(r) => self.fail(&v.id, &v.key.0, &r.rule, &v.action, &firing, &v.undo, &mut guards).await,
+                        Some(r) => self.fail(&v.id, &r.rule, &v.action, &firing, &v.undo, &mut guards).await,
                         None => guards.finished(&v.id, false),
                     }
                 } else {
@@ -481,16 +474,7 @@ impl Runner {
     }
 
     /// After a failed step or verification: undo what can be undone, tell people, stop the rule.
-    async fn fail(
-        &self,
-        id: &str,
-        _rule_name: &str,
-        rule: &Rule,
-        action: &str,
-        f: &Firing,
-        undo: &[Undo],
-        guards: &mut GuardState,
-    ) {
+    async fn fail(&self, id: &str, rule: &Rule, action: &str, f: &Firing, undo: &[Undo], guards: &mut GuardState) {
         if rule.on_failure.rollback {
             for u in undo.iter().rev() {
                 match self.exec.rollback(u).await {
