@@ -39,6 +39,13 @@ enum RulesCmd {
         /// Directory of rule files (*.yaml; *test*.yaml files are tests, not rules).
         dir: PathBuf,
     },
+    /// Run rule test files: feed series and events, assert which actions fire and which guards
+    /// block the rest. Exit 1 on any failure.
+    Test {
+        /// Test files (conventionally named *test*.yaml).
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+    },
 }
 
 #[derive(Args, Debug)]
@@ -319,6 +326,29 @@ async fn main() -> anyhow::Result<()> {
     let mut cfg = config(&cli.run)?;
     match cli.command {
         Some(Command::Rules(rules)) => match rules.cmd {
+            RulesCmd::Test { files } => {
+                let (mut total, mut failed) = (0, 0);
+                for f in &files {
+                    match controller::rules::test::run_file(f) {
+                        Ok((n, bad, failures)) => {
+                            total += n;
+                            for msg in &failures {
+                                eprintln!("FAILED {msg}");
+                            }
+                            failed += bad;
+                        }
+                        Err(e) => {
+                            eprintln!("{e}");
+                            failed += 1;
+                        }
+                    }
+                }
+                println!("{} passed, {} failed", total.saturating_sub(failed), failed);
+                if failed > 0 {
+                    std::process::exit(1);
+                }
+                Ok(())
+            }
             RulesCmd::Check { dir } => match controller::rules::load::load_dir(&dir) {
                 Ok(set) => {
                     println!("{}: {} rules OK", dir.display(), set.rules.len());

@@ -74,3 +74,37 @@ fn rules_check_exits_1_with_file_line_column() -> Result<()> {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     Ok(())
 }
+
+/// The shipped rules are valid, every one of them is exercised by a test, and the tests pass.
+#[test]
+fn shipped_rules_are_valid_tested_and_pass_their_tests() -> Result<()> {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../rules");
+    let out = std::process::Command::new(bin("controller")?).args(["rules", "check"]).arg(&dir).output()?;
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let tests: Vec<std::path::PathBuf> = std::fs::read_dir(&dir)?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.contains("test") && n.ends_with(".yaml")))
+        .collect();
+    assert!(!tests.is_empty());
+    let out = std::process::Command::new(bin("controller")?).args(["rules", "test"]).args(&tests).output()?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains(" passed, 0 failed"), "{stdout}");
+    let tested: String = tests.iter().map(|t| std::fs::read_to_string(t).unwrap_or_default()).collect();
+    for f in std::fs::read_dir(&dir)? {
+        let p = f?.path();
+        let name = p.file_name().and_then(|n| n.to_str()).unwrap_or_default().to_string();
+        if !name.ends_with(".yaml") || name.contains("test") {
+            continue;
+        }
+        for line in std::fs::read_to_string(&p)?.lines() {
+            if let Some(rule) = line.trim().strip_prefix("- name: ") {
+                assert!(
+                    tested.contains(&format!("rule: {rule},")),
+                    "{name}: rule {rule} has no test expecting it to act"
+                );
+            }
+        }
+    }
+    Ok(())
+}

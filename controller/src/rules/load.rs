@@ -86,6 +86,12 @@ pub fn rule_files(dir: &Path) -> Result<Vec<PathBuf>, RuleError> {
 /// Loads every rule file of `dir`; any error rejects the whole set.
 pub fn load_dir(dir: &Path) -> Result<RuleSet, Vec<RuleError>> {
     let files = rule_files(dir).map_err(|e| vec![e])?;
+    load_files(&files)
+}
+
+/// Loads these rule files as one set; any error rejects the whole set.
+pub fn load_files(files: &[PathBuf]) -> Result<RuleSet, Vec<RuleError>> {
+    let files = files.to_vec();
     let mut set = RuleSet::default();
     let mut errors = Vec::new();
     for f in files {
