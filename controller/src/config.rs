@@ -30,6 +30,12 @@ pub struct ControllerConfig {
     /// How often rules are evaluated. Default 10s.
     #[serde(with = "humantime_serde_compat")]
     pub remediation_interval: Duration,
+    /// Alertmanager base URLs the controller posts its own alerts to (escalations, approvals,
+    /// notify steps); empty: they are only logged and audited.
+    pub alertmanager_urls: Vec<String>,
+    /// How often active alerts are re-sent (they expire after 4 of these if the controller dies).
+    #[serde(with = "humantime_serde_compat")]
+    pub alert_resend: Duration,
     /// ClickHouse HTTP URL of each node for ClickHouse steps, `{node}` replaced by the node name
     /// (e.g. http://{node}:8123). Credentials as for `clickhouse_url`.
     pub clickhouse_node_url: Option<String>,
@@ -61,6 +67,8 @@ impl Default for ControllerConfig {
             rules_dir: None,
             remediation_interval: Duration::from_secs(10),
             clickhouse_node_url: None,
+            alertmanager_urls: Vec::new(),
+            alert_resend: Duration::from_secs(60),
             clickhouse_url: None,
             clickhouse_database: "medic".into(),
             clickhouse_user: None,

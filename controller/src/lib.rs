@@ -10,6 +10,7 @@ pub mod config;
 pub mod decide;
 pub mod detect;
 pub mod ingest;
+pub mod publish;
 pub mod rules;
 pub mod server;
 pub mod store;

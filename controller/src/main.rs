@@ -86,6 +86,12 @@ struct RunArgs {
     /// ClickHouse URL of each node for remediation steps, {node} replaced, e.g. http://{node}:8123
     #[arg(long)]
     clickhouse_node_url: Option<String>,
+    /// Alertmanager URL for the controller's own alerts (repeatable), e.g. http://alertmanager:9093
+    #[arg(long = "alertmanager-url")]
+    alertmanager_urls: Vec<String>,
+    /// How often active alerts are re-sent to Alertmanager [default: 1m]
+    #[arg(long, value_parser = humantime::parse_duration)]
+    alert_resend: Option<Duration>,
     /// How often rules are evaluated, e.g. 10s [default: 10s]
     #[arg(long, value_parser = humantime::parse_duration)]
     remediation_interval: Option<Duration>,
@@ -198,6 +204,10 @@ fn config(args: &RunArgs) -> anyhow::Result<ControllerConfig> {
     }
     if let Some(v) = &args.clickhouse_node_url {
         cfg.clickhouse_node_url = Some(v.clone());
+    }
+    cfg.alertmanager_urls.extend(args.alertmanager_urls.iter().cloned());
+    if let Some(v) = args.alert_resend {
+        cfg.alert_resend = v;
     }
     if let Some(v) = args.remediation_interval {
         cfg.remediation_interval = v;

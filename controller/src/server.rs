@@ -8,6 +8,7 @@ use crate::detect::exposition::DetectionCollector;
 use crate::ingest::nodes::NodeTable;
 use crate::ingest::writer::{Writer, WriterOptions};
 use crate::ingest::{IngestOptions, IngestService};
+use crate::publish::alertmanager::Alerts;
 use crate::rules::watch::{ActiveRules, RuleMetrics};
 use crate::store::Store;
 use crate::store::clickhouse::ClickHouseStore;
@@ -45,6 +46,12 @@ pub async fn run(cfg: ControllerConfig, shutdown: impl Future<Output = ()> + Sen
     let rules_task = rules.clone().map(|r| tokio::spawn(r.watch()));
     let engine = crate::detect::engine::start(EngineConfig::default(), ());
     let remediation = Remediation::default();
+    let alerts = Alerts::new(
+        cfg.alertmanager_urls.clone(),
+        cfg.alert_resend,
+        format!("http://{}/api/v1/actions", cfg.http_listen),
+    );
+    let alerts_task = tokio::spawn(alerts.clone().run());
     metrics.register_unprefixed(|r| remediation.audit.register(r));
     let runner_task = rules.clone().map(|rules| {
         let exec = ExecutorConfig {
@@ -63,6 +70,7 @@ pub async fn run(cfg: ControllerConfig, shutdown: impl Future<Output = ()> + Sen
                 remediation: remediation.clone(),
                 global: Default::default(),
                 every: cfg.remediation_interval,
+                alerts: alerts.clone(),
             }
             .run(),
         )
@@ -139,6 +147,7 @@ pub async fn run(cfg: ControllerConfig, shutdown: impl Future<Output = ()> + Sen
 
     let (g, h) = tokio::join!(grpc, http);
     retention_task.abort();
+    alerts_task.abort();
     for t in [rules_task, runner_task].into_iter().flatten() {
         t.abort();
     }

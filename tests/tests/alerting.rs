@@ -94,3 +94,87 @@ async fn clickhouse_down_pages_through_prometheus_and_alertmanager_and_resolves(
     }
     Ok(())
 }
+
+/// The controller's own alerts: a rule's notify step pages through Alertmanager while its
+/// condition holds and resolves when it clears; a remediation that does not help escalates as a
+/// critical page.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_controller_posts_notify_and_escalation_alerts_that_page_and_resolve() -> Result<()> {
+    use std::io::Write;
+    let dir = tempfile::tempdir()?;
+    let pd = FakePagerDuty::start().await?;
+    let am = AlertmanagerProc::start(&dir.path().join("am"), &alertmanager_for_tests(&pd.url(), ROUTING_KEY)?).await?;
+    let rules = dir.path().join("rules");
+    std::fs::create_dir_all(&rules)?;
+    std::fs::write(
+        rules.join("r.yaml"),
+        "rules:
+  - name: parts-pager
+    when:
+      log: { signature: too_many_parts, count: 1, window: 4s }
+    do:
+      - notify: { severity: warning, summary: \"Too many parts on this node\" }
+    verify: { clears_within: 1m }
+  - name: hopeless
+    when:
+      threshold: { metric: node_load1, op: \">=\", value: 0 }
+    do:
+      - notify: { severity: info }
+    verify: { clears_within: 2s }
+",
+    )?;
+    let log = dir.path().join("ch.log");
+    std::fs::write(&log, "")?;
+    let (r, am_url, l) = (rules.to_string_lossy().to_string(), am.url(""), log.to_string_lossy().to_string());
+    let c = ControllerProc::start(
+        &dir.path().join("c"),
+        free_port(),
+        free_port(),
+        &["--rules-dir", &r, "--remediation-interval", "500ms", "--alertmanager-url", &am_url, "--alert-resend", "1s"],
+    )
+    .await?;
+    let _agent = AgentProc::start(
+        &c.grpc_url(),
+        "ch-1",
+        &dir.path().join("spool"),
+        free_port(),
+        &["--interval", "500ms", "--log-file", &l],
+    )
+    .await?;
+
+    // Escalation: "hopeless" acts, its condition never clears, so it escalates as critical.
+    let escalation = eventually(Duration::from_secs(30), || async {
+        Ok(pd.events().into_iter().find(|e| {
+            e["event_action"] == "trigger"
+                && e["payload"]["summary"].as_str().is_some_and(|s| s.contains("rule hopeless on ch-1 did not fix"))
+        }))
+    })
+    .await?;
+    assert_eq!(escalation["payload"]["severity"], "critical");
+    assert_eq!(
+        escalation["payload"]["custom_details"]["runbook"],
+        "deploy/prometheus/runbooks.md#medicremediationfailed"
+    );
+
+    // Notify: pages while too-many-parts errors keep coming, resolves once they stop.
+    let mut f = std::fs::OpenOptions::new().append(true).open(&log)?;
+    writeln!(
+        f,
+        "2026.11.24 06:00:00.000000 [ 7 ] {{q1}} <Error> executeQuery: Code: 252. DB::Exception: Too many parts (3001). (TOO_MANY_PARTS)"
+    )?;
+    drop(f);
+    let trigger = eventually(Duration::from_secs(30), || async {
+        Ok(pd
+            .events()
+            .into_iter()
+            .find(|e| e["event_action"] == "trigger" && e["payload"]["summary"] == "Too many parts on this node"))
+    })
+    .await?;
+    assert_eq!(trigger["payload"]["severity"], "warning");
+    let dedup = trigger["dedup_key"].as_str().unwrap_or_default().to_string();
+    eventually(Duration::from_secs(30), || async {
+        Ok(pd.events().into_iter().find(|e| e["event_action"] == "resolve" && e["dedup_key"] == dedup.as_str()))
+    })
+    .await?;
+    Ok(())
+}

@@ -10,6 +10,7 @@ use super::guards::{Decision, Fleet, GlobalLimit, GuardState};
 use crate::act::{ActError, agent, clickhouse as chx};
 use crate::detect::engine::DetectionState;
 use crate::ingest::nodes::NodeTable;
+use crate::publish::alertmanager::{Alert, Alerts};
 use crate::rules::load::LoadedRule;
 use crate::rules::model::{RestartHow, Rule, Step, TtlStep};
 use crate::rules::watch::ActiveRules;
@@ -102,6 +103,8 @@ pub struct Runner {
     pub remediation: Remediation,
     pub global: GlobalLimit,
     pub every: Duration,
+    /// Where escalations, approvals and notify steps go.
+    pub alerts: Alerts,
 }
 
 fn now_ms() -> i64 {
@@ -228,6 +231,34 @@ impl ExecutorConfig {
     }
 }
 
+fn alert(name: &str, severity: &str, f: &Firing, summary: String, description: String, runbook: &str) -> Alert {
+    let labels = [
+        ("alertname", name.to_string()),
+        ("severity", severity.to_string()),
+        ("component", "medic".to_string()),
+        ("rule", f.rule.clone()),
+        ("node", f.node.clone()),
+        ("target", f.target.clone()),
+    ];
+    let annotations = [
+        ("summary", summary),
+        ("description", description),
+        ("runbook_url", format!("deploy/prometheus/runbooks.md#{runbook}")),
+    ];
+    Alert {
+        labels: labels.into_iter().filter(|(_, v)| !v.is_empty()).map(|(k, v)| (k.to_string(), v)).collect(),
+        annotations: annotations.into_iter().map(|(k, v)| (k.to_string(), v)).collect(),
+    }
+}
+
+fn key_labels(k: &Key) -> std::collections::BTreeMap<String, String> {
+    [("rule", &k.0), ("node", &k.1), ("target", &k.2)]
+        .into_iter()
+        .filter(|(_, v)| !v.is_empty())
+        .map(|(n, v)| (n.to_string(), v.clone()))
+        .collect()
+}
+
 impl Runner {
     pub async fn run(self) {
         let mut tracker = ConditionTracker::default();
@@ -251,6 +282,22 @@ impl Runner {
                 match ex.result {
                     Ok(undo) => {
                         self.entry(&ex.id, &ex.firing, &action, Outcome::Acted, None, ex.messages.join("; "));
+                        for step in &ex.rule.steps {
+                            if let Step::Notify(n) = step {
+                                let summary =
+                                    if n.summary.is_empty() { ex.firing.evidence.clone() } else { n.summary.clone() };
+                                let description =
+                                    format!("{} on {}: {}", ex.rule.name, ex.firing.node, ex.firing.evidence);
+                                self.alerts.fire(alert(
+                                    &ex.rule.name,
+                                    &n.severity,
+                                    &ex.firing,
+                                    summary,
+                                    description,
+                                    "medicremediationfailed",
+                                ));
+                            }
+                        }
                         let deadline_ms = now + ex.rule.verify.clears_within.as_millis() as i64;
                         verifying.push(Verifying {
                             id: ex.id,
@@ -286,6 +333,8 @@ impl Runner {
             let resolved: HashSet<Key> = round.resolved.into_iter().collect();
             for k in &resolved {
                 last_decision.remove(k);
+                // The problem is gone: whatever Medic raised about it is resolved too.
+                self.alerts.resolve(&key_labels(k));
             }
 
             // Verification: cleared in time, or not.
@@ -327,6 +376,11 @@ impl Runner {
             pending.retain(|id, p| {
                 if approved.contains(id) {
                     p.approved = true;
+                }
+                if p.approved || now >= p.expires_ms {
+                    let mut l = key_labels(&(p.firing.rule.clone(), p.firing.node.clone(), p.firing.target.clone()));
+                    l.insert("alertname".into(), "MedicApprovalRequired".into());
+                    self.alerts.resolve(&l);
                 }
                 if p.approved {
                     self.entry(id, &p.firing, &action_name(&p.rule), Outcome::Approved, None, "approved".into());
@@ -492,6 +546,17 @@ impl Runner {
                 None,
                 format!("rule {} stops acting until a human re-enables it; evidence: {}", rule.name, f.evidence),
             );
+            self.alerts.fire(alert(
+                "MedicRemediationFailed",
+                "critical",
+                f,
+                format!("{action} of rule {} on {} did not fix the problem", rule.name, f.node),
+                format!(
+                    "Medic acted and verification failed; reversible changes were rolled back and the rule stopped. Evidence: {}. Audit: /api/v1/actions?rule={}",
+                    f.evidence, rule.name
+                ),
+                "medicremediationfailed",
+            ));
         }
         guards.finished(id, false);
     }
