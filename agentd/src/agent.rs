@@ -1,5 +1,6 @@
 //! Wires the agent's data path: collect → spool → stream, plus the HTTP endpoint.
 
+use crate::collect::clickhouse::{ClickHouseCollector, ClickHouseOptions, redact_url};
 use crate::collect::logs::{TailCursor, Tailer, TailerOptions};
 use crate::collect::{Collector, agent::SelfCollector, host};
 use crate::config::AgentConfig;
@@ -128,6 +129,57 @@ async fn collect_loop(
     }
 }
 
+/// ClickHouse collection in its own task and its own batches: a slow or dead server delays only
+/// these samples (each round is bounded by the collector's timeout), never the host metrics.
+async fn clickhouse_loop(
+    mut collector: ClickHouseCollector,
+    default_interval: Duration,
+    shared: Shared,
+    mut interval_hint: watch::Receiver<Option<Duration>>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut period = interval_hint.borrow().unwrap_or(default_interval);
+    collector.set_interval(period);
+    let mut tick = tokio::time::interval(period);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    let mut was_up: Option<bool> = None;
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = interval_hint.changed() => {
+                let p = interval_hint.borrow().unwrap_or(default_interval);
+                if p != period {
+                    period = p;
+                    collector.set_interval(p);
+                    tick = tokio::time::interval(period);
+                    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+                }
+                continue;
+            }
+            _ = stop.wait_for(|s| *s) => return,
+        }
+        let samples = tokio::select! {
+            s = collector.collect(now_ms()) => s,
+            _ = stop.wait_for(|s| *s) => return,
+        };
+        let up = collector.down_reason().is_none();
+        if !up {
+            shared.metrics.collector_errors.get_or_create(&CollectorLabels { collector: "clickhouse".into() }).inc();
+        }
+        if was_up != Some(up) {
+            match collector.down_reason() {
+                None => tracing::info!(url = %redact_url(&collector.options().url), "ClickHouse is answering"),
+                Some(reason) => {
+                    tracing::warn!(url = %redact_url(&collector.options().url), %reason, "ClickHouse is not answering")
+                }
+            }
+            was_up = Some(up);
+        }
+        shared.metrics.samples_collected.inc_by(samples.len() as u64);
+        spool_batch(&shared, samples, Vec::new(), &[]);
+    }
+}
+
 async fn tail_loop(mut tailer: Tailer, shared: Shared, spool_dir: PathBuf, mut stop: watch::Receiver<bool>) {
     // Records read but not yet spooled (the spool refused them, e.g. disk full). They are retried
     // before anything new is read, so a full disk delays log lines but never loses them.
@@ -185,6 +237,25 @@ pub async fn run(
 
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut tasks = Vec::new();
+    if let Some(url) = &cfg.clickhouse_url {
+        let opts = ClickHouseOptions::resolve(
+            url,
+            cfg.clickhouse_user.as_deref(),
+            cfg.clickhouse_password_file.as_deref(),
+            cfg.clickhouse_timeout,
+            cfg.interval,
+        )
+        .context("configuring the ClickHouse collector")?;
+        tracing::info!(url = %redact_url(url), user = ?opts.user, timeout = ?opts.timeout, "collecting ClickHouse metrics");
+        let collector = ClickHouseCollector::new(opts);
+        tasks.push(tokio::spawn(clickhouse_loop(
+            collector,
+            cfg.interval,
+            shared.clone(),
+            hint_rx.clone(),
+            stop_rx.clone(),
+        )));
+    }
     tasks.push(tokio::spawn(collect_loop(cfg.clone(), shared.clone(), hint_rx, stop_rx.clone())));
     if !cfg.log_files.is_empty() {
         let tailer = Tailer::new(

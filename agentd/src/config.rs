@@ -39,6 +39,18 @@ pub struct AgentConfig {
     pub rootfs: PathBuf,
     /// Batches in flight to the controller before waiting for acks. Default 256.
     pub max_in_flight: usize,
+    /// ClickHouse HTTP interface to collect metrics from, e.g. http://127.0.0.1:8123. Default:
+    /// none (no ClickHouse collection). Credentials never go here: see the next two keys.
+    pub clickhouse_url: Option<String>,
+    /// ClickHouse user. The env variable MEDIC_CLICKHOUSE_USER wins. Default: the server's default.
+    pub clickhouse_user: Option<String>,
+    /// File holding the ClickHouse password (a final newline is ignored). Without it, the env
+    /// variable MEDIC_CLICKHOUSE_PASSWORD is used.
+    pub clickhouse_password_file: Option<PathBuf>,
+    /// Bound on one ClickHouse collection round, all queries together; the server is also asked to
+    /// stop the agent's queries after this long. Default 5s.
+    #[serde(deserialize_with = "duration")]
+    pub clickhouse_timeout: Duration,
 }
 
 impl Default for AgentConfig {
@@ -59,6 +71,10 @@ impl Default for AgentConfig {
             sys_root: "/sys".into(),
             rootfs: "/".into(),
             max_in_flight: 256,
+            clickhouse_url: None,
+            clickhouse_user: None,
+            clickhouse_password_file: None,
+            clickhouse_timeout: Duration::from_secs(5),
         }
     }
 }
@@ -84,5 +100,27 @@ impl AgentConfig {
                 .filter(|h| !h.is_empty())
                 .unwrap_or_else(|| "localhost".into())
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn clickhouse_keys_parse_and_default() {
+        let cfg: AgentConfig = toml::from_str(
+            "clickhouse_url = \"http://127.0.0.1:8123\"\nclickhouse_user = \"medic\"\n\
+             clickhouse_password_file = \"/etc/medic/ch-password\"\nclickhouse_timeout = \"2s\"\n",
+        )
+        .expect("valid config");
+        assert_eq!(cfg.clickhouse_url.as_deref(), Some("http://127.0.0.1:8123"));
+        assert_eq!(cfg.clickhouse_user.as_deref(), Some("medic"));
+        assert_eq!(cfg.clickhouse_password_file, Some(PathBuf::from("/etc/medic/ch-password")));
+        assert_eq!(cfg.clickhouse_timeout, Duration::from_secs(2));
+        let d = AgentConfig::default();
+        assert_eq!((d.clickhouse_url, d.clickhouse_timeout), (None, Duration::from_secs(5)));
+        // A password is never a config key: only a file holding it.
+        assert!(toml::from_str::<AgentConfig>("clickhouse_password = \"x\"").is_err());
     }
 }

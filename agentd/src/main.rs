@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-/// Medic node agent: collects host metrics and logs, spools them to disk and streams them to the
+/// Medic node agent: collects host and ClickHouse metrics and logs, spools them to disk and streams them to the
 /// controller. Nothing is lost when either side dies.
 #[derive(Parser, Debug)]
 #[command(version, about, long_about = None)]
@@ -56,6 +56,18 @@ struct Cli {
     /// Where the host's root filesystem is visible, for filesystem usage [default: /]
     #[arg(long)]
     rootfs: Option<PathBuf>,
+    /// ClickHouse HTTP interface to collect metrics from, e.g. http://127.0.0.1:8123. The user and
+    /// password come from the env variables MEDIC_CLICKHOUSE_USER and MEDIC_CLICKHOUSE_PASSWORD or
+    /// --clickhouse-password-file, never from the command line [default: none]
+    #[arg(long)]
+    clickhouse_url: Option<String>,
+    /// File holding the ClickHouse password; wins over MEDIC_CLICKHOUSE_PASSWORD [default: none]
+    #[arg(long)]
+    clickhouse_password_file: Option<PathBuf>,
+    /// Bound on one ClickHouse collection round; a server that does not answer within it is
+    /// reported down (clickhouse_up 0) [default: 5s]
+    #[arg(long, value_parser = humantime::parse_duration)]
+    clickhouse_timeout: Option<Duration>,
     /// Log format on stderr.
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
@@ -93,6 +105,7 @@ fn config(cli: &Cli) -> anyhow::Result<AgentConfig> {
         ($($field:ident),*) => { $( if let Some(v) = &cli.$field { cfg.$field = v.clone().into(); } )* };
     }
     set!(controller, spool_dir, spool_max_bytes, interval, http_listen, max_line_bytes, proc_root, sys_root, rootfs);
+    set!(clickhouse_url, clickhouse_password_file, clickhouse_timeout);
     if cli.node.is_some() {
         cfg.node = cli.node.clone();
     }
@@ -107,6 +120,9 @@ fn config(cli: &Cli) -> anyhow::Result<AgentConfig> {
     cfg.processes.extend(cli.processes.iter().cloned());
     if cfg.interval < Duration::from_millis(100) {
         anyhow::bail!("--interval {:?} is too short; use 100ms or more", cfg.interval);
+    }
+    if cfg.clickhouse_timeout < Duration::from_millis(10) {
+        anyhow::bail!("--clickhouse-timeout {:?} is too short; use 10ms or more", cfg.clickhouse_timeout);
     }
     Ok(cfg)
 }

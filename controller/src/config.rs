@@ -30,10 +30,10 @@ pub struct ControllerConfig {
     pub clickhouse_url: Option<String>,
     /// Database for Medic's tables. Default "medic".
     pub clickhouse_database: String,
-    /// ClickHouse user; MEDIC_CLICKHOUSE_USER overrides. Default: the server's default user.
+    /// ClickHouse user; else MEDIC_CLICKHOUSE_USER; else the server's default user.
     pub clickhouse_user: Option<String>,
-    /// File holding the ClickHouse password (MEDIC_CLICKHOUSE_PASSWORD overrides). Passwords are
-    /// never taken from the command line, where `ps` would show them.
+    /// File holding the ClickHouse password; else MEDIC_CLICKHOUSE_PASSWORD. Passwords are never
+    /// taken from the command line, where `ps` would show them.
     pub clickhouse_password_file: Option<PathBuf>,
     /// Upper bound for one ClickHouse statement. Default 30s.
     #[serde(with = "humantime_serde_compat")]
@@ -68,18 +68,15 @@ impl ControllerConfig {
         o.database = self.clickhouse_database.clone();
         o.retention = self.retention;
         o.timeout = self.clickhouse_timeout;
-        o.user = std::env::var("MEDIC_CLICKHOUSE_USER").ok().or_else(|| self.clickhouse_user.clone());
-        o.password = match std::env::var("MEDIC_CLICKHOUSE_PASSWORD") {
-            Ok(p) => Some(p),
-            Err(_) => match &self.clickhouse_password_file {
-                Some(f) => Some(
-                    std::fs::read_to_string(f)
-                        .map_err(|e| anyhow::anyhow!("reading the ClickHouse password file {}: {e}", f.display()))?
-                        .trim_end_matches(['\n', '\r'])
-                        .to_string(),
-                ),
-                None => None,
-            },
+        o.user = self.clickhouse_user.clone().or_else(|| std::env::var("MEDIC_CLICKHOUSE_USER").ok());
+        o.password = match &self.clickhouse_password_file {
+            Some(f) => Some(
+                std::fs::read_to_string(f)
+                    .map_err(|e| anyhow::anyhow!("reading the ClickHouse password file {}: {e}", f.display()))?
+                    .trim_end_matches(['\n', '\r'])
+                    .to_string(),
+            ),
+            None => std::env::var("MEDIC_CLICKHOUSE_PASSWORD").ok(),
         };
         Ok(Some(o))
     }

@@ -50,9 +50,21 @@ struct RunArgs {
     /// ClickHouse database for Medic's tables [default: medic]
     #[arg(long)]
     clickhouse_database: Option<String>,
-    /// File holding the ClickHouse password.
+    /// File holding the ClickHouse password [default: MEDIC_CLICKHOUSE_PASSWORD]
     #[arg(long)]
     clickhouse_password_file: Option<PathBuf>,
+    /// ClickHouse user [default: MEDIC_CLICKHOUSE_USER, else the server's default user]
+    #[arg(long)]
+    clickhouse_user: Option<String>,
+    /// Upper bound for one ClickHouse statement, e.g. 30s [default: 30s]
+    #[arg(long, value_parser = humantime::parse_duration)]
+    clickhouse_timeout: Option<Duration>,
+    /// Largest agent message accepted, in bytes [default: 16777216]
+    #[arg(long)]
+    max_message_bytes: Option<usize>,
+    /// Batches that may wait for the store before agents are slowed down [default: 4096]
+    #[arg(long)]
+    ingest_queue_batches: Option<usize>,
     #[command(flatten)]
     log: LogArgs,
 }
@@ -142,6 +154,18 @@ fn config(args: &RunArgs) -> anyhow::Result<ControllerConfig> {
     }
     if let Some(v) = &args.clickhouse_password_file {
         cfg.clickhouse_password_file = Some(v.clone());
+    }
+    if let Some(v) = &args.clickhouse_user {
+        cfg.clickhouse_user = Some(v.clone());
+    }
+    if let Some(v) = args.clickhouse_timeout {
+        cfg.clickhouse_timeout = v;
+    }
+    if let Some(v) = args.max_message_bytes {
+        cfg.max_message_bytes = v;
+    }
+    if let Some(v) = args.ingest_queue_batches {
+        cfg.ingest_queue_batches = v;
     }
     Ok(cfg)
 }

@@ -138,7 +138,7 @@ async fn the_clickhouse_schema_is_created_migrated_once_and_carries_the_retentio
     let tables = ch.query("SELECT name FROM system.tables WHERE database = 'medic' ORDER BY name").await?;
     assert_eq!(tables.split_whitespace().collect::<Vec<_>>(), ["actions", "anomalies", "forecasts", "logs", "nodes", "samples", "schema_migrations"]);
     let ddl = ch.query("SELECT create_table_query FROM system.tables WHERE database = 'medic' AND name = 'samples'").await?;
-    for want in ["DoubleDelta", "Gorilla", "ZSTD", "LowCardinality", "DateTime64(3", "PARTITION BY toDate(ts)", "toIntervalSecond(604800)"] {
+    for want in ["DoubleDelta", "Delta(8), ZSTD(3)", "ZSTD", "LowCardinality", "DateTime64(3", "PARTITION BY toDate(ts)", "toIntervalSecond(604800)"] {
         assert!(ddl.contains(want), "samples table lacks {want}: {ddl}");
     }
     // A new retention is applied to every telemetry table at the next start.

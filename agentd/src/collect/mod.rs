@@ -3,6 +3,7 @@
 //! the rest keep going.
 
 pub mod agent;
+pub mod clickhouse;
 pub mod host;
 pub mod logs;
 

@@ -536,13 +536,24 @@ impl Spool {
     }
 }
 
+/// How long `open` waits for the lock before saying another agent holds it. A previous agent
+/// still shutting down, or a process that inherited the descriptor for the instant between fork
+/// and exec, releases it within milliseconds; a second live agent never does.
+const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(3);
+
 fn acquire_lock(dir: &Path) -> Result<File, SpoolError> {
     let path = dir.join(LOCK_FILE);
     let file = OpenOptions::new().create(true).truncate(false).write(true).open(&path).map_err(io_err(&path))?;
-    match file.try_lock() {
-        Ok(()) => Ok(file),
-        Err(fs::TryLockError::WouldBlock) => Err(SpoolError::Locked { path: dir.display().to_string() }),
-        Err(fs::TryLockError::Error(e)) => Err(io_err(&path)(e)),
+    let deadline = std::time::Instant::now() + LOCK_WAIT;
+    loop {
+        match file.try_lock() {
+            Ok(()) => return Ok(file),
+            Err(fs::TryLockError::WouldBlock) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            Err(fs::TryLockError::WouldBlock) => return Err(SpoolError::Locked { path: dir.display().to_string() }),
+            Err(fs::TryLockError::Error(e)) => return Err(io_err(&path)(e)),
+        }
     }
 }
 

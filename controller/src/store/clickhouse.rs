@@ -220,7 +220,7 @@ impl ClickHouseStore {
                         metric LowCardinality(String),
                         labels String CODEC(ZSTD(3)),
                         ts DateTime64(3, 'UTC') CODEC(DoubleDelta, ZSTD(1)),
-                        value Float64 CODEC(Gorilla, ZSTD(1)),
+                        value Float64 CODEC(Delta, ZSTD(3)),
                         kind Enum8('unspecified' = 0, 'gauge' = 1, 'counter' = 2),
                         spool LowCardinality(String),
                         seq UInt64 CODEC(DoubleDelta, ZSTD(1)),
@@ -401,10 +401,9 @@ impl ClickHouseStore {
         if w.dirty {
             self.clean_uncommitted(w).await?;
         }
-        // Wall-clock nanoseconds keep commit numbers increasing across restarts; max+1 keeps
-        // them increasing when the clock does not.
-        let now = chrono::Utc::now().timestamp_nanos_opt().unwrap_or(0).max(0) as u64;
-        let commit = now.max(w.committed + 1);
+        // Consecutive numbers, continuing from the last stored commit: in the samples' sort order
+        // they grow by one per round, which DoubleDelta stores in almost nothing.
+        let commit = w.committed + 1;
         let timeouts = (Some(self.opts.timeout), Some(self.opts.timeout));
         let samples = w.samples.get_or_insert_with(|| {
             self.data.inserter("samples").with_max_rows(u64::MAX).with_timeouts(timeouts.0, timeouts.1)

@@ -31,6 +31,7 @@
 mod clickhouse;
 mod file;
 mod record;
+pub mod signatures;
 
 use std::collections::{HashMap, HashSet};
 use std::os::unix::fs::MetadataExt;

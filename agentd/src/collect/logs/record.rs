@@ -3,7 +3,7 @@
 
 use medic_proto::v1::{Label, LogRecord};
 
-use super::clickhouse;
+use super::{clickhouse, signatures};
 
 /// How many `max_line_bytes` one record may grow to by absorbing continuation lines. A ClickHouse
 /// exception with its stack trace is typically 40-80 lines; beyond the bound the overflow goes to
@@ -104,14 +104,15 @@ pub(crate) fn accept_line(
     true
 }
 
-/// A record continuing `entry`: same time, level and fields, marked `continued=true`.
+/// A record continuing `entry`: same time, level and fields, marked `continued=true`. The
+/// signature stays with the entry alone, so rules counting signatures count each failure once.
 fn follow_up(entry: &LogRecord, text: String, truncated: bool) -> LogRecord {
     let mut rec = LogRecord {
         timestamp_ms: entry.timestamp_ms,
         source: entry.source.clone(),
         level: entry.level,
         message: text,
-        fields: entry.fields.iter().filter(|f| f.name != "truncated").cloned().collect(),
+        fields: entry.fields.iter().filter(|f| f.name != "truncated" && f.name != "signature").cloned().collect(),
     };
     if !rec.fields.iter().any(|f| f.name == "continued") {
         rec.fields.push(Label::new("continued", "true"));
@@ -131,8 +132,12 @@ fn to_record(source: &str, text: String, now_ms: i64) -> LogRecord {
         if !p.logger.is_empty() {
             fields.push(Label::new("logger", p.logger));
         }
-        if let Some(code) = clickhouse::error_code(p.message) {
+        let code = clickhouse::error_code(p.message);
+        if let Some(code) = code {
             fields.push(Label::new("code", code));
+        }
+        if let Some(sig) = signatures::classify(p.level, code.and_then(|c| c.parse().ok()), p.logger, p.message) {
+            fields.push(Label::new("signature", sig));
         }
         return LogRecord {
             timestamp_ms: p.timestamp_ms,
@@ -142,13 +147,12 @@ fn to_record(source: &str, text: String, now_ms: i64) -> LogRecord {
             fields,
         };
     }
-    LogRecord {
-        timestamp_ms: now_ms,
-        source: source.to_string(),
-        level: clickhouse::guess_level(&text) as i32,
-        message: text,
-        fields: Vec::new(),
-    }
+    let level = clickhouse::guess_level(&text);
+    let fields = match signatures::classify(level, None, "", &text) {
+        Some(sig) => vec![Label::new("signature", sig)],
+        None => Vec::new(),
+    };
+    LogRecord { timestamp_ms: now_ms, source: source.to_string(), level: level as i32, message: text, fields }
 }
 
 fn mark_truncated(rec: &mut LogRecord) {
@@ -223,6 +227,8 @@ mod tests {
         assert_eq!(out.len(), 3, "{out:#?}");
         assert_eq!(out[0].message, "Code: 252. boom\n0. DB::Exception::Exception() @ 0x1\n1. DB::f() @ 0x2");
         assert_eq!(field(&out[0], "code"), Some("252"));
+        assert_eq!(field(&out[0], "signature"), Some("too_many_parts"));
+        assert_eq!(field(&out[1], "signature"), None, "counted once, on the entry");
         assert_eq!(field(&out[1], "continued"), Some("true"));
         assert_eq!(field(&out[1], "query_id"), Some("q"));
         assert_eq!(level_of(&out[1]), LogLevel::Error);
