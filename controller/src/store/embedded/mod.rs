@@ -16,13 +16,14 @@
 //! disk before the controller acks.
 
 mod block;
+mod series_index;
 
 use super::{LogQuery, NodeRecord, Point, SeriesQuery, Store, StoreError, StoredLog, WriteSet};
 use async_trait::async_trait;
+use series_index::{SeriesDesc, SeriesIndex};
 use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
-use medic_proto::v1::{Label, LogRecord};
+use medic_proto::v1::LogRecord;
 use prost::Message;
-use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::Path;
 use std::sync::{Arc, Mutex};
@@ -32,48 +33,6 @@ const DAY_MS: i64 = 86_400_000;
 /// what it asked for, large enough that a batch (one or two collection rounds) is one block.
 const BUCKET_MS: i64 = 600_000;
 const NEXT_BLOCK_KEY: &[u8] = b"next_block";
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-struct SeriesDesc {
-    node: String,
-    metric: String,
-    labels: Vec<(String, String)>,
-    kind: i32,
-}
-
-/// In-memory view of the series registry, rebuilt from the `series` keyspace at open.
-#[derive(Default)]
-struct SeriesIndex {
-    /// foldhash: looked up once per ingested sample, where SipHash showed in profiles; it is
-    /// still seeded per process, so agents cannot aim collisions at it.
-    by_key: foldhash::HashMap<String, u64>,
-    descs: HashMap<u64, SeriesDesc>,
-    /// node → metric → series ids.
-    by_node: HashMap<String, BTreeMap<String, Vec<u64>>>,
-    next_id: u64,
-}
-
-impl SeriesIndex {
-    fn insert(&mut self, id: u64, key: String, desc: SeriesDesc) {
-        self.by_node.entry(desc.node.clone()).or_default().entry(desc.metric.clone()).or_default().push(id);
-        self.by_key.insert(key, id);
-        self.descs.insert(id, desc);
-        self.next_id = self.next_id.max(id + 1);
-    }
-}
-
-fn series_key(buf: &mut String, node: &str, metric: &str, labels: &[Label]) {
-    buf.clear();
-    buf.push_str(node);
-    buf.push('\0');
-    buf.push_str(metric);
-    for l in labels {
-        buf.push('\0');
-        buf.push_str(&l.name);
-        buf.push('=');
-        buf.push_str(&l.value);
-    }
-}
 
 fn ts_bytes(ts_ms: i64) -> [u8; 8] {
     ((ts_ms as u64) ^ (1 << 63)).to_be_bytes()
@@ -160,10 +119,9 @@ impl Inner {
     fn write(&self, set: WriteSet) -> Result<(), StoreError> {
         let mut index = self.index.lock().map_err(|_| io("series index lock poisoned"))?;
         let mut wb = self.db.batch().durability(Some(PersistMode::SyncAll));
-        let mut new_series: Vec<(u64, String, SeriesDesc)> = Vec::new();
-        let mut pending: foldhash::HashMap<String, u64> = foldhash::HashMap::default();
+        // Series first seen in this write; they join the index once the write is durable.
+        let mut pending = SeriesIndex::default();
         let mut next_id = index.next_id;
-        let mut key = String::new();
         let mut day_ks: HashMap<String, Keyspace> = HashMap::new();
 
         let mut next_block_guard = self.next_block.lock().map_err(|_| io("block counter lock poisoned"))?;
@@ -174,9 +132,9 @@ impl Inner {
         for (node, batch) in &set.batches {
             blocks.clear();
             for s in &batch.samples {
-                series_key(&mut key, node, &s.metric, &s.labels);
-                let id = match index.by_key.get(&key).or_else(|| pending.get(&key)) {
-                    Some(id) => *id,
+                let found = index.find(node, &s.metric, &s.labels);
+                let id = match found.or_else(|| pending.find(node, &s.metric, &s.labels)) {
+                    Some(id) => id,
                     None => {
                         let id = next_id;
                         next_id += 1;
@@ -188,8 +146,7 @@ impl Inner {
                         };
                         let json = serde_json::to_vec(&desc).map_err(io)?;
                         wb.insert(&self.series, id.to_be_bytes(), json);
-                        pending.insert(key.clone(), id);
-                        new_series.push((id, key.clone(), desc));
+                        pending.insert(id, desc);
                         id
                     }
                 };
@@ -241,9 +198,7 @@ impl Inner {
         wb.commit().map_err(io)?;
         *next_block_guard = next_block;
         // Only now that the series are durable may later writes refer to them.
-        for (id, key, desc) in new_series {
-            index.insert(id, key, desc);
-        }
+        index.absorb(pending);
         Ok(())
     }
 }
@@ -253,7 +208,7 @@ impl Inner {
     /// metric's points. Ordered by series (labels) then time; for a (series, timestamp) written
     /// twice the later write wins. At most `limit` points are held at any time.
     fn series(&self, q: &SeriesQuery) -> Result<Vec<Point>, StoreError> {
-        let mut descs: Vec<(u64, SeriesDesc)> = {
+        let mut descs: Vec<(u64, Arc<SeriesDesc>)> = {
             let index = self.index.lock().map_err(|_| io("series index lock poisoned"))?;
             let ids = index.by_node.get(&q.node).and_then(|m| m.get(&q.metric)).cloned().unwrap_or_default();
             ids.into_iter().filter_map(|id| index.descs.get(&id).map(|d| (id, d.clone()))).collect()
@@ -332,8 +287,8 @@ impl EmbeddedStore {
             ),
             None => 0,
         };
-        let mut index = SeriesIndex { next_id: 1, ..Default::default() };
-        let mut key = String::new();
+        let mut index = SeriesIndex::default();
+        index.next_id = 1;
         for item in series.iter() {
             let (k, v) = item.into_inner().map_err(io)?;
             let id = u64::from_be_bytes(
@@ -341,9 +296,7 @@ impl EmbeddedStore {
             );
             let desc: SeriesDesc =
                 serde_json::from_slice(&v).map_err(|e| StoreError::Corrupt(format!("series {id}: {e}")))?;
-            let labels: Vec<Label> = desc.labels.iter().map(|(n, v)| Label::new(n.clone(), v.clone())).collect();
-            series_key(&mut key, &desc.node, &desc.metric, &labels);
-            index.insert(id, key.clone(), desc);
+            index.insert(id, desc);
         }
         Ok(Self {
             inner: Arc::new(Inner {
@@ -472,7 +425,7 @@ impl Store for EmbeddedStore {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use medic_proto::v1::{Batch, LogLevel, MetricKind, Sample};
+    use medic_proto::v1::{Batch, Label, LogLevel, MetricKind, Sample};
 
     fn sample(metric: &str, cpu: &str, ts: i64, v: f64) -> Sample {
         Sample {
