@@ -20,10 +20,10 @@ mod series_index;
 
 use super::{LogQuery, NodeRecord, Point, SeriesQuery, Store, StoreError, StoredLog, WriteSet};
 use async_trait::async_trait;
-use series_index::{SeriesDesc, SeriesIndex};
 use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
 use medic_proto::v1::LogRecord;
 use prost::Message;
+use series_index::{SeriesDesc, SeriesIndex};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::Path;
 use std::sync::{Arc, Mutex};
