@@ -176,6 +176,7 @@ async fn clickhouse_loop(
             was_up = Some(up);
         }
         shared.metrics.samples_collected.inc_by(samples.len() as u64);
+        shared.metrics.latest_clickhouse.replace(samples.clone());
         spool_batch(&shared, samples, Vec::new(), &[]);
     }
 }
@@ -272,6 +273,13 @@ pub async fn run(
     let mut sopts = StreamOptions::new(cfg.controller.clone(), node.clone());
     sopts.labels = cfg.labels.clone();
     sopts.max_in_flight = cfg.max_in_flight.max(1);
+    sopts.commands = Arc::new(crate::command::CommandOptions {
+        restart_commands: cfg.service_restart.clone(),
+        allow_systemctl: cfg.allow_systemctl_restart,
+    });
+    if !cfg.service_restart.is_empty() || cfg.allow_systemctl_restart {
+        sopts.capabilities.push("command.restart_service".into());
+    }
     tasks.push(tokio::spawn(stream::run(sopts, shared.clone(), stop_rx.clone())));
 
     let listener = tokio::net::TcpListener::bind(cfg.http_listen)

@@ -39,6 +39,10 @@ pub struct AgentConfig {
     pub rootfs: PathBuf,
     /// Batches in flight to the controller before waiting for acks. Default 256.
     pub max_in_flight: usize,
+    /// Services the controller may restart here: name → command line (run with sh -c).
+    pub service_restart: std::collections::BTreeMap<String, String>,
+    /// Also allow `systemctl restart NAME` for services not listed above. Default false.
+    pub allow_systemctl_restart: bool,
     /// ClickHouse HTTP interface to collect metrics from, e.g. http://127.0.0.1:8123. Default:
     /// none (no ClickHouse collection). Credentials never go here: see the next two keys.
     pub clickhouse_url: Option<String>,
@@ -71,6 +75,8 @@ impl Default for AgentConfig {
             sys_root: "/sys".into(),
             rootfs: "/".into(),
             max_in_flight: 256,
+            service_restart: Default::default(),
+            allow_systemctl_restart: false,
             clickhouse_url: None,
             clickhouse_user: None,
             clickhouse_password_file: None,

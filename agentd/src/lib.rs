@@ -6,6 +6,7 @@
 
 pub mod agent;
 pub mod collect;
+pub mod command;
 pub mod config;
 pub mod entry;
 pub mod http;

@@ -68,6 +68,16 @@ struct Cli {
     /// reported down (clickhouse_up 0) [default: 5s]
     #[arg(long, value_parser = humantime::parse_duration)]
     clickhouse_timeout: Option<Duration>,
+    /// A service the controller may restart, NAME=COMMAND (repeatable), e.g.
+    /// --service-restart clickhouse-server='systemctl restart clickhouse-server'
+    #[arg(long = "service-restart", value_parser = parse_label)]
+    service_restart: Vec<(String, String)>,
+    /// Also allow the controller to run `systemctl restart NAME` for unlisted services.
+    #[arg(long)]
+    allow_systemctl_restart: bool,
+    /// Batches sent to the controller before waiting for acks [default: 256]
+    #[arg(long)]
+    max_in_flight: Option<usize>,
     /// Log format on stderr.
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
@@ -118,6 +128,11 @@ fn config(cli: &Cli) -> anyhow::Result<AgentConfig> {
     cfg.labels.extend(cli.labels.iter().cloned());
     cfg.log_files.extend(cli.log_files.iter().cloned());
     cfg.processes.extend(cli.processes.iter().cloned());
+    cfg.service_restart.extend(cli.service_restart.iter().cloned());
+    cfg.allow_systemctl_restart |= cli.allow_systemctl_restart;
+    if let Some(n) = cli.max_in_flight {
+        cfg.max_in_flight = n;
+    }
     if cfg.interval < Duration::from_millis(100) {
         anyhow::bail!("--interval {:?} is too short; use 100ms or more", cfg.interval);
     }

@@ -1,4 +1,4 @@
-//! agentd's own metrics, plus the latest host samples, served on /metrics in OpenMetrics format
+//! agentd's own metrics, plus the latest host and ClickHouse samples, served on /metrics in OpenMetrics format
 //! so that Prometheus can scrape a node directly, as it would node_exporter.
 
 use medic_proto::v1::{MetricKind, Sample};
@@ -33,11 +33,15 @@ pub struct AgentMetrics {
     pub samples_collected: Counter,
     pub log_records_read: Counter,
     pub latest: Arc<LatestSamples>,
+    /// The last ClickHouse collection round, exposed the same way (agentd doubles as the
+    /// node's ClickHouse exporter for Prometheus).
+    pub latest_clickhouse: Arc<LatestSamples>,
 }
 
 impl AgentMetrics {
     pub fn new() -> Self {
         let latest = Arc::new(LatestSamples::default());
+        let latest_clickhouse = Arc::new(LatestSamples::default());
         let mut root = Registry::default();
         let r = root.sub_registry_with_prefix("medic_agent");
         let m = Self {
@@ -57,6 +61,7 @@ impl AgentMetrics {
             samples_collected: Counter::default(),
             log_records_read: Counter::default(),
             latest: latest.clone(),
+            latest_clickhouse: latest_clickhouse.clone(),
         };
         r.register("batches_sent", "Batches sent to the controller (replays included)", m.batches_sent.clone());
         r.register("batches_acked", "Batches the controller acked as durably stored", m.batches_acked.clone());
@@ -81,6 +86,7 @@ impl AgentMetrics {
         r.register("samples_collected", "Samples produced by the collectors", m.samples_collected.clone());
         r.register("log_records_read", "Log records read by the tailer", m.log_records_read.clone());
         root.register_collector(Box::new(latest));
+        root.register_collector(Box::new(latest_clickhouse));
         Self { registry: root, ..m }
     }
 
@@ -137,7 +143,18 @@ impl Collector for LatestSamples {
                 Some(base) if counter => (base, MetricType::Counter),
                 _ => (name.as_str(), MetricType::Gauge),
             };
-            let mut fam = encoder.encode_descriptor(family, "host metric collected by agentd", None, ty)?;
+            let mut fam = encoder.encode_descriptor(family, "collected by agentd", None, ty)?;
+            // An unlabelled metric is written `name value`, not `name{} value`.
+            if end == i + 1 && samples[i].labels.is_empty() {
+                let s = &samples[i];
+                if counter {
+                    ConstCounter::new(s.value.max(0.0)).encode(fam)?;
+                } else {
+                    ConstGauge::new(s.value).encode(fam)?;
+                }
+                i = end;
+                continue;
+            }
             for s in &samples[i..end] {
                 let labels = Labels(&s.labels);
                 let me = fam.encode_family(&labels)?;

@@ -25,6 +25,8 @@ pub struct ControllerConfig {
     /// Collection interval pushed to agents (e.g. "10s"); unset leaves each agent's own.
     #[serde(with = "humantime_serde_compat::option")]
     pub agent_interval: Option<Duration>,
+    /// Directory of rule files (hot-reloaded); unset runs without remediation rules.
+    pub rules_dir: Option<PathBuf>,
     /// ClickHouse HTTP URL (e.g. http://clickhouse:8123) to store telemetry in; unset uses the
     /// embedded store under `data_dir`.
     pub clickhouse_url: Option<String>,
@@ -50,6 +52,7 @@ impl Default for ControllerConfig {
             max_message_bytes: 16 << 20,
             ingest_queue_batches: 4096,
             agent_interval: None,
+            rules_dir: None,
             clickhouse_url: None,
             clickhouse_database: "medic".into(),
             clickhouse_user: None,

@@ -4,9 +4,13 @@
 //! (embedded | ClickHouse) → detection, remediation and publishing as they land. `api` serves
 //! /healthz, /metrics and /api/v1; `server` wires it all together.
 
+pub mod act;
 pub mod api;
 pub mod config;
+pub mod decide;
+pub mod detect;
 pub mod ingest;
+pub mod rules;
 pub mod server;
 pub mod store;
 pub mod telemetry;

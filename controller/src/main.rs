@@ -20,6 +20,37 @@ enum Command {
     /// Run a controller on the embedded store plus one agentd watching this machine
     /// (and the controller's own log). Ctrl-C stops both.
     Local(LocalArgs),
+    /// Offline benchmarks of the detection layer.
+    Bench(BenchArgs),
+    /// Offline checks of rule files, like promtool's.
+    Rules(RulesArgs),
+}
+
+#[derive(Args, Debug)]
+struct RulesArgs {
+    #[command(subcommand)]
+    cmd: RulesCmd,
+}
+
+#[derive(Subcommand, Debug)]
+enum RulesCmd {
+    /// Validate every rule file in DIR; exit 1 with file:line:column for each error.
+    Check {
+        /// Directory of rule files (*.yaml; *test*.yaml files are tests, not rules).
+        dir: PathBuf,
+    },
+}
+
+#[derive(Args, Debug)]
+struct BenchArgs {
+    #[command(subcommand)]
+    cmd: BenchCmd,
+}
+
+#[derive(Subcommand, Debug)]
+enum BenchCmd {
+    /// Time-to-exhaustion accuracy: MSTL+ETS vs a least-squares line (predict_linear).
+    Forecast(controller::detect::forecast_bench::ForecastBenchArgs),
 }
 
 #[derive(Args, Debug, Clone)]
@@ -42,6 +73,9 @@ struct RunArgs {
     /// Collection interval pushed to every agent, e.g. 10s [default: agents keep their own]
     #[arg(long, value_parser = humantime::parse_duration)]
     agent_interval: Option<Duration>,
+    /// Directory of rule files; reloaded on change and on SIGHUP [default: no rules]
+    #[arg(long)]
+    rules_dir: Option<PathBuf>,
     /// Store telemetry in ClickHouse at this HTTP URL (e.g. http://clickhouse:8123) instead of
     /// the embedded store. Credentials: MEDIC_CLICKHOUSE_USER / MEDIC_CLICKHOUSE_PASSWORD or
     /// --clickhouse-password-file, never on the command line.
@@ -145,6 +179,9 @@ fn config(args: &RunArgs) -> anyhow::Result<ControllerConfig> {
     }
     if let Some(v) = args.agent_interval {
         cfg.agent_interval = Some(v);
+    }
+    if let Some(v) = &args.rules_dir {
+        cfg.rules_dir = Some(v.clone());
     }
     if let Some(v) = &args.clickhouse_url {
         cfg.clickhouse_url = Some(v.clone());
@@ -275,6 +312,24 @@ async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let mut cfg = config(&cli.run)?;
     match cli.command {
+        Some(Command::Rules(rules)) => match rules.cmd {
+            RulesCmd::Check { dir } => match controller::rules::load::load_dir(&dir) {
+                Ok(set) => {
+                    println!("{}: {} rules OK", dir.display(), set.rules.len());
+                    Ok(())
+                }
+                Err(errors) => {
+                    for e in &errors {
+                        eprintln!("{e}");
+                    }
+                    eprintln!("{} error(s); the rule set would be rejected", errors.len());
+                    std::process::exit(1);
+                }
+            },
+        },
+        Some(Command::Bench(bench)) => match bench.cmd {
+            BenchCmd::Forecast(args) => controller::detect::forecast_bench::run(args),
+        },
         None => {
             init_logging(&cli.run.log)?;
             controller::server::run(cfg, shutdown_signal()).await

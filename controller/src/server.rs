@@ -2,9 +2,12 @@
 
 use crate::api::{self, ApiState};
 use crate::config::ControllerConfig;
+use crate::detect::engine::EngineConfig;
+use crate::detect::exposition::DetectionCollector;
 use crate::ingest::nodes::NodeTable;
 use crate::ingest::writer::{Writer, WriterOptions};
 use crate::ingest::{IngestOptions, IngestService};
+use crate::rules::watch::{ActiveRules, RuleMetrics};
 use crate::store::Store;
 use crate::store::clickhouse::ClickHouseStore;
 use crate::store::embedded::EmbeddedStore;
@@ -33,7 +36,16 @@ pub async fn run(cfg: ControllerConfig, shutdown: impl Future<Output = ()> + Sen
     nodes.load(store.load_nodes().await.context("loading node delivery state")?);
 
     let (jobs_tx, jobs_rx) = tokio::sync::mpsc::channel(cfg.ingest_queue_batches.max(1));
-    let writer = Writer::new(store.clone(), nodes.clone(), metrics.clone(), WriterOptions::default());
+    let rules = cfg.rules_dir.as_ref().map(|dir| {
+        let rule_metrics = RuleMetrics::default();
+        metrics.register_unprefixed(|r| rule_metrics.register(r));
+        ActiveRules::load(dir, rule_metrics)
+    });
+    let rules_task = rules.clone().map(|r| tokio::spawn(r.watch()));
+    let engine = crate::detect::engine::start(EngineConfig::default(), ());
+    metrics.register_collector(DetectionCollector(engine.state.clone()));
+    let writer = Writer::new(store.clone(), nodes.clone(), metrics.clone(), WriterOptions::default())
+        .with_detection(engine.clone());
     let writer_task = tokio::spawn(writer.run(jobs_rx));
 
     let ingest = IngestService::new(
@@ -72,7 +84,13 @@ pub async fn run(cfg: ControllerConfig, shutdown: impl Future<Output = ()> + Sen
         });
 
     let mut http_stop = stop_rx.clone();
-    let app = api::router(ApiState { store: store.clone(), nodes: nodes.clone(), metrics: metrics.clone() });
+    let app = api::router(ApiState {
+        store: store.clone(),
+        nodes: nodes.clone(),
+        metrics: metrics.clone(),
+        detection: engine.state.clone(),
+        rules: rules.clone(),
+    });
     let http = axum::serve(http_listener, app).with_graceful_shutdown(async move {
         let _ = http_stop.wait_for(|s| *s).await;
     });
@@ -96,6 +114,9 @@ pub async fn run(cfg: ControllerConfig, shutdown: impl Future<Output = ()> + Sen
 
     let (g, h) = tokio::join!(grpc, http);
     retention_task.abort();
+    if let Some(t) = rules_task {
+        t.abort();
+    }
     writer_task.abort();
     g.context("gRPC server failed")?;
     h.context("HTTP server failed")?;

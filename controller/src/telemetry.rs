@@ -14,6 +14,9 @@ pub struct ReasonLabels {
 
 pub struct Metrics {
     pub registry: Registry,
+    /// Collectors that render their own full metric names (detection results), added after
+    /// start-up by the components that own the state.
+    collectors: std::sync::Mutex<Registry>,
     pub batches_stored: Counter,
     pub samples_stored: Counter,
     pub log_records_stored: Counter,
@@ -59,6 +62,7 @@ impl Metrics {
             retention_dropped_partitions: Counter::default(),
             build_info: Family::default(),
             registry: Registry::default(),
+            collectors: std::sync::Mutex::new(Registry::default()),
         };
         registry.register("ingest_batches_stored", "Distinct agent batches durably stored", m.batches_stored.clone());
         registry.register("ingest_samples_stored", "Samples durably stored", m.samples_stored.clone());
@@ -116,9 +120,27 @@ impl Metrics {
         family.get_or_create(&ReasonLabels { reason: reason.to_string() }).inc();
     }
 
+    /// Registers metrics that carry their full `medic_…` names themselves.
+    pub fn register_unprefixed(&self, f: impl FnOnce(&mut Registry)) {
+        if let Ok(mut r) = self.collectors.lock() {
+            f(&mut r);
+        }
+    }
+
+    pub fn register_collector(&self, c: impl prometheus_client::collector::Collector) {
+        if let Ok(mut r) = self.collectors.lock() {
+            r.register_collector(Box::new(c));
+        }
+    }
+
     pub fn encode(&self) -> Result<String, std::fmt::Error> {
+        use prometheus_client::encoding::text;
         let mut out = String::new();
-        prometheus_client::encoding::text::encode(&mut out, &self.registry)?;
+        text::encode_registry(&mut out, &self.registry)?;
+        if let Ok(r) = self.collectors.lock() {
+            text::encode_registry(&mut out, &r)?;
+        }
+        text::encode_eof(&mut out)?;
         Ok(out)
     }
 }

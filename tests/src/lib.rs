@@ -288,7 +288,10 @@ pub fn chdb_python() -> Result<PathBuf> {
     });
     let py = venv.join("bin/python");
     if !py.exists() {
-        bail!("{} not found: run tests/clickhouse/install (tests/run does) to install the ClickHouse engine", py.display());
+        bail!(
+            "{} not found: run tests/clickhouse/install (tests/run does) to install the ClickHouse engine",
+            py.display()
+        );
     }
     Ok(py)
 }
@@ -349,3 +352,151 @@ impl ClickHouseProc {
     }
 }
 pub mod bench;
+
+/// Debian's Prometheus, on a free loopback port, with the given config and rule files.
+pub struct PrometheusProc {
+    pub proc: Proc,
+    pub port: u16,
+}
+
+impl PrometheusProc {
+    pub async fn start(dir: &Path, config_yaml: &str) -> Result<Self> {
+        std::fs::create_dir_all(dir.join("tsdb"))?;
+        std::fs::write(dir.join("prometheus.yml"), config_yaml)?;
+        let port = free_port();
+        let mut cmd = Command::new("prometheus");
+        cmd.arg(format!("--config.file={}", dir.join("prometheus.yml").display()))
+            .arg(format!("--storage.tsdb.path={}", dir.join("tsdb").display()))
+            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+            .arg("--rules.alert.resend-delay=1s")
+            .arg("--web.enable-remote-write-receiver");
+        let proc = Proc::spawn("prometheus", &mut cmd, &dir.join("prometheus.out"))
+            .context("starting prometheus (tests/run installs Debian's prometheus)")?;
+        let p = Self { proc, port };
+        wait_http_ok(&p.url("/-/ready"), Duration::from_secs(30)).await?;
+        Ok(p)
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{}", self.port, path)
+    }
+
+    /// Runs an instant PromQL query and returns the result vector.
+    pub async fn query(&self, promql: &str) -> Result<Vec<serde_json::Value>> {
+        let resp = client().get(self.url("/api/v1/query")).query(&[("query", promql)]).send().await?;
+        let v: serde_json::Value = resp.json().await?;
+        if v["status"] != "success" {
+            bail!("query {promql}: {v}");
+        }
+        Ok(v["data"]["result"].as_array().cloned().unwrap_or_default())
+    }
+}
+
+/// Debian's Alertmanager on a free loopback port (cluster mode off).
+pub struct AlertmanagerProc {
+    pub proc: Proc,
+    pub port: u16,
+}
+
+impl AlertmanagerProc {
+    pub async fn start(dir: &Path, config_yaml: &str) -> Result<Self> {
+        std::fs::create_dir_all(dir.join("data"))?;
+        std::fs::write(dir.join("alertmanager.yml"), config_yaml)?;
+        let port = free_port();
+        let mut cmd = Command::new("prometheus-alertmanager");
+        cmd.arg(format!("--config.file={}", dir.join("alertmanager.yml").display()))
+            .arg(format!("--storage.path={}", dir.join("data").display()))
+            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+            .arg("--cluster.listen-address=");
+        let proc = Proc::spawn("alertmanager", &mut cmd, &dir.join("alertmanager.out"))
+            .context("starting prometheus-alertmanager (tests/run installs it)")?;
+        let a = Self { proc, port };
+        wait_http_ok(&a.url("/-/ready"), Duration::from_secs(30)).await?;
+        Ok(a)
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{}", self.port, path)
+    }
+}
+
+/// A local stand-in for PagerDuty's Events API v2: records every event posted to /v2/enqueue.
+pub struct FakePagerDuty {
+    pub port: u16,
+    pub events: std::sync::Arc<std::sync::Mutex<Vec<serde_json::Value>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl FakePagerDuty {
+    pub async fn start() -> Result<Self> {
+        use axum::{Json, Router, extract::State, routing::post};
+        type Events = std::sync::Arc<std::sync::Mutex<Vec<serde_json::Value>>>;
+        async fn enqueue(
+            State(events): State<Events>,
+            Json(v): Json<serde_json::Value>,
+        ) -> (axum::http::StatusCode, Json<serde_json::Value>) {
+            let key = v["dedup_key"].clone();
+            events.lock().unwrap_or_else(|p| p.into_inner()).push(v);
+            (
+                axum::http::StatusCode::ACCEPTED,
+                Json(serde_json::json!({"status": "success", "message": "Event processed", "dedup_key": key})),
+            )
+        }
+        let events: Events = Default::default();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let port = listener.local_addr()?.port();
+        let app = Router::new().route("/v2/enqueue", post(enqueue)).with_state(events.clone());
+        let task = tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        Ok(Self { port, events, task })
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}/v2/enqueue", self.port)
+    }
+
+    pub fn events(&self) -> Vec<serde_json::Value> {
+        self.events.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+}
+
+impl Drop for FakePagerDuty {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// The shipped rule files, with every `for:` shortened so a test need not wait minutes. The
+/// expressions, labels and annotations are exactly the shipped ones.
+pub fn rules_for_tests(out_dir: &Path, for_: &str) -> Result<Vec<PathBuf>> {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/prometheus");
+    let mut out = Vec::new();
+    for name in ["medic-rules.yaml", "clickhouse-rules.yaml"] {
+        let text = std::fs::read_to_string(src.join(name))?;
+        let shortened: String = text
+            .lines()
+            .map(|l| match l.trim_start().strip_prefix("for: ") {
+                Some(_) => format!("{}for: {for_}", &l[..l.len() - l.trim_start().len()]),
+                None => l.to_string(),
+            })
+            .collect::<Vec<_>>()
+            .join("\n");
+        let p = out_dir.join(name);
+        std::fs::write(&p, shortened)?;
+        out.push(p);
+    }
+    Ok(out)
+}
+
+/// The shipped Alertmanager config, pointed at a local PagerDuty and with test-speed timings.
+pub fn alertmanager_for_tests(pagerduty_url: &str, routing_key: &str) -> Result<String> {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/alertmanager/alertmanager.yaml");
+    let text = std::fs::read_to_string(src)?;
+    Ok(text
+        .replace("PAGERDUTY_ROUTING_KEY", routing_key)
+        .replace("https://events.pagerduty.com/v2/enqueue", pagerduty_url)
+        .replace("group_wait: 30s", "group_wait: 1s")
+        .replace("group_interval: 5m", "group_interval: 1s")
+        .replace("resolve_timeout: 5m", "resolve_timeout: 10s"))
+}

@@ -284,6 +284,16 @@ async fn agentd_ships_clickhouse_metrics_to_the_controller() -> Result<()> {
             .any(|p| p["labels"]["table"] == "e2e" && p["labels"]["database"] == "default" && p["value"] == 1.0),
         "clickhouse_table_parts: {parts:?}"
     );
+    // agentd is also the node's ClickHouse exporter: Prometheus can scrape the same figures.
+    let exposed = agent.metrics().await?;
+    assert_eq!(
+        exposed.get("clickhouse_up"),
+        Some(&1.0),
+        "agentd /metrics lacks clickhouse_up: {:?}",
+        exposed.keys().filter(|k| k.contains("clickhouse")).collect::<Vec<_>>()
+    );
+    assert_eq!(exposed.get("clickhouse_table_parts{database=\"default\",table=\"e2e\"}"), Some(&1.0));
+    assert!(exposed.keys().any(|k| k.starts_with("clickhouse_events_Query_total")), "counters keep their _total");
     let log = std::fs::read_to_string(dir.path().join("ch-node.out"))?;
     assert!(!log.contains("e2e-secret-pw"), "the password leaked into the agent's log");
     assert!(log.contains("collecting ClickHouse metrics"), "{log}");

@@ -88,7 +88,10 @@ async fn with_clickhouse_stored_rows_equal_produced_rows_across_crashes() -> Res
                 ))
                 .await?;
             let commits = ch.query("SELECT version, node FROM medic.nodes ORDER BY version").await?;
-            panic!("{name}: {rows} rows in medic.samples, {} samples in stored batches; seqs stored under several commits:\n{detail}\ncommits:\n{commits}", node["samples"]);
+            panic!(
+                "{name}: {rows} rows in medic.samples, {} samples in stored batches; seqs stored under several commits:\n{detail}\ncommits:\n{commits}",
+                node["samples"]
+            );
         }
         let dup_rows = ch
             .query(&format!(
@@ -97,7 +100,11 @@ async fn with_clickhouse_stored_rows_equal_produced_rows_across_crashes() -> Res
             ))
             .await?;
         assert_eq!(dup_rows.trim(), "0", "{name}: duplicated rows");
-        let seqs: u64 = ch.query(&format!("SELECT uniqExact(seq) FROM medic.samples WHERE node = '{name}'")).await?.trim().parse()?;
+        let seqs: u64 = ch
+            .query(&format!("SELECT uniqExact(seq) FROM medic.samples WHERE node = '{name}'"))
+            .await?
+            .trim()
+            .parse()?;
         assert!(seqs > 10, "{name}: {seqs} batches with samples");
     }
     Ok(())
@@ -280,8 +287,16 @@ async fn clickhouse_down_mid_stream_stops_acks_and_loses_nothing_when_it_returns
     let mut ch = ClickHouseProc::start(&ch_dir).await?;
     let ch_port = ch.port;
     let url = ch.url();
-    let controller = ControllerProc::start(&dir.path().join("c"), free_port(), free_port(), &["--clickhouse-url", &url]).await?;
-    let agent = AgentProc::start(&controller.grpc_url(), "steady", &dir.path().join("spool"), free_port(), &["--interval", "200ms"]).await?;
+    let controller =
+        ControllerProc::start(&dir.path().join("c"), free_port(), free_port(), &["--clickhouse-url", &url]).await?;
+    let agent = AgentProc::start(
+        &controller.grpc_url(),
+        "steady",
+        &dir.path().join("spool"),
+        free_port(),
+        &["--interval", "200ms"],
+    )
+    .await?;
     tokio::time::sleep(Duration::from_millis(1000)).await;
 
     ch.proc.kill9();
@@ -304,8 +319,11 @@ async fn clickhouse_down_mid_stream_stops_acks_and_loses_nothing_when_it_returns
     assert_eq!(node["seq_gaps"], 0, "{node}");
     assert_eq!(node["batches"], node["last_seq"], "{node}");
     let last_seq = node["last_seq"].as_u64().unwrap_or(0);
-    let rows: u64 =
-        ch.query(&format!("SELECT count() FROM medic.samples WHERE node = 'steady' AND seq <= {last_seq}")).await?.trim().parse()?;
+    let rows: u64 = ch
+        .query(&format!("SELECT count() FROM medic.samples WHERE node = 'steady' AND seq <= {last_seq}"))
+        .await?
+        .trim()
+        .parse()?;
     assert_eq!(Some(rows), node["samples"].as_u64(), "rows stored exactly once");
     wait_http_ok(&controller.url("/healthz"), Duration::from_secs(10)).await?;
     Ok(())

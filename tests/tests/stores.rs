@@ -41,7 +41,13 @@ fn log(ts: i64, level: LogLevel, msg: &str) -> LogRecord {
 fn set(node: &str, seq: u64, samples: Vec<Sample>, logs: Vec<LogRecord>) -> WriteSet {
     WriteSet {
         batches: vec![(node.into(), Arc::new(Batch { seq, created_unix_ms: 0, samples, logs }))],
-        nodes: vec![NodeRecord { node: node.into(), spool_id: "spool-a".into(), last_seq: seq, batches: seq, ..Default::default() }],
+        nodes: vec![NodeRecord {
+            node: node.into(),
+            spool_id: "spool-a".into(),
+            last_seq: seq,
+            batches: seq,
+            ..Default::default()
+        }],
     }
 }
 
@@ -58,25 +64,48 @@ async fn store_contract(open: Opener) -> Result<()> {
                     sample("node_cpu_seconds_total", &[("cpu", "0"), ("mode", "user")], T0, 1.0),
                     sample("node_load1", &[], T0, 0.5),
                 ],
-                vec![log(T0, LogLevel::Info, "Ready for connections."), log(T0 + 1, LogLevel::Error, "Too many parts (300).")],
+                vec![
+                    log(T0, LogLevel::Info, "Ready for connections."),
+                    log(T0 + 1, LogLevel::Error, "Too many parts (300)."),
+                ],
             ))
             .await?;
         store
-            .write(set("ch-1", 2, vec![sample("node_cpu_seconds_total", &[("cpu", "0"), ("mode", "idle")], T0 + 10_000, 20.0)], vec![]))
+            .write(set(
+                "ch-1",
+                2,
+                vec![sample("node_cpu_seconds_total", &[("cpu", "0"), ("mode", "idle")], T0 + 10_000, 20.0)],
+                vec![],
+            ))
             .await?;
-        store.write(set("ch-2", 1, vec![sample("node_load1", &[("weird", "a \"quoted\" \\ value")], T0 + HOUR, 2.0)], vec![])).await?;
+        store
+            .write(set(
+                "ch-2",
+                1,
+                vec![sample("node_load1", &[("weird", "a \"quoted\" \\ value")], T0 + HOUR, 2.0)],
+                vec![],
+            ))
+            .await?;
     }
     // Everything is still there after reopening.
     let store = open().await?;
     let mut nodes = store.load_nodes().await?;
     nodes.sort_by(|a, b| a.node.cmp(&b.node));
-    let summary: Vec<(&str, u64, &str)> = nodes.iter().map(|n| (n.node.as_str(), n.last_seq, n.spool_id.as_str())).collect();
+    let summary: Vec<(&str, u64, &str)> =
+        nodes.iter().map(|n| (n.node.as_str(), n.last_seq, n.spool_id.as_str())).collect();
     assert_eq!(summary, [("ch-1", 2, "spool-a"), ("ch-2", 1, "spool-a")]);
 
     assert_eq!(store.metric_names("ch-1").await?, ["node_cpu_seconds_total", "node_load1"]);
-    let q = SeriesQuery { node: "ch-1".into(), metric: "node_cpu_seconds_total".into(), from_ms: T0, to_ms: T0 + HOUR, limit: 100 };
+    let q = SeriesQuery {
+        node: "ch-1".into(),
+        metric: "node_cpu_seconds_total".into(),
+        from_ms: T0,
+        to_ms: T0 + HOUR,
+        limit: 100,
+    };
     let points = store.series(&q).await?;
-    let got: Vec<(&str, i64, f64)> = points.iter().map(|p| (p.labels["mode"].as_str(), p.timestamp_ms, p.value)).collect();
+    let got: Vec<(&str, i64, f64)> =
+        points.iter().map(|p| (p.labels["mode"].as_str(), p.timestamp_ms, p.value)).collect();
     assert_eq!(got, [("idle", T0, 10.0), ("idle", T0 + 10_000, 20.0), ("user", T0, 1.0)]);
     // The range is inclusive at both ends and excludes what lies outside.
     let later = store.series(&SeriesQuery { from_ms: T0 + 1, ..q.clone() }).await?;
@@ -85,15 +114,25 @@ async fn store_contract(open: Opener) -> Result<()> {
     let odd = store.series(&SeriesQuery { node: "ch-2".into(), metric: "node_load1".into(), ..q.clone() }).await?;
     assert_eq!(odd[0].labels["weird"], "a \"quoted\" \\ value");
 
-    let lq = LogQuery { node: "ch-1".into(), min_level: Some(LogLevel::Warning as i32), from_ms: 0, to_ms: T0 + HOUR, limit: 10 };
+    let lq = LogQuery {
+        node: "ch-1".into(),
+        min_level: Some(LogLevel::Warning as i32),
+        from_ms: 0,
+        to_ms: T0 + HOUR,
+        limit: 10,
+    };
     let errors = store.logs(&lq).await?;
     assert_eq!(errors.len(), 1);
     assert_eq!(errors[0].record.message, "Too many parts (300).");
     assert_eq!(errors[0].seq, 1);
-    let fields: Vec<(&str, &str)> = errors[0].record.fields.iter().map(|f| (f.name.as_str(), f.value.as_str())).collect();
+    let fields: Vec<(&str, &str)> =
+        errors[0].record.fields.iter().map(|f| (f.name.as_str(), f.value.as_str())).collect();
     assert!(fields.contains(&("code", "252")), "{fields:?}");
     let all = store.logs(&LogQuery { min_level: None, ..lq }).await?;
-    assert_eq!(all.iter().map(|l| l.record.message.as_str()).collect::<Vec<_>>(), ["Too many parts (300).", "Ready for connections."]);
+    assert_eq!(
+        all.iter().map(|l| l.record.message.as_str()).collect::<Vec<_>>(),
+        ["Too many parts (300).", "Ready for connections."]
+    );
     store.ping().await?;
     Ok(())
 }
@@ -136,9 +175,21 @@ async fn the_clickhouse_schema_is_created_migrated_once_and_carries_the_retentio
     drop(clickhouse_opener(ch.url(), week)().await?);
     assert_eq!(ch.query("SELECT version FROM medic.schema_migrations").await?.trim(), "1", "applied exactly once");
     let tables = ch.query("SELECT name FROM system.tables WHERE database = 'medic' ORDER BY name").await?;
-    assert_eq!(tables.split_whitespace().collect::<Vec<_>>(), ["actions", "anomalies", "forecasts", "logs", "nodes", "samples", "schema_migrations"]);
-    let ddl = ch.query("SELECT create_table_query FROM system.tables WHERE database = 'medic' AND name = 'samples'").await?;
-    for want in ["DoubleDelta", "Delta(8), ZSTD(3)", "ZSTD", "LowCardinality", "DateTime64(3", "PARTITION BY toDate(ts)", "toIntervalSecond(604800)"] {
+    assert_eq!(
+        tables.split_whitespace().collect::<Vec<_>>(),
+        ["actions", "anomalies", "forecasts", "logs", "nodes", "samples", "schema_migrations"]
+    );
+    let ddl =
+        ch.query("SELECT create_table_query FROM system.tables WHERE database = 'medic' AND name = 'samples'").await?;
+    for want in [
+        "DoubleDelta",
+        "Delta(8), ZSTD(3)",
+        "ZSTD",
+        "LowCardinality",
+        "DateTime64(3",
+        "PARTITION BY toDate(ts)",
+        "toIntervalSecond(604800)",
+    ] {
         assert!(ddl.contains(want), "samples table lacks {want}: {ddl}");
     }
     // A new retention is applied to every telemetry table at the next start.

@@ -8,9 +8,7 @@ use crate::spool::Spool;
 use crate::telemetry::AgentMetrics;
 use medic_proto::PROTOCOL_VERSION;
 use medic_proto::v1::telemetry_client::TelemetryClient;
-use medic_proto::v1::{
-    AgentMessage, Command, CommandResult, CommandStatus, Heartbeat, Hello, Label, agent_message, controller_message,
-};
+use medic_proto::v1::{AgentMessage, CommandStatus, Heartbeat, Hello, Label, agent_message, controller_message};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::{Notify, mpsc, watch};
@@ -28,6 +26,8 @@ pub struct StreamOptions {
     pub heartbeat: Duration,
     pub backoff_min: Duration,
     pub backoff_max: Duration,
+    /// What this agent may do when the controller asks (remediation).
+    pub commands: std::sync::Arc<crate::command::CommandOptions>,
 }
 
 impl StreamOptions {
@@ -42,6 +42,7 @@ impl StreamOptions {
             heartbeat: Duration::from_secs(10),
             backoff_min: Duration::from_millis(200),
             backoff_max: Duration::from_secs(30),
+            commands: Default::default(),
         }
     }
 }
@@ -151,17 +152,6 @@ fn batch_message(seq: u64, payload: &[u8]) -> Option<AgentMessage> {
     }
 }
 
-fn reject(cmd: &Command) -> AgentMessage {
-    AgentMessage {
-        msg: Some(agent_message::Msg::CommandResult(CommandResult {
-            id: cmd.id.clone(),
-            status: CommandStatus::Rejected as i32,
-            message: format!("this agent does not run {:?} commands", cmd.kind),
-            finished_unix_ms: chrono::Utc::now().timestamp_millis(),
-        })),
-    }
-}
-
 async fn session(opts: &StreamOptions, shared: &Shared) -> Result<(), StreamError> {
     let endpoint = Endpoint::from_shared(opts.controller.clone())
         .map_err(|e| StreamError::Url { url: opts.controller.clone(), message: e.to_string() })?
@@ -249,8 +239,15 @@ async fn session(opts: &StreamOptions, shared: &Shared) -> Result<(), StreamErro
                         }
                     }
                     Some(controller_message::Msg::Command(cmd)) => {
-                        tracing::warn!(command = %cmd.id, kind = %cmd.kind, "rejecting a command this agent cannot run");
-                        let _ = tx.send(reject(&cmd)).await;
+                        // Run it beside the stream: a restart takes seconds and acks must keep flowing.
+                        let (tx, opts) = (tx.clone(), opts.commands.clone());
+                        tokio::spawn(async move {
+                            let r = crate::command::run(&opts, &cmd).await;
+                            if r.status != CommandStatus::Succeeded as i32 {
+                                tracing::warn!(command = %r.id, status = r.status, message = %r.message, "command did not succeed");
+                            }
+                            let _ = tx.send(AgentMessage { msg: Some(agent_message::Msg::CommandResult(r)) }).await;
+                        });
                     }
                     Some(controller_message::Msg::ConfigHint(h)) => {
                         let hint = (h.interval_ms > 0).then(|| Duration::from_millis(h.interval_ms));

@@ -1,6 +1,8 @@
 //! HTTP: /healthz, /metrics (OpenMetrics) and the JSON API under /api/v1.
 
+use crate::detect::engine::{ChangepointView, DetectionState, ForecastView, OutlierView};
 use crate::ingest::nodes::NodeTable;
+use crate::rules::watch::ActiveRules;
 use crate::store::{LogQuery, SeriesQuery, Store, StoreError};
 use crate::telemetry::Metrics;
 use axum::extract::{Query, State};
@@ -16,6 +18,8 @@ pub struct ApiState {
     pub store: Arc<dyn Store>,
     pub nodes: NodeTable,
     pub metrics: Arc<Metrics>,
+    pub detection: Arc<std::sync::RwLock<DetectionState>>,
+    pub rules: Option<ActiveRules>,
 }
 
 pub fn router(state: ApiState) -> Router {
@@ -26,6 +30,10 @@ pub fn router(state: ApiState) -> Router {
         .route("/api/v1/metrics", get(metric_names))
         .route("/api/v1/series", get(series))
         .route("/api/v1/logs", get(logs))
+        .route("/api/v1/rules", get(rules))
+        .route("/api/v1/forecasts", get(forecasts))
+        .route("/api/v1/outliers", get(outliers))
+        .route("/api/v1/changepoints", get(changepoints))
         .with_state(state)
 }
 
@@ -234,4 +242,55 @@ async fn logs(State(s): State<ApiState>, Query(q): Query<LogParams>) -> Result<J
             })
             .collect(),
     ))
+}
+
+fn detection(s: &ApiState) -> Result<std::sync::RwLockReadGuard<'_, DetectionState>, ApiError> {
+    s.detection.read().map_err(|_| ApiError(StatusCode::INTERNAL_SERVER_ERROR, "detection state unavailable".into()))
+}
+
+/// Latest time-to-exhaustion forecast of every watched resource, soonest first.
+async fn forecasts(State(s): State<ApiState>, Query(q): Query<NodeParam>) -> Result<Json<Vec<ForecastView>>, ApiError> {
+    let st = detection(&s)?;
+    let mut v: Vec<ForecastView> =
+        st.forecasts.values().filter(|f| q.node.as_ref().is_none_or(|n| *n == f.node)).cloned().collect();
+    v.sort_by(|a, b| {
+        let key = |f: &ForecastView| f.pessimistic_seconds.or(f.exhaustion_seconds).unwrap_or(f64::INFINITY);
+        key(a).total_cmp(&key(b))
+    });
+    Ok(Json(v))
+}
+
+/// Nodes that currently differ from the peers of their role, with the metrics that differ.
+async fn outliers(State(s): State<ApiState>) -> Result<Json<Vec<OutlierView>>, ApiError> {
+    Ok(Json(detection(&s)?.outliers.clone()))
+}
+
+/// Recent changepoints, newest first.
+async fn changepoints(
+    State(s): State<ApiState>,
+    Query(q): Query<NodeParam>,
+) -> Result<Json<Vec<ChangepointView>>, ApiError> {
+    let st = detection(&s)?;
+    Ok(Json(st.changepoints.iter().rev().filter(|c| q.node.as_ref().is_none_or(|n| *n == c.node)).cloned().collect()))
+}
+
+/// The active rules (name, file:line, description) and the errors of a rejected reload.
+async fn rules(State(s): State<ApiState>) -> Json<serde_json::Value> {
+    let Some(active) = &s.rules else {
+        return Json(serde_json::json!({"rules_dir": null, "rules": [], "errors": []}));
+    };
+    let set = active.get();
+    let rules: Vec<serde_json::Value> = set
+        .rules
+        .iter()
+        .map(|r| {
+            serde_json::json!({
+                "name": r.rule.name,
+                "description": r.rule.description,
+                "file": format!("{}:{}", r.file.display(), r.line),
+                "dry_run": r.rule.guards.dry_run,
+            })
+        })
+        .collect();
+    Json(serde_json::json!({"rules": rules, "errors": active.last_errors()}))
 }

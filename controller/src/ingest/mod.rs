@@ -182,6 +182,7 @@ impl IngestService {
                 Some(agent_message::Msg::Heartbeat(_)) => {}
                 Some(agent_message::Msg::CommandResult(r)) => {
                     tracing::info!(command = %r.id, status = r.status, message = %r.message, "command result");
+                    self.nodes.command_done(r);
                 }
                 Some(agent_message::Msg::Hello(_)) => {
                     self.metrics.reject(&self.metrics.streams_rejected, "malformed");

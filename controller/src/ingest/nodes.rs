@@ -14,6 +14,8 @@ struct Inner {
     sessions: HashMap<String, Session>,
     store_error: Option<String>,
     next_session: u64,
+    /// Commands sent to agents, waiting for their result.
+    pending: HashMap<String, tokio::sync::oneshot::Sender<medic_proto::v1::CommandResult>>,
 }
 
 struct Session {
@@ -127,6 +129,32 @@ impl NodeTable {
     /// The outbound stream of a connected node, for commands.
     pub fn outbound(&self, node: &str) -> Option<Outbound> {
         self.lock().sessions.get(node).map(|s| s.outbound.clone())
+    }
+
+    /// Sends a command to a connected node; the receiver gets the agent's result.
+    pub fn send_command(
+        &self,
+        node: &str,
+        cmd: medic_proto::v1::Command,
+    ) -> Result<tokio::sync::oneshot::Receiver<medic_proto::v1::CommandResult>, String> {
+        use medic_proto::v1::{ControllerMessage, controller_message::Msg};
+        let mut g = self.lock();
+        let out = g.sessions.get(node).map(|s| s.outbound.clone()).ok_or_else(|| format!("{node} is not connected"))?;
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let id = cmd.id.clone();
+        out.try_send(Ok(ControllerMessage { msg: Some(Msg::Command(cmd)) }))
+            .map_err(|e| format!("cannot queue the command for {node}: {e}"))?;
+        g.pending.insert(id, tx);
+        Ok(rx)
+    }
+
+    /// An agent answered a command.
+    pub fn command_done(&self, r: medic_proto::v1::CommandResult) {
+        if let Some(tx) = self.lock().pending.remove(&r.id) {
+            let _ = tx.send(r);
+        } else {
+            tracing::warn!(command = %r.id, "result for a command nobody waits for (timed out, or sent before a restart)");
+        }
     }
 
     pub fn status(&self) -> Vec<NodeStatus> {

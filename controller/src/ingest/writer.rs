@@ -6,6 +6,7 @@
 //! and grouping many agents' batches into one durable write keeps fsyncs off the per-batch path.
 
 use super::nodes::NodeTable;
+use crate::detect::engine::{EngineHandle, StoredBatch};
 use crate::store::{NodeRecord, Store, StoreError, WriteSet};
 use crate::telemetry::Metrics;
 use medic_proto::v1::{Ack, Batch, ControllerMessage, controller_message::Msg};
@@ -49,6 +50,8 @@ pub struct Writer {
     nodes: NodeTable,
     metrics: Arc<Metrics>,
     opts: WriterOptions,
+    /// Stored batches go on to detection (never blocking this task).
+    detection: Option<EngineHandle>,
 }
 
 /// What to tell a batch's sender once its group is durable.
@@ -64,7 +67,12 @@ fn now_ms() -> i64 {
 
 impl Writer {
     pub fn new(store: Arc<dyn Store>, nodes: NodeTable, metrics: Arc<Metrics>, opts: WriterOptions) -> Self {
-        Self { store, nodes, metrics, opts }
+        Self { store, nodes, metrics, opts, detection: None }
+    }
+
+    pub fn with_detection(mut self, engine: EngineHandle) -> Self {
+        self.detection = Some(engine);
+        self
     }
 
     pub async fn run(self, mut rx: mpsc::Receiver<Job>) {
@@ -147,7 +155,15 @@ impl Writer {
             set.batches.iter().fold((0, 0), |(s, l), (_, b)| (s + b.samples.len() as u64, l + b.logs.len() as u64));
         let stored_batches = set.batches.len() as u64;
 
+        let for_detection: Vec<(String, Arc<Batch>)> =
+            if self.detection.is_some() { set.batches.clone() } else { Vec::new() };
         self.write_until_stored(set).await;
+        if let Some(engine) = &self.detection {
+            for (node, batch) in for_detection {
+                let labels = touched.get(&node).map(|r| r.labels.clone()).unwrap_or_default();
+                engine.submit(StoredBatch { node, labels, batch });
+            }
+        }
 
         self.nodes.update(touched.into_values());
         self.metrics.batches_stored.inc_by(stored_batches);

@@ -39,25 +39,54 @@ struct Args {
 enum Motion {
     Constant,
     /// Counter of seconds with 10 ms resolution; `share` of a core on average.
-    CpuSeconds { share: f64 },
+    CpuSeconds {
+        share: f64,
+    },
     /// Integer counter with bursty increments averaging `per_round`.
-    Events { per_round: f64 },
+    Events {
+        per_round: f64,
+    },
     /// Gauge in 4 KiB pages drifting by about `swing` bytes per round.
-    Pages { swing: f64 },
+    Pages {
+        swing: f64,
+    },
     /// Gauge with two decimals (load, ratios).
-    Decimal { swing: f64 },
+    Decimal {
+        swing: f64,
+    },
 }
 
 fn motion(s: &Sample) -> Motion {
     let m = s.metric.as_str();
     let counter = s.kind == MetricKind::Counter as i32;
-    if m.contains("size_bytes") || m.contains("boot_time") || m.contains("Total_bytes") || m.ends_with("_files") || m.contains("readonly") || m.contains("device_error") {
+    if m.contains("size_bytes")
+        || m.contains("boot_time")
+        || m.contains("Total_bytes")
+        || m.ends_with("_files")
+        || m.contains("readonly")
+        || m.contains("device_error")
+    {
         Motion::Constant
     } else if counter && m.ends_with("seconds_total") {
         let mode = s.labels.iter().find(|l| l.name == "mode").map(|l| l.value.as_str());
-        Motion::CpuSeconds { share: match mode { Some("idle") => 0.7, Some("user") => 0.15, Some("system") => 0.06, Some("iowait") => 0.02, Some(_) => 0.003, None => 0.05 } }
+        Motion::CpuSeconds {
+            share: match mode {
+                Some("idle") => 0.7,
+                Some("user") => 0.15,
+                Some("system") => 0.06,
+                Some("iowait") => 0.02,
+                Some(_) => 0.003,
+                None => 0.05,
+            },
+        }
     } else if counter {
-        let per_round = if m.contains("bytes") { 200_000.0 } else if m.contains("errs") || m.contains("drop") { 0.02 } else { 300.0 };
+        let per_round = if m.contains("bytes") {
+            200_000.0
+        } else if m.contains("errs") || m.contains("drop") {
+            0.02
+        } else {
+            300.0
+        };
         Motion::Events { per_round }
     } else if m.ends_with("_bytes") {
         Motion::Pages { swing: 2_000_000.0 }
@@ -121,10 +150,17 @@ async fn main() -> Result<()> {
     let catalog = host_catalog();
     anyhow::ensure!(!catalog.is_empty(), "the host collectors produced nothing");
     let rounds = args.hours * 360;
-    println!("{} nodes × {} series × {} rounds (10 s) = {} samples", args.nodes, catalog.len(), rounds, args.nodes as u64 * catalog.len() as u64 * rounds);
+    println!(
+        "{} nodes × {} series × {} rounds (10 s) = {} samples",
+        args.nodes,
+        catalog.len(),
+        rounds,
+        args.nodes as u64 * catalog.len() as u64 * rounds
+    );
 
     let dir = tempfile::tempdir()?;
-    let ch = ClickHouseProc::start(&dir.path().join("clickhouse")).await.context("starting the ClickHouse test engine")?;
+    let ch =
+        ClickHouseProc::start(&dir.path().join("clickhouse")).await.context("starting the ClickHouse test engine")?;
     let mut opts = ClickHouseOptions::new(ch.url());
     opts.retention = Duration::from_secs(3650 * 86400);
     let clickhouse: Arc<dyn Store> = Arc::new(ClickHouseStore::open(opts).await?);
@@ -154,11 +190,19 @@ async fn main() -> Result<()> {
                     })
                     .collect();
                 total += samples.len() as u64;
-                set.batches.push((format!("node-{n}"), Arc::new(Batch { seq: r + 1, created_unix_ms: ts, samples, logs: vec![] })));
+                set.batches.push((
+                    format!("node-{n}"),
+                    Arc::new(Batch { seq: r + 1, created_unix_ms: ts, samples, logs: vec![] }),
+                ));
             }
         }
         set.nodes = (0..args.nodes)
-            .map(|n| NodeRecord { node: format!("node-{n}"), spool_id: "bench".into(), last_seq: first + 1, ..Default::default() })
+            .map(|n| NodeRecord {
+                node: format!("node-{n}"),
+                spool_id: "bench".into(),
+                last_seq: first + 1,
+                ..Default::default()
+            })
             .collect();
         clickhouse.write(set.clone()).await?;
         embedded.write(set).await?;
@@ -188,7 +232,19 @@ async fn main() -> Result<()> {
         }
     }
     // How the value column would fare under other codecs, on the same data.
-    let probes: &[&str] = if args.codec_probe { &["Gorilla, ZSTD(1)", "FPC(12), ZSTD(3)", "ZSTD(3)", "Delta, ZSTD(3)", "Delta, ZSTD(9)", "DoubleDelta, ZSTD(3)", "Delta(8), LZ4HC(9)"] } else { &[] };
+    let probes: &[&str] = if args.codec_probe {
+        &[
+            "Gorilla, ZSTD(1)",
+            "FPC(12), ZSTD(3)",
+            "ZSTD(3)",
+            "Delta, ZSTD(3)",
+            "Delta, ZSTD(9)",
+            "DoubleDelta, ZSTD(3)",
+            "Delta(8), LZ4HC(9)",
+        ]
+    } else {
+        &[]
+    };
     for codec in probes {
         ch.query("DROP TABLE IF EXISTS medic.codec_probe").await?;
         ch.query(&format!(

@@ -1,0 +1,73 @@
+//! The controller's current view of each node, kept from stored batches: the latest value of
+//! every series, when each metric was last seen, recent log signatures, and the node's labels.
+
+use medic_proto::v1::Batch;
+use std::collections::{BTreeMap, HashMap, VecDeque};
+
+/// Latest value of one series.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Latest {
+    pub labels: BTreeMap<String, String>,
+    pub ts_ms: i64,
+    pub value: f64,
+}
+
+#[derive(Debug, Default)]
+pub struct NodeFacts {
+    pub labels: BTreeMap<String, String>,
+    /// metric → series (by label string) → latest value.
+    pub series: HashMap<String, HashMap<String, Latest>>,
+    /// metric → last time any series of it arrived.
+    pub last_seen: HashMap<String, i64>,
+    /// signature → times it was logged (bounded).
+    pub signatures: HashMap<String, VecDeque<i64>>,
+    pub last_batch_ms: i64,
+    pub first_batch_ms: i64,
+}
+
+#[derive(Debug, Default)]
+pub struct Facts {
+    pub nodes: BTreeMap<String, NodeFacts>,
+}
+
+/// Enough for any sane `count` within a `window`; older entries fall off.
+const MAX_SIGNATURES: usize = 10_000;
+
+impl Facts {
+    pub fn observe(&mut self, node: &str, labels: &[(String, String)], batch: &Batch) {
+        let nf = self.nodes.entry(node.to_string()).or_default();
+        nf.labels = labels.iter().cloned().collect();
+        if nf.first_batch_ms == 0 {
+            nf.first_batch_ms = batch.created_unix_ms;
+        }
+        nf.last_batch_ms = nf.last_batch_ms.max(batch.created_unix_ms);
+        for s in &batch.samples {
+            let key: String = s.labels.iter().map(|l| format!("{}={},", l.name, l.value)).collect();
+            let per_metric = nf.series.entry(s.metric.clone()).or_default();
+            let newer = per_metric.get(&key).is_none_or(|l| l.ts_ms <= s.timestamp_ms);
+            if newer {
+                let labels = s.labels.iter().map(|l| (l.name.clone(), l.value.clone())).collect();
+                per_metric.insert(key, Latest { labels, ts_ms: s.timestamp_ms, value: s.value });
+            }
+            let seen = nf.last_seen.entry(s.metric.clone()).or_insert(s.timestamp_ms);
+            *seen = (*seen).max(s.timestamp_ms);
+        }
+        for l in &batch.logs {
+            if let Some(sig) = l.fields.iter().find(|f| f.name == "signature") {
+                let q = nf.signatures.entry(sig.value.clone()).or_default();
+                q.push_back(l.timestamp_ms);
+                while q.len() > MAX_SIGNATURES {
+                    q.pop_front();
+                }
+            }
+        }
+    }
+
+    /// Nodes whose labels include every pair of `selector`.
+    pub fn selected<'a>(
+        &'a self,
+        selector: &'a BTreeMap<String, String>,
+    ) -> impl Iterator<Item = (&'a String, &'a NodeFacts)> {
+        self.nodes.iter().filter(move |(_, n)| selector.iter().all(|(k, v)| n.labels.get(k) == Some(v)))
+    }
+}

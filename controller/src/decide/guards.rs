@@ -1,0 +1,306 @@
+//! Guard rails between a firing rule and an action: what may run now, and why not otherwise.
+//! Checked in order, the first that objects decides: a failing rule stops retrying; one action
+//! per target at a time; cooldown per target; rate limit per rule and for the whole controller;
+//! blast radius (nodes at once, share of a role, never two replicas of one shard); then dry-run
+//! and approval.
+
+use super::conditions::Firing;
+use crate::rules::model::Guards;
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::time::Duration;
+
+/// Controller-wide limit on actions, across all rules.
+#[derive(Debug, Clone)]
+pub struct GlobalLimit {
+    pub max: u32,
+    pub per: Duration,
+}
+
+impl Default for GlobalLimit {
+    fn default() -> Self {
+        Self { max: 10, per: Duration::from_secs(600) }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Decision {
+    /// Go ahead.
+    Act,
+    /// Record what would have been done, do nothing.
+    DryRun,
+    /// Hold until approved (or expired).
+    AwaitApproval,
+    /// A guard said no.
+    Skip { guard: &'static str, reason: String },
+}
+
+#[derive(Debug, Clone)]
+struct Active {
+    rule: String,
+    node: String,
+    target: String,
+}
+
+/// What the guards remember between decisions.
+#[derive(Debug, Default)]
+pub struct GuardState {
+    global: GlobalLimit,
+    last_action: HashMap<(String, String, String), i64>,
+    per_rule: HashMap<String, VecDeque<i64>>,
+    all: VecDeque<i64>,
+    active: HashMap<String, Active>,
+    failing: HashSet<String>,
+}
+
+/// Node labels of the fleet, for blast radius.
+pub type Fleet = BTreeMap<String, BTreeMap<String, String>>;
+
+impl GuardState {
+    pub fn new(global: GlobalLimit) -> Self {
+        Self { global, ..Default::default() }
+    }
+
+    pub fn decide(&self, f: &Firing, g: &Guards, fleet: &Fleet, now_ms: i64) -> Decision {
+        let skip = |guard, reason: String| Decision::Skip { guard, reason };
+        if self.failing.contains(&f.rule) {
+            return skip(
+                "rule_failing",
+                format!("rule {} failed verification earlier and does not retry until re-enabled", f.rule),
+            );
+        }
+        // One action of a rule per node at a time: a second one could not be told apart when
+        // verifying, and stacking fixes on one node is how remediation makes things worse.
+        if let Some(a) = self.active.values().find(|a| a.rule == f.rule && a.node == f.node) {
+            return skip(
+                "in_progress",
+                format!("an action of this rule on {} ({}) is still being verified", a.node, a.target),
+            );
+        }
+        let key = (f.rule.clone(), f.node.clone(), f.target.clone());
+        if let Some(last) = self.last_action.get(&key) {
+            let left = g.cooldown.as_millis() as i64 - (now_ms - last);
+            if left > 0 {
+                return skip(
+                    "cooldown",
+                    format!("last action on this target {} s ago; cooldown {:?}", (now_ms - last) / 1000, g.cooldown),
+                );
+            }
+        }
+        if let Some(rl) = &g.rate_limit {
+            let n = self.per_rule.get(&f.rule).map(|q| recent(q, now_ms, rl.per)).unwrap_or(0);
+            if n >= rl.max as usize {
+                return skip(
+                    "rate_limit",
+                    format!("{n} actions of this rule in the last {:?} (max {})", rl.per, rl.max),
+                );
+            }
+        }
+        let n = recent(&self.all, now_ms, self.global.per);
+        if n >= self.global.max as usize {
+            return skip(
+                "global_rate_limit",
+                format!("{n} actions in the last {:?} across all rules (max {})", self.global.per, self.global.max),
+            );
+        }
+        let b = &g.blast_radius;
+        let busy_nodes: HashSet<&str> =
+            self.active.values().filter(|a| a.rule == f.rule).map(|a| a.node.as_str()).collect();
+        if !busy_nodes.contains(f.node.as_str()) && busy_nodes.len() as u32 >= b.max_nodes {
+            return skip(
+                "blast_radius",
+                format!("{} nodes already under action for this rule (max {})", busy_nodes.len(), b.max_nodes),
+            );
+        }
+        let labels = fleet.get(&f.node);
+        if let Some(role) = labels.and_then(|l| l.get("role")) {
+            let in_role = fleet.values().filter(|l| l.get("role") == Some(role)).count().max(1);
+            let busy_in_role = self
+                .active
+                .values()
+                .map(|a| a.node.as_str())
+                .chain(std::iter::once(f.node.as_str()))
+                .collect::<HashSet<_>>()
+                .into_iter()
+                .filter(|n| fleet.get(*n).and_then(|l| l.get("role")) == Some(role))
+                .count();
+            let pct = 100.0 * busy_in_role as f64 / in_role as f64;
+            // One node may always be acted on, however small the role: a percentage must not
+            // forbid fixing a two-node cluster.
+            if busy_in_role > 1 && pct > b.max_percent {
+                return skip(
+                    "blast_radius",
+                    format!(
+                        "{busy_in_role} of {in_role} {role} nodes would be under action ({pct:.0} % > {} %)",
+                        b.max_percent
+                    ),
+                );
+            }
+        }
+        if b.one_replica_per_shard
+            && let Some(shard) = labels.and_then(|l| l.get("shard"))
+        {
+            let sibling = self
+                .active
+                .values()
+                .find(|a| a.node != f.node && fleet.get(&a.node).and_then(|l| l.get("shard")) == Some(shard));
+            if let Some(s) = sibling {
+                return skip("shard", format!("{} (same shard {shard}) is under action by {}", s.node, s.rule));
+            }
+        }
+        if g.dry_run {
+            return Decision::DryRun;
+        }
+        if g.approval.is_some() {
+            return Decision::AwaitApproval;
+        }
+        Decision::Act
+    }
+
+    /// An action started (after approval, if one was needed).
+    pub fn started(&mut self, id: &str, f: &Firing, now_ms: i64) {
+        self.last_action.insert((f.rule.clone(), f.node.clone(), f.target.clone()), now_ms);
+        self.per_rule.entry(f.rule.clone()).or_default().push_back(now_ms);
+        self.all.push_back(now_ms);
+        self.active
+            .insert(id.to_string(), Active { rule: f.rule.clone(), node: f.node.clone(), target: f.target.clone() });
+        let horizon = now_ms - 86_400_000;
+        for q in self.per_rule.values_mut().chain(std::iter::once(&mut self.all)) {
+            while q.front().is_some_and(|t| *t < horizon) {
+                q.pop_front();
+            }
+        }
+    }
+
+    /// An action's verification finished; a failure stops the rule.
+    pub fn finished(&mut self, id: &str, succeeded: bool) {
+        if let Some(a) = self.active.remove(id)
+            && !succeeded
+        {
+            self.failing.insert(a.rule);
+        }
+    }
+
+    pub fn reenable(&mut self, rule: &str) {
+        self.failing.remove(rule);
+    }
+
+    pub fn failing_rules(&self) -> impl Iterator<Item = &String> {
+        self.failing.iter()
+    }
+}
+
+fn recent(q: &VecDeque<i64>, now_ms: i64, per: Duration) -> usize {
+    let since = now_ms - per.as_millis() as i64;
+    q.iter().filter(|t| **t > since).count()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rules::model::{Approval, BlastRadius, RateLimit};
+
+    fn firing(rule: &str, node: &str) -> Firing {
+        Firing { rule: rule.into(), node: node.into(), target: String::new(), evidence: "e".into(), since_ms: 0 }
+    }
+
+    fn fleet(n: usize, shards: usize) -> Fleet {
+        (0..n)
+            .map(|i| {
+                let l = [("role", "clickhouse".to_string()), ("shard", format!("s{}", i % shards))]
+                    .into_iter()
+                    .map(|(k, v)| (k.to_string(), v))
+                    .collect();
+                (format!("n{i}"), l)
+            })
+            .collect()
+    }
+
+    const MIN: i64 = 60_000;
+
+    #[test]
+    fn cooldown_applies_per_target_and_expires() {
+        let mut s = GuardState::new(GlobalLimit { max: 100, per: Duration::from_secs(60) });
+        let g = Guards { cooldown: Duration::from_secs(600), ..Default::default() };
+        let f = firing("r", "n0");
+        let fl = fleet(3, 3);
+        assert_eq!(s.decide(&f, &g, &fl, 0), Decision::Act);
+        s.started("a1", &f, 0);
+        s.finished("a1", true);
+        assert!(matches!(s.decide(&f, &g, &fl, 5 * MIN), Decision::Skip { guard: "cooldown", .. }));
+        assert_eq!(s.decide(&firing("r", "n1"), &g, &fl, 5 * MIN), Decision::Act, "another target is not cooled down");
+        assert_eq!(s.decide(&f, &g, &fl, 11 * MIN), Decision::Act);
+    }
+
+    #[test]
+    fn a_failed_action_stops_the_rule_until_re_enabled() {
+        let mut s = GuardState::default();
+        s.global = GlobalLimit::default();
+        let g = Guards::default();
+        let fl = fleet(3, 3);
+        s.started("a1", &firing("r", "n0"), 0);
+        assert!(matches!(s.decide(&firing("r", "n0"), &g, &fl, 1), Decision::Skip { guard: "in_progress", .. }));
+        s.finished("a1", false);
+        assert!(matches!(s.decide(&firing("r", "n1"), &g, &fl, 2), Decision::Skip { guard: "rule_failing", .. }));
+        s.reenable("r");
+        assert_eq!(s.decide(&firing("r", "n1"), &g, &fl, 3), Decision::Act);
+    }
+
+    #[test]
+    fn never_two_replicas_of_one_shard_and_dry_run_and_approval_come_last() {
+        let mut s = GuardState::new(GlobalLimit::default());
+        let g = Guards {
+            blast_radius: BlastRadius { max_nodes: 10, max_percent: 100.0, one_replica_per_shard: true },
+            ..Default::default()
+        };
+        let fl = fleet(4, 2); // n0,n2 in s0; n1,n3 in s1
+        s.started("a", &firing("other-rule", "n0"), 0);
+        assert!(matches!(s.decide(&firing("r", "n2"), &g, &fl, 1), Decision::Skip { guard: "shard", .. }));
+        assert_eq!(s.decide(&firing("r", "n1"), &g, &fl, 1), Decision::Act);
+        let dry = Guards { dry_run: true, ..g.clone() };
+        assert_eq!(s.decide(&firing("r", "n1"), &dry, &fl, 1), Decision::DryRun);
+        let appr = Guards { approval: Some(Approval { expires_after: Duration::from_secs(60) }), ..g };
+        assert_eq!(s.decide(&firing("r", "n1"), &appr, &fl, 1), Decision::AwaitApproval);
+    }
+
+    /// 100 simultaneous anomalies on 20 nodes: no more actions than the guards allow.
+    #[test]
+    fn a_storm_yields_no_more_actions_than_the_guards_allow() {
+        let mut s = GuardState::new(GlobalLimit { max: 10, per: Duration::from_secs(600) });
+        let fl = fleet(20, 10);
+        let g = Guards {
+            cooldown: Duration::from_secs(1800),
+            rate_limit: Some(RateLimit { max: 5, per: Duration::from_secs(3600) }),
+            blast_radius: BlastRadius { max_nodes: 3, max_percent: 25.0, one_replica_per_shard: true },
+            ..Default::default()
+        };
+        let mut acted = Vec::new();
+        let mut skipped: BTreeMap<&'static str, usize> = BTreeMap::new();
+        for i in 0..100 {
+            let f = Firing { target: format!("series-{}", i / 20), ..firing("storm", &format!("n{}", i % 20)) };
+            match s.decide(&f, &g, &fl, i) {
+                Decision::Act => {
+                    s.started(&format!("a{i}"), &f, i);
+                    acted.push(f.node.clone());
+                }
+                Decision::Skip { guard, .. } => *skipped.entry(guard).or_default() += 1,
+                other => panic!("{other:?}"),
+            }
+        }
+        assert_eq!(acted.len(), 3, "blast radius: at most 3 nodes at once; acted on {acted:?}, skipped {skipped:?}");
+        let shards: HashSet<String> = acted.iter().map(|n| fl[n]["shard"].clone()).collect();
+        assert_eq!(shards.len(), acted.len(), "never two replicas of one shard");
+        // Verified fine: the next wave is bounded by the rule's rate limit (5 per hour) in total.
+        for i in 0..3 {
+            s.finished(&format!("a{i}"), true);
+        }
+        let mut total = acted.len();
+        for i in 100..200 {
+            let f = Firing { target: format!("series-{}", i / 20), ..firing("storm", &format!("n{}", i % 20)) };
+            if s.decide(&f, &g, &fl, i) == Decision::Act {
+                s.started(&format!("b{i}"), &f, i);
+                total += 1;
+            }
+        }
+        assert_eq!(total, 5, "rate limit: 5 per hour in all");
+    }
+}

@@ -1,0 +1,516 @@
+//! The detection runtime: every batch the writer has durably stored is fed here, off the ingest
+//! path, and the detectors run on it — exhaustion forecasts, fleet peer-group outliers and
+//! changepoints on key per-node signals — on their own schedules. Results are kept as data:
+//! served by the API, exposed on /metrics, and (through [`DetectionSink`]) stored.
+//!
+//! It runs on its own OS thread behind a bounded queue: the model fits are CPU work that must
+//! never slow down acks. If it falls behind, batches are skipped for detection (counted) — they
+//! are stored all the same.
+
+use super::changepoint::{ChangepointConfig, ChangepointEvent, ChangepointTracker};
+use super::forecast::{ExhaustionForecaster, Forecast, ForecastConfig, Limit};
+use super::outlier::{OutlierFinding, PeerConfig, PeerGroups};
+use medic_proto::v1::{Batch, MetricKind, Sample};
+use serde::Serialize;
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{Receiver, SyncSender, TrySendError};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+/// What the engine is handed for each stored batch.
+pub struct StoredBatch {
+    pub node: String,
+    pub labels: Vec<(String, String)>,
+    pub batch: Arc<Batch>,
+}
+
+#[derive(Debug, Clone)]
+pub struct EngineConfig {
+    pub forecast: ForecastConfig,
+    pub peers: PeerConfig,
+    pub changepoints: ChangepointConfig,
+    /// The node label that defines peer groups.
+    pub role_label: String,
+    /// Parts per partition counted as exhaustion (ClickHouse's parts_to_throw_insert).
+    pub max_parts_per_partition: f64,
+    /// How often outliers are evaluated.
+    pub outlier_every: Duration,
+    /// Batches that may wait for the engine before it skips some.
+    pub queue: usize,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        Self {
+            forecast: ForecastConfig::default(),
+            peers: PeerConfig::default(),
+            changepoints: ChangepointConfig::default(),
+            role_label: "role".into(),
+            max_parts_per_partition: 3000.0,
+            outlier_every: Duration::from_secs(60),
+            queue: 1024,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ForecastView {
+    pub node: String,
+    pub resource: String,
+    pub exhaustion_seconds: Option<f64>,
+    pub pessimistic_seconds: Option<f64>,
+    pub model: String,
+    pub explanation: String,
+    pub computed_at: String,
+    pub computed_at_ms: i64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct OutlierView {
+    pub node: String,
+    pub role: String,
+    pub metrics: Vec<OutlierMetricView>,
+    pub detected_at: String,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct OutlierMetricView {
+    pub metric: String,
+    pub value: f64,
+    pub peer_median: f64,
+    pub outlying_fraction: f64,
+    pub flagged_by: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ChangepointView {
+    pub node: String,
+    pub metric: String,
+    pub labels: BTreeMap<String, String>,
+    pub at: String,
+    pub at_ms: i64,
+    pub before_mean: f64,
+    pub after_mean: f64,
+}
+
+/// Everything the detectors currently say, for the API and /metrics.
+#[derive(Debug, Default)]
+pub struct DetectionState {
+    pub forecasts: BTreeMap<(String, String), ForecastView>,
+    pub outliers: Vec<OutlierView>,
+    pub changepoints: VecDeque<ChangepointView>,
+    pub batches_seen: AtomicU64,
+    pub batches_skipped: AtomicU64,
+    pub errors: AtomicU64,
+}
+
+const MAX_CHANGEPOINTS: usize = 1000;
+
+fn rfc3339(ms: i64) -> String {
+    chrono::DateTime::from_timestamp_millis(ms).map(|d| d.to_rfc3339()).unwrap_or_default()
+}
+
+/// Where results go besides memory (the store); called on the engine thread.
+pub trait DetectionSink: Send + 'static {
+    fn forecasts(&mut self, _f: &[ForecastView]) {}
+    fn changepoints(&mut self, _c: &[ChangepointView]) {}
+    fn outliers(&mut self, _o: &[OutlierView]) {}
+}
+
+impl DetectionSink for () {}
+
+/// Hands batches to the engine without ever blocking the writer.
+#[derive(Clone)]
+pub struct EngineHandle {
+    tx: SyncSender<StoredBatch>,
+    pub state: Arc<RwLock<DetectionState>>,
+}
+
+impl EngineHandle {
+    pub fn submit(&self, b: StoredBatch) {
+        match self.tx.try_send(b) {
+            Ok(()) => {}
+            Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
+                if let Ok(s) = self.state.read() {
+                    s.batches_skipped.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }
+    }
+}
+
+/// Starts the engine thread.
+pub fn start(cfg: EngineConfig, sink: impl DetectionSink) -> EngineHandle {
+    let (tx, rx) = std::sync::mpsc::sync_channel(cfg.queue.max(1));
+    let state = Arc::new(RwLock::new(DetectionState::default()));
+    let engine = Engine::new(cfg, state.clone());
+    let spawned = std::thread::Builder::new().name("medic-detect".into()).spawn(move || engine.run(rx, sink));
+    if let Err(e) = spawned {
+        tracing::error!(error = %e, "cannot start the detection thread; detection is off");
+    }
+    EngineHandle { tx, state }
+}
+
+/// Per-node derived signals the fleet comparison and changepoints look at: few, meaningful,
+/// comparable across nodes of one role.
+const SIGNALS: &[&str] = &[
+    "load1",
+    "cpu_busy_cores",
+    "memory_available_bytes",
+    "disk_io_busy_ratio",
+    "network_receive_bytes_per_second",
+    "network_transmit_bytes_per_second",
+    "clickhouse_queries_running",
+    "clickhouse_query_p99_seconds",
+];
+
+struct Engine {
+    cfg: EngineConfig,
+    state: Arc<RwLock<DetectionState>>,
+    forecasters: HashMap<String, ExhaustionForecaster>,
+    peers: PeerGroups,
+    changepoints: ChangepointTracker,
+    /// Previous counter values per (node, series) for rates.
+    last_counter: HashMap<(String, String), (i64, f64)>,
+    last_outlier_run_ms: i64,
+}
+
+fn label<'a>(s: &'a Sample, name: &str) -> Option<&'a str> {
+    s.labels.iter().find(|l| l.name == name).map(|l| l.value.as_str())
+}
+
+fn series_id(s: &Sample) -> String {
+    let mut k = s.metric.clone();
+    for l in &s.labels {
+        k.push('\u{1f}');
+        k.push_str(&l.name);
+        k.push('=');
+        k.push_str(&l.value);
+    }
+    k
+}
+
+impl Engine {
+    fn new(cfg: EngineConfig, state: Arc<RwLock<DetectionState>>) -> Self {
+        Self {
+            peers: PeerGroups::new(cfg.peers.clone()),
+            changepoints: ChangepointTracker::new(cfg.changepoints.clone()),
+            cfg,
+            state,
+            forecasters: HashMap::new(),
+            last_counter: HashMap::new(),
+            last_outlier_run_ms: 0,
+        }
+    }
+
+    fn run(mut self, rx: Receiver<StoredBatch>, mut sink: impl DetectionSink) {
+        loop {
+            match rx.recv_timeout(Duration::from_secs(5)) {
+                Ok(b) => self.observe(&b),
+                Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
+                Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => return,
+            }
+            self.evaluate(chrono::Utc::now().timestamp_millis(), &mut sink);
+        }
+    }
+
+    /// Per-second rate of a counter sample; None on the first sample or a reset.
+    fn rate(&mut self, node: &str, s: &Sample) -> Option<f64> {
+        let key = (node.to_string(), series_id(s));
+        let prev = self.last_counter.insert(key, (s.timestamp_ms, s.value));
+        let (t0, v0) = prev?;
+        let dt = (s.timestamp_ms - t0) as f64 / 1000.0;
+        (dt > 0.0 && s.value >= v0).then(|| (s.value - v0) / dt)
+    }
+
+    fn observe(&mut self, b: &StoredBatch) {
+        if let Ok(s) = self.state.read() {
+            s.batches_seen.fetch_add(1, Ordering::Relaxed);
+        }
+        let node = b.node.as_str();
+        let role = b.labels.iter().find(|(n, _)| *n == self.cfg.role_label).map(|(_, v)| v.clone());
+        let mut sums: BTreeMap<&'static str, (i64, f64)> = BTreeMap::new();
+        let mut add = |sig: &'static str, ts: i64, v: f64| {
+            let e = sums.entry(sig).or_insert((ts, 0.0));
+            e.0 = e.0.max(ts);
+            e.1 += v;
+        };
+        let max_parts = self.cfg.max_parts_per_partition;
+        let fc = self
+            .forecasters
+            .entry(node.to_string())
+            .or_insert_with(|| ExhaustionForecaster::new(self.cfg.forecast.clone()));
+        let mut counters: Vec<&Sample> = Vec::new();
+        for s in &b.batch.samples {
+            let ts = s.timestamp_ms;
+            match s.metric.as_str() {
+                "node_filesystem_avail_bytes" => {
+                    if let Some(mp) = label(s, "mountpoint") {
+                        fc.observe(&format!("filesystem:{mp}"), Limit::Below(0.0), ts, s.value);
+                    }
+                }
+                "clickhouse_disk_free_bytes" => {
+                    if let Some(d) = label(s, "disk") {
+                        fc.observe(&format!("clickhouse_disk:{d}"), Limit::Below(0.0), ts, s.value);
+                    }
+                }
+                "clickhouse_table_max_parts_per_partition" => {
+                    if let (Some(db), Some(t)) = (label(s, "database"), label(s, "table"))
+                        && db != "system"
+                    {
+                        fc.observe(&format!("parts:{db}.{t}"), Limit::Above(max_parts), ts, s.value);
+                    }
+                }
+                "node_memory_MemAvailable_bytes" => {
+                    fc.observe("memory", Limit::Below(0.0), ts, s.value);
+                    add("memory_available_bytes", ts, s.value);
+                }
+                "node_load1" => add("load1", ts, s.value),
+                "clickhouse_metrics_Query" => add("clickhouse_queries_running", ts, s.value),
+                "clickhouse_query_duration_seconds" if label(s, "quantile") == Some("0.99") => {
+                    add("clickhouse_query_p99_seconds", ts, s.value)
+                }
+                _ if s.kind == MetricKind::Counter as i32 => counters.push(s),
+                _ => {}
+            }
+        }
+        for s in counters {
+            let sig = match s.metric.as_str() {
+                "node_cpu_seconds_total" if label(s, "mode") != Some("idle") && label(s, "mode") != Some("iowait") => {
+                    "cpu_busy_cores"
+                }
+                "node_disk_io_time_seconds_total" => "disk_io_busy_ratio",
+                "node_network_receive_bytes_total" if label(s, "device") != Some("lo") => {
+                    "network_receive_bytes_per_second"
+                }
+                "node_network_transmit_bytes_total" if label(s, "device") != Some("lo") => {
+                    "network_transmit_bytes_per_second"
+                }
+                _ => continue,
+            };
+            if let Some(r) = self.rate(node, s) {
+                add(sig, s.timestamp_ms, r);
+            }
+        }
+        let empty = BTreeMap::new();
+        for (sig, (ts, v)) in sums {
+            debug_assert!(SIGNALS.contains(&sig));
+            if let Some(role) = &role {
+                self.peers.observe(node, role, sig, ts, v);
+            }
+            self.changepoints.observe(node, sig, &empty, ts, v);
+        }
+    }
+
+    fn evaluate(&mut self, now_ms: i64, sink: &mut impl DetectionSink) {
+        let mut fresh = Vec::new();
+        for (node, fc) in self.forecasters.iter_mut() {
+            for r in fc.refresh_if_due(now_ms) {
+                match r {
+                    Ok(f) => fresh.push(view(node, f, now_ms)),
+                    Err((resource, e)) => {
+                        tracing::debug!(node = %node, resource, error = %e, "forecast failed");
+                        if let Ok(s) = self.state.read() {
+                            s.errors.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                }
+            }
+        }
+        let new_cps: Vec<ChangepointView> = match self.changepoints.run_if_due(now_ms) {
+            Ok(evts) => evts.into_iter().map(cp_view).collect(),
+            Err(e) => {
+                tracing::debug!(error = %e, "changepoint run failed");
+                Vec::new()
+            }
+        };
+        let outliers = if now_ms - self.last_outlier_run_ms >= self.cfg.outlier_every.as_millis() as i64 {
+            self.last_outlier_run_ms = now_ms;
+            self.peers.prune(now_ms);
+            match self.peers.evaluate(now_ms) {
+                Ok(f) => Some(f.into_iter().map(|o| outlier_view(o, now_ms)).collect::<Vec<_>>()),
+                Err(e) => {
+                    tracing::debug!(error = %e, "outlier evaluation failed");
+                    None
+                }
+            }
+        } else {
+            None
+        };
+        if fresh.is_empty() && new_cps.is_empty() && outliers.is_none() {
+            return;
+        }
+        if let Ok(mut st) = self.state.write() {
+            for f in &fresh {
+                st.forecasts.insert((f.node.clone(), f.resource.clone()), f.clone());
+            }
+            for c in &new_cps {
+                st.changepoints.push_back(c.clone());
+                while st.changepoints.len() > MAX_CHANGEPOINTS {
+                    st.changepoints.pop_front();
+                }
+            }
+            if let Some(o) = &outliers {
+                st.outliers = o.clone();
+            }
+        }
+        if !fresh.is_empty() {
+            sink.forecasts(&fresh);
+        }
+        if !new_cps.is_empty() {
+            tracing::info!(count = new_cps.len(), "changepoints detected");
+            sink.changepoints(&new_cps);
+        }
+        if let Some(o) = outliers.filter(|o| !o.is_empty()) {
+            for f in &o {
+                tracing::info!(node = %f.node, role = %f.role, metrics = ?f.metrics.iter().map(|m| &m.metric).collect::<Vec<_>>(), "node differs from its peers");
+            }
+            sink.outliers(&o);
+        }
+    }
+}
+
+fn view(node: &str, f: Forecast, now_ms: i64) -> ForecastView {
+    ForecastView {
+        node: node.to_string(),
+        resource: f.resource,
+        exhaustion_seconds: f.exhaustion_seconds,
+        pessimistic_seconds: f.pessimistic_seconds,
+        model: f.model,
+        explanation: f.explanation,
+        computed_at: rfc3339(now_ms),
+        computed_at_ms: now_ms,
+    }
+}
+
+fn cp_view(e: ChangepointEvent) -> ChangepointView {
+    ChangepointView {
+        at: rfc3339(e.ts_ms),
+        node: e.node,
+        metric: e.metric,
+        labels: e.labels,
+        at_ms: e.ts_ms,
+        before_mean: e.before_mean,
+        after_mean: e.after_mean,
+    }
+}
+
+fn outlier_view(o: OutlierFinding, now_ms: i64) -> OutlierView {
+    OutlierView {
+        node: o.node,
+        role: o.role,
+        detected_at: rfc3339(now_ms),
+        metrics: o
+            .metrics
+            .into_iter()
+            .map(|m| OutlierMetricView {
+                metric: m.metric,
+                value: m.value,
+                peer_median: m.peer_median,
+                outlying_fraction: m.outlying_fraction,
+                flagged_by: m.flagged_by.iter().map(|f| format!("{f:?}").to_lowercase()).collect(),
+            })
+            .collect(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use medic_proto::v1::Label;
+
+    fn gauge(metric: &str, labels: &[(&str, &str)], ts: i64, v: f64) -> Sample {
+        Sample {
+            metric: metric.into(),
+            labels: labels.iter().map(|(n, v)| Label::new(*n, *v)).collect(),
+            timestamp_ms: ts,
+            value: v,
+            kind: MetricKind::Gauge as i32,
+        }
+    }
+
+    #[derive(Default)]
+    struct Captured {
+        forecasts: Vec<ForecastView>,
+        outliers: Vec<OutlierView>,
+    }
+
+    impl DetectionSink for Captured {
+        fn forecasts(&mut self, f: &[ForecastView]) {
+            self.forecasts.extend_from_slice(f);
+        }
+        fn outliers(&mut self, o: &[OutlierView]) {
+            self.outliers.extend_from_slice(o);
+        }
+    }
+
+    /// Five nodes of one role for three days: their data disks fill at a steady rate, and one
+    /// node runs at eight times the load of the others.
+    #[test]
+    fn stored_batches_yield_forecasts_per_node_and_flag_the_odd_node_of_a_role() {
+        let mut engine = Engine::new(EngineConfig::default(), Arc::new(RwLock::new(DetectionState::default())));
+        let t0: i64 = 1_795_000_000_000;
+        let day = 86_400_000i64;
+        let end = t0 + 3 * day;
+        let mut ts: Vec<i64> = (0..).map(|i| t0 + i * 300_000).take_while(|t| *t < end - 1_200_000).collect();
+        ts.extend((0..40).map(|i| end - 1_200_000 + i * 30_000));
+        let total = 1e12;
+        // 10 % of the disk per day: empty 10 days after t0, 7 days after the last sample.
+        let per_ms = total * 0.1 / day as f64;
+        for &t in &ts {
+            for n in 0..5 {
+                let load = if n == 4 { 8.0 } else { 1.0 } + ((t / 30_000 + n) % 7) as f64 * 0.01;
+                let samples = vec![
+                    gauge(
+                        "node_filesystem_avail_bytes",
+                        &[("mountpoint", "/data")],
+                        t,
+                        total - per_ms * (t - t0) as f64,
+                    ),
+                    gauge("node_load1", &[], t, load),
+                ];
+                engine.observe(&StoredBatch {
+                    node: format!("ch-{n}"),
+                    labels: vec![("role".into(), "clickhouse".into())],
+                    batch: Arc::new(Batch { seq: 1, created_unix_ms: t, samples, logs: vec![] }),
+                });
+            }
+        }
+        let mut got = Captured::default();
+        let now = *ts.last().unwrap();
+        engine.evaluate(now, &mut got);
+
+        assert_eq!(got.forecasts.len(), 5, "one forecast per node: {:?}", got.forecasts);
+        for f in &got.forecasts {
+            assert_eq!(f.resource, "filesystem:/data");
+            let days = f.exhaustion_seconds.expect("a filling disk exhausts") / 86_400.0;
+            assert!((days - 7.0).abs() < 0.7, "{}: {days:.2} days, explanation: {}", f.node, f.explanation);
+            let pessimistic = f.pessimistic_seconds.expect("pessimistic bound") / 86_400.0;
+            assert!(pessimistic <= days + 1e-9, "the pessimistic bound comes first");
+        }
+        assert_eq!(got.outliers.len(), 1, "{:?}", got.outliers);
+        assert_eq!(got.outliers[0].node, "ch-4");
+        assert_eq!(got.outliers[0].role, "clickhouse");
+        assert!(got.outliers[0].metrics.iter().any(|m| m.metric == "load1"));
+        let st = engine.state.read().unwrap();
+        assert_eq!(st.forecasts.len(), 5);
+        assert_eq!(st.outliers.len(), 1);
+    }
+
+    #[test]
+    fn counters_become_rates_and_a_reset_is_not_a_negative_rate() {
+        let mut engine = Engine::new(EngineConfig::default(), Arc::new(RwLock::new(DetectionState::default())));
+        let c = |ts: i64, v: f64| Sample {
+            metric: "node_network_receive_bytes_total".into(),
+            labels: vec![Label::new("device", "eth0")],
+            timestamp_ms: ts,
+            value: v,
+            kind: MetricKind::Counter as i32,
+        };
+        assert_eq!(engine.rate("n", &c(0, 100.0)), None, "no rate from one sample");
+        assert_eq!(engine.rate("n", &c(10_000, 1100.0)), Some(100.0));
+        assert_eq!(engine.rate("n", &c(20_000, 50.0)), None, "a reset");
+        assert_eq!(engine.rate("n", &c(30_000, 1050.0)), Some(100.0));
+    }
+}
