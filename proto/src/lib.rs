@@ -1,5 +1,7 @@
 //! The Medic wire protocol: generated types and gRPC client/server for `medic.v1`.
 
+pub mod codec;
+
 #[allow(clippy::all, missing_docs)]
 pub mod v1 {
     tonic::include_proto!("medic.v1");

@@ -211,6 +211,13 @@ impl Generator {
         Self { series_count, phase: node_index as f64 * 0.37, round: 0, pos: 0, ts: 0 }
     }
 
+    /// A generator whose rounds are stamped `ts + 1`, `ts + 2`, ... as long as that is ahead of
+    /// the clock, so two of them produce identical samples (tests).
+    #[cfg(test)]
+    pub fn starting_at(series_count: usize, node_index: usize, ts: i64) -> Self {
+        Self { ts, ..Self::new(series_count, node_index) }
+    }
+
     /// Calls `f(series index, timestamp ms, value)` for the next `n` samples.
     pub fn next_samples(&mut self, series: &[SeriesDef], n: usize, mut f: impl FnMut(usize, i64, f64)) {
         for _ in 0..n {
