@@ -7,7 +7,6 @@ const RI = '$__rate_interval';
 const ANOMALY = { kind: 'future', reason: 'Until anomaly detection lands in the controller (medic_anomaly_score)' };
 const FORECAST = { kind: 'future', reason: 'Until exhaustion forecasting lands in the controller (medic_forecast_exhaustion_seconds)' };
 const ACTIONS = { kind: 'future', reason: 'Until remediation playbooks land in the controller (medic_actions_total)' };
-const APPROVAL = { kind: 'future', reason: 'Until remediation approvals land in the controller (medic_actions_pending_approval)' };
 const RULES = { kind: 'future', reason: 'Until rule files land in the controller (medic_rules_last_reload_success)' };
 const REJECTS = { kind: 'fault', reason: 'Until the controller rejects a sample or a stream (a reason label appears with the first one)' };
 const COLLECTOR_ERR = { kind: 'fault', reason: 'Until a collector fails a round (a collector label appears with the first failure)' };
@@ -269,7 +268,7 @@ function remediation() {
   const vars = [queryVar('rule', 'Rule', 'Remediation rules that have acted', 'label_values(medic_actions_total, rule)', { multi: true, includeAll: true, empty: ACTIONS })];
   const panels = [
     row('Now'),
-    stat('Pending approval', 'Actions waiting for a human to approve them.', [q('sum(medic_actions_pending_approval)', 'pending', { empty: APPROVAL })], { w: 6, thresholds: steps(['green'], [1, 'orange']) }),
+    stat('Pending approval', 'Actions waiting for a human to approve them.', [q('sum(medic_actions_pending_approval)', 'pending')], { w: 6, thresholds: steps(['green'], [1, 'orange']) }),
     stat('Rules loaded', 'Whether the last reload of the rule files succeeded (a failed reload keeps the previous rules).', [q('min(medic_rules_last_reload_success)', 'reload', { empty: RULES })], { w: 6, graph: 'none', mappings: [{ type: 'value', options: { 0: { text: 'FAILED', color: 'red', index: 0 }, 1: { text: 'OK', color: 'green', index: 1 } } }], thresholds: steps(['red'], [1, 'green']) }),
     stat('Actions (range)', 'Actions taken in the selected time range.', [q(`sum(increase(medic_actions_total{${R}}[$__range]))`, 'actions', { empty: ACTIONS })], { w: 6, decimals: 0 }),
     stat('Failed, rolled back or escalated (range)', 'Actions that did not fix the problem in the selected time range.', [q(`sum(increase(medic_actions_total{${R},outcome=~"failed|rolled_back|escalated"}[$__range])) or vector(0)`, 'not fixed')], { w: 6, decimals: 0, thresholds: steps(['green'], [1, 'red']) }),
