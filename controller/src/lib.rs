@@ -5,7 +5,9 @@
 //! /healthz, /metrics and /api/v1; `server` wires it all together.
 
 pub mod api;
+pub mod bench;
 pub mod config;
+pub mod detect;
 pub mod ingest;
 pub mod server;
 pub mod store;
