@@ -50,7 +50,8 @@ struct NabArgs {
 struct DetectArgs {
     #[arg(long, default_value_t = 100_000)]
     series: usize,
-    #[arg(long, default_value_t = 50)]
+    /// Samples per series; the first 50 of each are warm-up (scored 0, still fully processed).
+    #[arg(long, default_value_t = 200)]
     samples_per_series: usize,
 }
 

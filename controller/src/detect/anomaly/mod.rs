@@ -143,6 +143,28 @@ pub struct Config {
     pub refractory: f32,
     /// Scales never drop below this fraction of the baseline's magnitude.
     pub relative_floor: f32,
+    pub weights: Weights,
+}
+
+/// How much each kind of evidence counts in the score (multiplies its surprise).
+///
+/// The level-shift CUSUM is computed and reported as a signal but does not raise the score by
+/// default: on NAB every weight above 0 cost points (43.5 at 0, 39.8 at 0.2, 37.4 at 0.3),
+/// because the distribution evidence already sees sustained shifts, a few samples later but
+/// with far fewer false alarms on bursty series. The distribution evidence counts double for
+/// the same reason: it is the best-calibrated of the four (38.8 → 43.5 on NAB).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Weights {
+    pub spike: f32,
+    pub level_shift: f32,
+    pub distribution: f32,
+    pub flatline: f32,
+}
+
+impl Default for Weights {
+    fn default() -> Self {
+        Self { spike: 1.0, level_shift: 0.0, distribution: 2.0, flatline: 1.0 }
+    }
 }
 
 impl Default for Config {
@@ -156,7 +178,8 @@ impl Default for Config {
             flat_horizon: 100.0,
             alert_surprise: 5.0,
             quiet_surprise: 3.0,
-            refractory: 150.0,
+            refractory: 600.0,
+            weights: Weights::default(),
             relative_floor: 1e-4,
         }
     }
@@ -300,7 +323,8 @@ impl SeriesDetector {
                 signals.set(sig);
             }
         }
-        let surprise = spike.max(shift).max(dist).max(flat);
+        let w = &cfg.weights;
+        let surprise = (w.spike * spike).max(w.level_shift * shift).max(w.distribution * dist).max(w.flatline * flat);
         let value = if self.n <= cfg.warmup { 0.0 } else { self.gate.score(surprise, cfg) };
         Score { value: value as f64, signals, baseline: pred.baseline as f64, observed: x as f64, surprise: surprise as f64 }
     }
