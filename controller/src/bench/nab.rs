@@ -77,7 +77,12 @@ pub fn score_rows(rows: &[Row], cfg: Config) -> Vec<f64> {
 fn list_files(data: &Path, files: Option<&Path>) -> Result<Vec<PathBuf>, NabError> {
     if let Some(list) = files {
         let text = std::fs::read_to_string(list).map_err(io(list))?;
-        return Ok(text.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')).map(PathBuf::from).collect());
+        return Ok(text
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty() && !l.starts_with('#'))
+            .map(PathBuf::from)
+            .collect());
     }
     let mut out = Vec::new();
     for cat in std::fs::read_dir(data).map_err(io(data))? {
@@ -87,10 +92,10 @@ fn list_files(data: &Path, files: Option<&Path>) -> Result<Vec<PathBuf>, NabErro
         }
         for f in std::fs::read_dir(&cat).map_err(io(&cat))? {
             let f = f.map_err(io(&cat))?.path();
-            if f.extension().is_some_and(|e| e == "csv") {
-                if let Ok(rel) = f.strip_prefix(data) {
-                    out.push(rel.to_path_buf());
-                }
+            if f.extension().is_some_and(|e| e == "csv")
+                && let Ok(rel) = f.strip_prefix(data)
+            {
+                out.push(rel.to_path_buf());
             }
         }
     }

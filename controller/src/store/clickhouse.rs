@@ -317,8 +317,9 @@ impl ClickHouseStore {
         struct V {
             version: u32,
         }
-        let applied: Vec<V> =
-            self.fetch(self.client.query(&format!("SELECT version FROM {db}.schema_migrations")), "reading schema version").await?;
+        let applied: Vec<V> = self
+            .fetch(self.client.query(&format!("SELECT version FROM {db}.schema_migrations")), "reading schema version")
+            .await?;
         let applied: std::collections::BTreeSet<u32> = applied.into_iter().map(|v| v.version).collect();
         for (version, statements) in self.migrations() {
             if applied.contains(&version) {
@@ -370,7 +371,9 @@ impl ClickHouseStore {
             v: u64,
         }
         let db = self.db().to_string();
-        let m: Vec<M> = self.fetch(self.client.query(&format!("SELECT max(version) AS v FROM {db}.nodes")), "reading the last commit").await?;
+        let m: Vec<M> = self
+            .fetch(self.client.query(&format!("SELECT max(version) AS v FROM {db}.nodes")), "reading the last commit")
+            .await?;
         let committed = m.first().map(|m| m.v).unwrap_or(0);
         for table in ["samples", "logs"] {
             #[derive(Row, Deserialize)]
@@ -379,13 +382,20 @@ impl ClickHouseStore {
             }
             let c: Vec<C> = self
                 .fetch(
-                    self.client.query(&format!("SELECT count() AS n FROM {db}.{table} WHERE commit > ?")).bind(committed),
+                    self.client
+                        .query(&format!("SELECT count() AS n FROM {db}.{table} WHERE commit > ?"))
+                        .bind(committed),
                     "counting uncommitted rows",
                 )
                 .await?;
             let n = c.first().map(|c| c.n).unwrap_or(0);
             if n > 0 {
-                tracing::warn!(table, rows = n, committed, "removing rows of a write that was never committed; the agents replay them");
+                tracing::warn!(
+                    table,
+                    rows = n,
+                    committed,
+                    "removing rows of a write that was never committed; the agents replay them"
+                );
                 self.exec(&format!(
                     "ALTER TABLE {db}.{table} DELETE WHERE commit > {committed} SETTINGS mutations_sync = 2"
                 ))
@@ -614,7 +624,8 @@ mod tests {
 
     #[test]
     fn label_strings_round_trip_with_quotes_backslashes_and_newlines() {
-        let labels = vec![Label::new("a", "plain"), Label::new("b", "with \"quotes\", \\ and\nnewline"), Label::new("c", "")];
+        let labels =
+            vec![Label::new("a", "plain"), Label::new("b", "with \"quotes\", \\ and\nnewline"), Label::new("c", "")];
         let mut s = String::new();
         encode_labels(&labels, &mut s);
         assert_eq!(s, r#"a="plain",b="with \"quotes\", \\ and\nnewline",c="""#);

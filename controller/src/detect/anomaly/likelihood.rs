@@ -25,7 +25,9 @@ pub(crate) struct Likelihood {
 
 impl Likelihood {
     /// Feed one raw score; returns -log10 of the tail probability of the recent short mean
-    /// (0 while the long-run statistics are still too young to mean anything).
+    /// (0 while the long-run statistics are still too young to mean anything). The spread
+    /// is floored near what uniform raws would give (0.09) so a spell of calm cannot make
+    /// ordinary noise look improbable.
     #[inline]
     pub fn observe(&mut self, raw: f32, alpha: f32) -> f32 {
         let p = self.pos as usize;
@@ -36,8 +38,8 @@ impl Likelihood {
             self.filled += 1;
         }
         let short = self.sum / self.filled as f32;
-        let out = if self.n >= 50 {
-            let sd = self.var.sqrt().max(0.02);
+        let out = if self.n >= 200 {
+            let sd = self.var.sqrt().max(0.05);
             let q = normal_sf((short - self.mean) / sd).max(1e-12);
             -q.log10()
         } else {
@@ -50,6 +52,13 @@ impl Likelihood {
         self.var = (1.0 - a) * (self.var + a * d * d);
         self.n = self.n.saturating_add(1);
         out
+    }
+
+    /// Forget the long-run distribution (the residuals it described came from another model).
+    pub fn clear_long(&mut self) {
+        self.n = 0;
+        self.mean = 0.0;
+        self.var = 0.0;
     }
 
     pub fn clear_short(&mut self) {

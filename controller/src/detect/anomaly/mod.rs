@@ -303,12 +303,19 @@ impl SeriesDetector {
             err: 1.0 / cfg.model_horizon,
             season_level: (iv / (6.0 * 3_600_000.0)).clamp(1e-4, 0.5),
         };
+        let model = self.baseline.model;
         let pred = self.baseline.predict_and_learn(ts_ms, x, iv, ts_ms - first_ts, &rates, floor);
+        if self.baseline.model != model {
+            // Residuals of the new model are distributed differently (typically much tighter
+            // once a season is learnt); judging them against the old ones would blind the
+            // likelihood for its whole horizon.
+            self.likelihood.clear_long();
+        }
         let z = (x - pred.baseline) / (pred.scale.max(floor) * self.slack);
         // The widening after a gap fades over a few samples instead of compounding over gaps.
         self.slack = 1.0 + (self.slack - 1.0) * 0.8;
 
-        let spike = (0.434_294_5 * z.abs()).min(30.0);
+        let spike = (std::f32::consts::LOG10_E * z.abs()).min(30.0);
         let shift = 0.5 * self.cusum.observe(z);
         let raw = 1.0 - (-z.abs()).exp();
         let dist = self.likelihood.observe(raw, 1.0 / cfg.likelihood_horizon);
@@ -316,9 +323,12 @@ impl SeriesDetector {
         self.n = self.n.saturating_add(1);
 
         let a = cfg.alert_surprise;
-        for (s, sig) in
-            [(spike, Signal::Spike), (shift, Signal::LevelShift), (dist, Signal::Distribution), (flat, Signal::Flatline)]
-        {
+        for (s, sig) in [
+            (spike, Signal::Spike),
+            (shift, Signal::LevelShift),
+            (dist, Signal::Distribution),
+            (flat, Signal::Flatline),
+        ] {
             if s >= a {
                 signals.set(sig);
             }
@@ -326,7 +336,13 @@ impl SeriesDetector {
         let w = &cfg.weights;
         let surprise = (w.spike * spike).max(w.level_shift * shift).max(w.distribution * dist).max(w.flatline * flat);
         let value = if self.n <= cfg.warmup { 0.0 } else { self.gate.score(surprise, cfg) };
-        Score { value: value as f64, signals, baseline: pred.baseline as f64, observed: x as f64, surprise: surprise as f64 }
+        Score {
+            value: value as f64,
+            signals,
+            baseline: pred.baseline as f64,
+            observed: x as f64,
+            surprise: surprise as f64,
+        }
     }
 
     fn baseline_value(&self) -> f64 {

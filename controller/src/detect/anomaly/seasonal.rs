@@ -176,14 +176,20 @@ impl Baseline {
         let e = x - d.predict(bd);
         d.err += r.err * (clip(e, d.level.scale) - d.err);
         d.level.update(x - d.profile.offset[bd], r.season_level, r.scale, floor);
-        let dev = (x - d.level.center).clamp(d.profile.offset[bd] - 6.0 * d.level.scale.max(floor), d.profile.offset[bd] + 6.0 * d.level.scale.max(floor));
+        let dev = (x - d.level.center).clamp(
+            d.profile.offset[bd] - 6.0 * d.level.scale.max(floor),
+            d.profile.offset[bd] + 6.0 * d.level.scale.max(floor),
+        );
         d.profile.update(bd, dev, phase_rate(interval_ms, DAILY_PHASES, DAY_MS));
 
         let w = &mut self.weekly;
         let e = x - w.predict(bw);
         w.err += r.err * (clip(e, w.level.scale) - w.err);
         w.level.update(x - w.profile.offset[bw], r.season_level, r.scale, floor);
-        let dev = (x - w.level.center).clamp(w.profile.offset[bw] - 6.0 * w.level.scale.max(floor), w.profile.offset[bw] + 6.0 * w.level.scale.max(floor));
+        let dev = (x - w.level.center).clamp(
+            w.profile.offset[bw] - 6.0 * w.level.scale.max(floor),
+            w.profile.offset[bw] + 6.0 * w.level.scale.max(floor),
+        );
         w.profile.update(bw, dev, phase_rate(interval_ms, WEEKLY_PHASES, WEEK_MS));
 
         pred
