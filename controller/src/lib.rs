@@ -6,6 +6,7 @@
 
 pub mod act;
 pub mod api;
+pub mod bench;
 pub mod config;
 pub mod decide;
 pub mod detect;

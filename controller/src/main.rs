@@ -20,8 +20,9 @@ enum Command {
     /// Run a controller on the embedded store plus one agentd watching this machine
     /// (and the controller's own log). Ctrl-C stops both.
     Local(LocalArgs),
-    /// Offline benchmarks of the detection layer.
-    Bench(BenchArgs),
+    /// Offline benchmarks of the controller's algorithms.
+    #[command(subcommand)]
+    Bench(BenchCmd),
     /// Offline checks of rule files, like promtool's.
     Rules(RulesArgs),
 }
@@ -48,16 +49,36 @@ enum RulesCmd {
     },
 }
 
-#[derive(Args, Debug)]
-struct BenchArgs {
-    #[command(subcommand)]
-    cmd: BenchCmd,
-}
-
 #[derive(Subcommand, Debug)]
 enum BenchCmd {
     /// Time-to-exhaustion accuracy: MSTL+ETS vs a least-squares line (predict_linear).
     Forecast(controller::detect::forecast_bench::ForecastBenchArgs),
+    /// Score NAB (Numenta Anomaly Benchmark) CSVs with the production anomaly detector.
+    Nab(NabArgs),
+    /// Anomaly-detector throughput on synthetic samples across many series, one thread.
+    Detect(DetectArgs),
+}
+
+#[derive(Args, Debug)]
+struct NabArgs {
+    /// NAB data directory (holds <category>/<file>.csv).
+    #[arg(long)]
+    data: PathBuf,
+    /// Where to write <category>/<file>.csv with timestamp,anomaly_score.
+    #[arg(long)]
+    out: PathBuf,
+    /// File listing the category/file.csv paths to score [default: every CSV under --data].
+    #[arg(long)]
+    files: Option<PathBuf>,
+}
+
+#[derive(Args, Debug)]
+struct DetectArgs {
+    #[arg(long, default_value_t = 100_000)]
+    series: usize,
+    /// Samples per series; the first 50 of each are warm-up (scored 0, still fully processed).
+    #[arg(long, default_value_t = 200)]
+    samples_per_series: usize,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -379,12 +400,25 @@ async fn main() -> anyhow::Result<()> {
                 }
             },
         },
-        Some(Command::Bench(bench)) => match bench.cmd {
-            BenchCmd::Forecast(args) => controller::detect::forecast_bench::run(args),
-        },
+        Some(Command::Bench(BenchCmd::Forecast(args))) => controller::detect::forecast_bench::run(args),
         None => {
             init_logging(&cli.run.log)?;
             controller::server::run(cfg, shutdown_signal()).await
+        }
+        Some(Command::Bench(BenchCmd::Nab(a))) => {
+            let t = std::time::Instant::now();
+            let (files, rows) = controller::bench::nab::run(&a.data, &a.out, a.files.as_deref())?;
+            println!("scored {files} files, {rows} rows in {:.2}s → {}", t.elapsed().as_secs_f64(), a.out.display());
+            Ok(())
+        }
+        Some(Command::Bench(BenchCmd::Detect(a))) => {
+            anyhow::ensure!(a.series > 0 && a.samples_per_series > 0, "--series and --samples-per-series must be > 0");
+            let r = controller::bench::detect::run(a.series, a.samples_per_series);
+            println!(
+                "{} samples over {} series in {:.3}s: {:.0} samples/s, {} bytes of state per series, {} alerts",
+                r.samples, r.series, r.seconds, r.samples_per_sec, r.state_bytes_per_series, r.alerts
+            );
+            Ok(())
         }
         Some(Command::Local(local)) => {
             if cli.run.data_dir.is_none() && cli.run.config.is_none() {
