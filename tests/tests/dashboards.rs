@@ -28,8 +28,12 @@ const BUILTINS: [(&str, &str); 3] = [("__rate_interval", "30s"), ("__range", "1m
 /// Metrics that exist only once their feature has something to say (an anomaly scored, a
 /// forecast made, an action taken, rules configured); queries over them must be listed as
 /// "future" until the live fleet of this test produces them.
-const FUTURE_METRICS: [&str; 4] =
-    ["medic_anomaly_score", "medic_forecast_exhaustion_seconds", "medic_actions_total", "medic_rules_last_reload_success"];
+const FUTURE_METRICS: [&str; 4] = [
+    "medic_anomaly_score",
+    "medic_forecast_exhaustion_seconds",
+    "medic_actions_total",
+    "medic_rules_last_reload_success",
+];
 
 fn dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../dashboards")

@@ -2,7 +2,7 @@
 
 use crate::decide::audit::AuditEntry;
 use crate::decide::runner::Remediation;
-use crate::detect::engine::{ChangepointView, DetectionState, ForecastView, OutlierView};
+use crate::detect::engine::{AnomalyView, ChangepointView, DetectionState, ForecastView, OutlierView};
 use crate::ingest::nodes::NodeTable;
 use crate::rules::watch::ActiveRules;
 use crate::store::{LogQuery, SeriesQuery, Store, StoreError};
@@ -36,6 +36,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/api/v1/rules", get(rules))
         .route("/api/v1/actions", get(actions))
         .route("/api/v1/actions/{id}/approve", axum::routing::post(approve))
+        .route("/api/v1/anomalies", get(anomalies))
         .route("/api/v1/forecasts", get(forecasts))
         .route("/api/v1/outliers", get(outliers))
         .route("/api/v1/changepoints", get(changepoints))
@@ -322,4 +323,31 @@ async fn approve(
     } else {
         Err(ApiError(StatusCode::NOT_FOUND, format!("no action {id} is waiting for approval")))
     }
+}
+
+#[derive(Deserialize)]
+struct AnomalyParams {
+    node: Option<String>,
+    metric: Option<String>,
+    limit: Option<usize>,
+}
+
+/// Recent anomaly alerts (score ≥ 0.5), newest first, each with what was observed, what was
+/// expected, and the evidence that fired.
+async fn anomalies(
+    State(s): State<ApiState>,
+    Query(q): Query<AnomalyParams>,
+) -> Result<Json<Vec<AnomalyView>>, ApiError> {
+    let st = detection(&s)?;
+    Ok(Json(
+        st.anomalies
+            .iter()
+            .rev()
+            .filter(|a| {
+                q.node.as_ref().is_none_or(|n| *n == a.node) && q.metric.as_ref().is_none_or(|m| *m == a.metric)
+            })
+            .take(q.limit.unwrap_or(100).min(10_000))
+            .cloned()
+            .collect(),
+    ))
 }

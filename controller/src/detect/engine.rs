@@ -83,6 +83,31 @@ pub struct OutlierMetricView {
     pub flagged_by: Vec<String>,
 }
 
+/// A sample the anomaly detector scored at or above the alert threshold, with why.
+#[derive(Debug, Clone, Serialize)]
+pub struct AnomalyView {
+    pub node: String,
+    pub metric: String,
+    pub labels: BTreeMap<String, String>,
+    pub at: String,
+    pub at_ms: i64,
+    pub score: f64,
+    pub observed: f64,
+    pub baseline: f64,
+    /// The evidence that fired: spike, level_shift, distribution, flatline.
+    pub signals: Vec<String>,
+}
+
+/// The current score of a series that is, or recently was, above the noise floor.
+#[derive(Debug, Clone, Serialize)]
+pub struct CurrentScore {
+    pub node: String,
+    pub metric: String,
+    pub labels: String,
+    pub score: f64,
+    pub at_ms: i64,
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct ChangepointView {
     pub node: String,
@@ -97,6 +122,9 @@ pub struct ChangepointView {
 /// Everything the detectors currently say, for the API and /metrics.
 #[derive(Debug, Default)]
 pub struct DetectionState {
+    pub anomalies: VecDeque<AnomalyView>,
+    /// Series whose latest score is at least [`SCORE_FLOOR`], by (node, metric, labels).
+    pub scores: HashMap<(String, String, String), CurrentScore>,
     pub forecasts: BTreeMap<(String, String), ForecastView>,
     pub outliers: Vec<OutlierView>,
     pub changepoints: VecDeque<ChangepointView>,
@@ -106,6 +134,11 @@ pub struct DetectionState {
 }
 
 const MAX_CHANGEPOINTS: usize = 1000;
+const MAX_ANOMALIES: usize = 10_000;
+/// Scores below this are noise: not kept as "current", so the map stays small.
+pub const SCORE_FLOOR: f64 = 0.2;
+/// The detector's calibrated alert threshold.
+pub const ALERT_SCORE: f64 = 0.5;
 
 fn rfc3339(ms: i64) -> String {
     chrono::DateTime::from_timestamp_millis(ms).map(|d| d.to_rfc3339()).unwrap_or_default()
@@ -171,6 +204,7 @@ const SIGNALS: &[&str] = &[
 
 struct Engine {
     cfg: EngineConfig,
+    anomaly: super::anomaly::Detector,
     state: Arc<RwLock<DetectionState>>,
     forecasters: HashMap<String, ExhaustionForecaster>,
     peers: PeerGroups,
@@ -199,6 +233,7 @@ fn series_id(s: &Sample) -> String {
 impl Engine {
     fn new(cfg: EngineConfig, state: Arc<RwLock<DetectionState>>) -> Self {
         Self {
+            anomaly: super::anomaly::Detector::new(super::anomaly::Config::default()),
             peers: PeerGroups::new(cfg.peers.clone()),
             changepoints: ChangepointTracker::new(cfg.changepoints.clone()),
             cfg,
@@ -240,6 +275,7 @@ impl Engine {
             f.observe(&b.node, &b.labels, &b.batch);
         }
         let node = b.node.as_str();
+        self.score(node, &b.batch);
         let role = b.labels.iter().find(|(n, _)| *n == self.cfg.role_label).map(|(_, v)| v.clone());
         let mut sums: BTreeMap<&'static str, (i64, f64)> = BTreeMap::new();
         let mut add = |sig: &'static str, ts: i64, v: f64| {
@@ -314,7 +350,69 @@ impl Engine {
         }
     }
 
+    /// Scores every sample; keeps what rises above the noise floor and records alerts.
+    fn score(&mut self, node: &str, batch: &Batch) {
+        use std::hash::{Hash, Hasher};
+        let mut alerts = Vec::new();
+        let mut current = Vec::new();
+        for s in &batch.samples {
+            let mut h = std::hash::DefaultHasher::new();
+            node.hash(&mut h);
+            s.metric.hash(&mut h);
+            for l in &s.labels {
+                l.name.hash(&mut h);
+                l.value.hash(&mut h);
+            }
+            let kind = if s.kind == MetricKind::Counter as i32 {
+                super::anomaly::Kind::Counter
+            } else {
+                super::anomaly::Kind::Gauge
+            };
+            let sc = self.anomaly.observe(h.finish(), s.timestamp_ms, s.value, kind);
+            let labels_text =
+                || s.labels.iter().map(|l| format!("{}={}", l.name, l.value)).collect::<Vec<_>>().join(",");
+            current.push(((node.to_string(), s.metric.clone(), labels_text()), sc.value, s.timestamp_ms));
+            if sc.value >= ALERT_SCORE {
+                alerts.push(AnomalyView {
+                    node: node.to_string(),
+                    metric: s.metric.clone(),
+                    labels: s.labels.iter().map(|l| (l.name.clone(), l.value.clone())).collect(),
+                    at: rfc3339(s.timestamp_ms),
+                    at_ms: s.timestamp_ms,
+                    score: sc.value,
+                    observed: sc.observed,
+                    baseline: sc.baseline,
+                    signals: sc
+                        .signals
+                        .iter()
+                        .filter(|g| !matches!(g, super::anomaly::Signal::Gap | super::anomaly::Signal::CounterReset))
+                        .map(|g| format!("{g:?}").to_lowercase())
+                        .collect(),
+                });
+            }
+        }
+        let Ok(mut st) = self.state.write() else { return };
+        for (key, score, at_ms) in current {
+            if score >= SCORE_FLOOR {
+                let (node, metric, labels) = key.clone();
+                st.scores.insert(key, CurrentScore { node, metric, labels, score, at_ms });
+            } else {
+                st.scores.remove(&key);
+            }
+        }
+        for a in alerts {
+            st.anomalies.push_back(a);
+            while st.anomalies.len() > MAX_ANOMALIES {
+                st.anomalies.pop_front();
+            }
+        }
+    }
+
     fn evaluate(&mut self, now_ms: i64, sink: &mut impl DetectionSink) {
+        if let Ok(mut st) = self.state.write() {
+            // A series that stopped reporting keeps no current score.
+            st.scores.retain(|_, c| now_ms - c.at_ms < 600_000);
+        }
         let mut fresh = Vec::new();
         for (node, fc) in self.forecasters.iter_mut() {
             for r in fc.refresh_if_due(now_ms) {
@@ -507,6 +605,30 @@ mod tests {
         let st = engine.state.read().unwrap();
         assert_eq!(st.forecasts.len(), 5);
         assert_eq!(st.outliers.len(), 1);
+    }
+
+    #[test]
+    fn a_spike_on_a_stored_series_becomes_an_anomaly_with_its_evidence_and_a_current_score() {
+        let mut engine = Engine::new(EngineConfig::default(), Arc::new(RwLock::new(DetectionState::default())));
+        let t0: i64 = 1_795_000_000_000;
+        for i in 0..600i64 {
+            let noise = ((i * 7919) % 13) as f64 * 0.01;
+            let v = if i == 599 { 50.0 } else { 1.0 + noise };
+            let batch = Batch {
+                seq: 1,
+                created_unix_ms: t0 + i * 10_000,
+                samples: vec![gauge("node_load1", &[], t0 + i * 10_000, v)],
+                logs: vec![],
+            };
+            engine.observe(&StoredBatch { node: "n1".into(), labels: vec![], batch: Arc::new(batch) });
+        }
+        let st = engine.state.read().unwrap();
+        let last = st.anomalies.back().expect("the spike is an anomaly");
+        assert_eq!((last.node.as_str(), last.metric.as_str(), last.observed), ("n1", "node_load1", 50.0));
+        assert!(last.score >= ALERT_SCORE && last.baseline < 2.0, "{last:?}");
+        assert!(last.signals.contains(&"spike".to_string()), "{:?}", last.signals);
+        assert!(st.anomalies.len() <= 3, "a quiet series raised {} alerts before the spike", st.anomalies.len() - 1);
+        assert!(st.scores.values().any(|c| c.metric == "node_load1" && c.score >= ALERT_SCORE));
     }
 
     #[test]

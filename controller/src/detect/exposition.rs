@@ -7,8 +7,11 @@ use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
 use prometheus_client::metrics::MetricType;
 use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::gauge::ConstGauge;
+use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, RwLock};
+
+const MAX_SCORED: usize = 200;
 
 #[derive(Debug)]
 pub struct DetectionCollector(pub Arc<RwLock<DetectionState>>);
@@ -16,6 +19,32 @@ pub struct DetectionCollector(pub Arc<RwLock<DetectionState>>);
 impl Collector for DetectionCollector {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let Ok(st) = self.0.read() else { return Ok(()) };
+        // The highest-scoring series per (node, metric), at most MAX_SCORED of them: enough to
+        // see what is odd without one series per sample of the fleet.
+        let mut best: BTreeMap<(&str, &str), f64> = BTreeMap::new();
+        for c in st.scores.values() {
+            let e = best.entry((c.node.as_str(), c.metric.as_str())).or_insert(0.0);
+            *e = e.max(c.score);
+        }
+        let mut top: Vec<((&str, &str), f64)> = best.into_iter().collect();
+        top.sort_by(|a, b| b.1.total_cmp(&a.1));
+        top.truncate(MAX_SCORED);
+        let mut e = encoder.encode_descriptor(
+            "medic_anomaly_score",
+            "Current anomaly score (0..1, alert at 0.5) of the highest-scoring series per node and metric",
+            None,
+            MetricType::Gauge,
+        )?;
+        for ((node, metric), score) in top {
+            ConstGauge::new(score).encode(e.encode_family(&[("node", node), ("metric", metric)])?)?;
+        }
+        let e = encoder.encode_descriptor(
+            "medic_anomalies_recent",
+            "Anomaly alerts kept in memory",
+            None,
+            MetricType::Gauge,
+        )?;
+        ConstGauge::new(st.anomalies.len() as i64).encode(e)?;
         let mut e = encoder.encode_descriptor(
             "medic_forecast_exhaustion_seconds",
             "Forecast time until the resource runs out (point forecast); absent when it does not within the horizon",
