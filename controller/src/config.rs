@@ -27,6 +27,9 @@ pub struct ControllerConfig {
     pub agent_interval: Option<Duration>,
     /// Directory of rule files (hot-reloaded); unset runs without remediation rules.
     pub rules_dir: Option<PathBuf>,
+    /// Use the Kubernetes API (in-cluster, or the kubeconfig) for pod restarts and scaling.
+    /// Default: on when running in a cluster (KUBERNETES_SERVICE_HOST is set).
+    pub kubernetes: bool,
     /// How often rules are evaluated. Default 10s.
     #[serde(with = "humantime_serde_compat")]
     pub remediation_interval: Duration,
@@ -66,6 +69,7 @@ impl Default for ControllerConfig {
             agent_interval: None,
             rules_dir: None,
             remediation_interval: Duration::from_secs(10),
+            kubernetes: std::env::var_os("KUBERNETES_SERVICE_HOST").is_some(),
             clickhouse_node_url: None,
             alertmanager_urls: Vec::new(),
             alert_resend: Duration::from_secs(60),

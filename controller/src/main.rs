@@ -113,6 +113,9 @@ struct RunArgs {
     /// How often active alerts are re-sent to Alertmanager [default: 1m]
     #[arg(long, value_parser = humantime::parse_duration)]
     alert_resend: Option<Duration>,
+    /// Use the Kubernetes API (kubeconfig or in-cluster) for pod restarts and scaling [default: on in a cluster]
+    #[arg(long)]
+    kubernetes: bool,
     /// How often rules are evaluated, e.g. 10s [default: 10s]
     #[arg(long, value_parser = humantime::parse_duration)]
     remediation_interval: Option<Duration>,
@@ -230,6 +233,7 @@ fn config(args: &RunArgs) -> anyhow::Result<ControllerConfig> {
     if let Some(v) = args.alert_resend {
         cfg.alert_resend = v;
     }
+    cfg.kubernetes |= args.kubernetes;
     if let Some(v) = args.remediation_interval {
         cfg.remediation_interval = v;
     }

@@ -46,6 +46,17 @@ pub async fn run(cfg: ControllerConfig, shutdown: impl Future<Output = ()> + Sen
     let rules_task = rules.clone().map(|r| tokio::spawn(r.watch()));
     let engine = crate::detect::engine::start(EngineConfig::default(), ());
     let remediation = Remediation::default();
+    let kube_client = if cfg.kubernetes {
+        match kube::Client::try_default().await {
+            Ok(c) => Some(c),
+            Err(e) => {
+                tracing::error!(error = %e, "no Kubernetes API (in-cluster config or kubeconfig); pod and scale steps are unavailable");
+                None
+            }
+        }
+    } else {
+        None
+    };
     let alerts = Alerts::new(
         cfg.alertmanager_urls.clone(),
         cfg.alert_resend,
@@ -58,6 +69,7 @@ pub async fn run(cfg: ControllerConfig, shutdown: impl Future<Output = ()> + Sen
             clickhouse_node_url: cfg.clickhouse_node_url.clone(),
             clickhouse_user: cfg.clickhouse_user.clone().or_else(|| std::env::var("MEDIC_CLICKHOUSE_USER").ok()),
             clickhouse_password: std::env::var("MEDIC_CLICKHOUSE_PASSWORD").ok(),
+            kube: kube_client.clone(),
             ..Default::default()
         };
         tokio::spawn(

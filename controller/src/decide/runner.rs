@@ -20,7 +20,7 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 
 /// How the executors reach their targets.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct ExecutorConfig {
     /// ClickHouse HTTP URL of a node, `{node}` replaced by its name (e.g. `http://{node}:8123`);
     /// unset: ClickHouse steps are unavailable.
@@ -29,6 +29,8 @@ pub struct ExecutorConfig {
     pub clickhouse_password: Option<String>,
     /// Upper bound for one step.
     pub step_timeout: Duration,
+    /// The Kubernetes API (in-cluster or kubeconfig); unset: pod and scale steps are unavailable.
+    pub kube: Option<kube::Client>,
 }
 
 impl Default for ExecutorConfig {
@@ -38,6 +40,7 @@ impl Default for ExecutorConfig {
             clickhouse_user: None,
             clickhouse_password: None,
             step_timeout: Duration::from_secs(120),
+            kube: None,
         }
     }
 }
@@ -46,6 +49,7 @@ impl Default for ExecutorConfig {
 #[derive(Debug, Clone)]
 enum Undo {
     Ttl { node: String, step: TtlStep, change: chx::TtlChange },
+    Scale(crate::act::kube::ScaleChange),
 }
 
 type Key = (String, String, String);
@@ -158,10 +162,17 @@ impl ExecutorConfig {
         Ok(c)
     }
 
+    fn kube(&self) -> Result<&kube::Client, ActError> {
+        self.kube.as_ref().ok_or_else(|| {
+            ActError::Unavailable("no Kubernetes API: run in a cluster, or with a kubeconfig and --kubernetes".into())
+        })
+    }
+
     async fn run_step(
         &self,
         nodes: &NodeTable,
         f: &Firing,
+        labels: &std::collections::BTreeMap<String, String>,
         step: &Step,
         undo: &mut Vec<Undo>,
     ) -> Result<String, ActError> {
@@ -177,9 +188,17 @@ impl ExecutorConfig {
                         .await
                         .map(|_| format!("SYSTEM RESTART REPLICA {db}.{table}"))
                 }
-                RestartHow::Pod => {
-                    Err(ActError::Unavailable("the Kubernetes executor is not configured on this controller".into()))
+                // On Kubernetes the agent's labels name the pod (k8s_namespace, k8s_pod: set by the
+                // DaemonSet from the downward API, or by the operator).
+                RestartHow::Pod | RestartHow::Auto if self.kube.is_some() && labels.contains_key("k8s_pod") => {
+                    let ns = labels.get("k8s_namespace").map(String::as_str).unwrap_or("default");
+                    let pod = labels.get("k8s_pod").map(String::as_str).unwrap_or_default();
+                    within(t, crate::act::kube::restart_pod(self.kube()?, ns, pod)).await
                 }
+                RestartHow::Pod => Err(ActError::Unavailable(format!(
+                    "{} has no k8s_pod label, or no Kubernetes API is configured",
+                    f.node
+                ))),
                 RestartHow::Auto | RestartHow::Service => agent::restart_service(nodes, &f.node, &r.service, t).await,
             },
             Step::Ttl(s) => {
@@ -209,8 +228,15 @@ impl ExecutorConfig {
                 }
                 Ok(format!("moved {}", moved.join(", ")))
             }
-            Step::Scale(_) => {
-                Err(ActError::Unavailable("the Kubernetes executor is not configured on this controller".into()))
+            Step::Scale(sc) => {
+                let change = within(
+                    t,
+                    crate::act::kube::scale(self.kube()?, &sc.namespace, &sc.statefulset, sc.step, sc.min, sc.max),
+                )
+                .await?;
+                let msg = format!("{}/{} replicas {} → {}", sc.namespace, sc.statefulset, change.from, change.to);
+                undo.push(Undo::Scale(change));
+                Ok(msg)
             }
             Step::Notify(n) => Ok(format!(
                 "notified ({}): {}",
@@ -226,6 +252,10 @@ impl ExecutorConfig {
                 let c = self.clickhouse(node)?;
                 chx::restore_ttl(&c, step, change).await?;
                 Ok(format!("TTL of {}.{} restored to {}", step.database, step.table, change.previous.expression))
+            }
+            Undo::Scale(c) => {
+                crate::act::kube::unscale(self.kube()?, c).await?;
+                Ok(format!("{}/{} back to {} replicas", c.namespace, c.statefulset, c.from))
             }
         }
     }
@@ -476,12 +506,13 @@ impl Runner {
             for (id, f, rule) in to_run {
                 guards.started(&id, &f, now);
                 let (exec, nodes, tx) = (self.exec.clone(), self.nodes.clone(), done_tx.clone());
+                let labels = fleet.get(&f.node).cloned().unwrap_or_default();
                 tokio::spawn(async move {
                     let mut undo = Vec::new();
                     let mut messages = Vec::new();
                     let mut err = None;
                     for step in &rule.steps {
-                        match exec.run_step(&nodes, &f, step, &mut undo).await {
+                        match exec.run_step(&nodes, &f, &labels, step, &mut undo).await {
                             Ok(m) => messages.push(m),
                             Err(e) => {
                                 err = Some(e);
