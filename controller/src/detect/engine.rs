@@ -182,11 +182,28 @@ pub fn start(cfg: EngineConfig, sink: impl DetectionSink) -> EngineHandle {
     let facts = Arc::new(RwLock::new(crate::decide::facts::Facts::default()));
     let mut engine = Engine::new(cfg, state.clone());
     engine.facts = Some(facts.clone());
-    let spawned = std::thread::Builder::new().name("medic-detect".into()).spawn(move || engine.run(rx, sink));
+    let spawned = std::thread::Builder::new().name("medic-detect".into()).spawn(move || {
+        lower_priority();
+        engine.run(rx, sink)
+    });
     if let Err(e) = spawned {
         tracing::error!(error = %e, "cannot start the detection thread; detection is off");
     }
     EngineHandle { tx, state, facts }
+}
+
+/// Detection must never slow down ingest: when the CPU is short, the scheduler should give it to
+/// the ingest path first, and the engine sheds batches (counted) instead. Nice 10 on this thread
+/// does that (Linux applies setpriority to a single thread when given its tid).
+fn lower_priority() {
+    #[cfg(target_os = "linux")]
+    // SAFETY: gettid and setpriority only read/adjust this thread's own scheduling attributes.
+    unsafe {
+        let tid = libc::syscall(libc::SYS_gettid) as libc::id_t;
+        if libc::setpriority(libc::PRIO_PROCESS, tid, 10) != 0 {
+            tracing::debug!("could not lower the detection thread's priority");
+        }
+    }
 }
 
 /// Per-node derived signals the fleet comparison and changepoints look at: few, meaningful,
