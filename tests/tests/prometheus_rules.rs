@@ -67,3 +67,24 @@ fn every_alert_has_for_severity_summary_description_runbook_and_a_test() {
         }
     }
 }
+
+/// The Kubernetes PrometheusRule carries exactly the groups of the plain rule files.
+#[test]
+fn the_prometheusrule_object_matches_the_rule_files() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/prometheus");
+    let load = |f: &str| -> serde_norway::Value {
+        serde_norway::from_str(&std::fs::read_to_string(dir.join(f)).expect("readable")).expect("valid YAML")
+    };
+    let mut groups = Vec::new();
+    for f in ["medic-rules.yaml", "clickhouse-rules.yaml"] {
+        groups.extend(load(f)["groups"].as_sequence().cloned().unwrap_or_default());
+    }
+    let object = load("prometheusrule.yaml");
+    assert_eq!(object["kind"], serde_norway::Value::from("PrometheusRule"));
+    assert_eq!(object["apiVersion"], serde_norway::Value::from("monitoring.coreos.com/v1"));
+    assert_eq!(
+        object["spec"]["groups"].as_sequence().cloned().unwrap_or_default(),
+        groups,
+        "deploy/prometheus/prometheusrule.yaml is stale: regenerate it from the rule files"
+    );
+}
