@@ -25,6 +25,30 @@ enum Command {
     Bench(BenchCmd),
     /// Offline checks of rule files, like promtool's.
     Rules(RulesArgs),
+    /// List remediation actions, or approve one that waits, on a running controller.
+    Actions(ActionsArgs),
+}
+
+#[derive(Args, Debug)]
+struct ActionsArgs {
+    /// The controller's HTTP address.
+    #[arg(long, default_value = "http://127.0.0.1:7080", global = true)]
+    api: String,
+    #[command(subcommand)]
+    cmd: ActionsCmd,
+}
+
+#[derive(Subcommand, Debug)]
+enum ActionsCmd {
+    /// The audit log, newest first.
+    List {
+        #[arg(long)]
+        rule: Option<String>,
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
+    },
+    /// Release an action that waits for approval.
+    Approve { id: String },
 }
 
 #[derive(Args, Debug)]
@@ -366,6 +390,39 @@ async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let mut cfg = config(&cli.run)?;
     match cli.command {
+        Some(Command::Actions(a)) => {
+            let http = reqwest::Client::new();
+            let base = a.api.trim_end_matches('/');
+            match a.cmd {
+                ActionsCmd::List { rule, limit } => {
+                    let mut req = http.get(format!("{base}/api/v1/actions")).query(&[("limit", limit.to_string())]);
+                    if let Some(r) = rule {
+                        req = req.query(&[("rule", r)]);
+                    }
+                    let entries: Vec<serde_json::Value> = req.send().await?.error_for_status()?.json().await?;
+                    for e in entries {
+                        println!(
+                            "{}  {:<18} {:<28} {:<12} {:<10} {}",
+                            e["at"].as_str().unwrap_or(""),
+                            e["outcome"].as_str().unwrap_or(""),
+                            e["rule"].as_str().unwrap_or(""),
+                            e["node"].as_str().unwrap_or(""),
+                            e["action_id"].as_str().unwrap_or("").chars().take(8).collect::<String>(),
+                            e["message"].as_str().unwrap_or("")
+                        );
+                    }
+                    Ok(())
+                }
+                ActionsCmd::Approve { id } => {
+                    let resp = http.post(format!("{base}/api/v1/actions/{id}/approve")).send().await?;
+                    let status = resp.status();
+                    let body = resp.text().await?;
+                    anyhow::ensure!(status.is_success(), "{status}: {body}");
+                    println!("approved {id}; it runs at the next remediation round");
+                    Ok(())
+                }
+            }
+        }
         Some(Command::Rules(rules)) => match rules.cmd {
             RulesCmd::Test { files } => {
                 let (mut total, mut failed) = (0, 0);

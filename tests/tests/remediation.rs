@@ -168,3 +168,60 @@ async fn an_action_that_does_not_help_is_rolled_back_escalated_and_stops_and_dry
     assert_eq!(a[0]["guard"], "rule_failing");
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_action_waits_for_approval_runs_once_approved_from_the_cli_and_expires_otherwise() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let rules = dir.path().join("rules");
+    std::fs::create_dir_all(&rules)?;
+    std::fs::write(
+        rules.join("r.yaml"),
+        "rules:
+  - name: needs-a-human
+    when:
+      threshold: { metric: node_load1, op: \">=\", value: 0 }
+    do:
+      - notify: { severity: info }
+    guards: { approval: { expires_after: 1h } }
+    verify: { clears_within: 1h }
+  - name: nobody-answers
+    when:
+      threshold: { metric: node_load1, op: \">=\", value: 0 }
+    do:
+      - notify: { severity: info }
+    guards: { approval: { expires_after: 2s }, cooldown: 1h }
+",
+    )?;
+    let r = rules.to_string_lossy().to_string();
+    let c = ControllerProc::start(
+        &dir.path().join("c"),
+        free_port(),
+        free_port(),
+        &["--rules-dir", &r, "--remediation-interval", "500ms"],
+    )
+    .await?;
+    let _agent =
+        AgentProc::start(&c.grpc_url(), "n1", &dir.path().join("spool"), free_port(), &["--interval", "500ms"]).await?;
+
+    let waiting = wait_outcome(&c, "needs-a-human", "awaiting_approval", 20).await?;
+    let id = waiting[0]["action_id"].as_str().unwrap_or_default().to_string();
+    let m = scrape(&c.url("/metrics")).await?;
+    assert!(m.get("medic_actions_pending_approval").copied().unwrap_or(0.0) >= 1.0);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(outcomes(&audit(&c, "needs-a-human").await?), ["awaiting_approval"], "nothing runs unapproved");
+
+    let api = c.url("");
+    let out =
+        std::process::Command::new(bin("controller")?).args(["actions", "approve", &id, "--api", &api]).output()?;
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let a = wait_outcome(&c, "needs-a-human", "acted", 20).await?;
+    assert_eq!(outcomes(&a), ["awaiting_approval", "approved", "acted"]);
+    let out = std::process::Command::new(bin("controller")?)
+        .args(["actions", "approve", "no-such-id", "--api", &api])
+        .output()?;
+    assert!(!out.status.success(), "approving an unknown action fails");
+
+    let a = wait_outcome(&c, "nobody-answers", "expired", 20).await?;
+    assert!(!a.iter().any(|e| e["outcome"] == "acted"), "an expired action never runs: {a:#?}");
+    Ok(())
+}

@@ -443,6 +443,8 @@ impl Runner {
                 .chain(
                     pending.values().map(|p| (p.firing.rule.clone(), p.firing.node.clone(), p.firing.target.clone())),
                 )
+                // Approved this round: about to run, not to be decided again.
+                .chain(to_run.iter().map(|(_, f, _)| (f.rule.clone(), f.node.clone(), f.target.clone())))
                 .collect();
             for f in round.firing {
                 let key: Key = (f.rule.clone(), f.node.clone(), f.target.clone());
