@@ -2,17 +2,20 @@
 
 use crate::api::{self, ApiState};
 use crate::config::ControllerConfig;
+use crate::decide::audit::{Audit, AuditEntry};
 use crate::decide::runner::{ExecutorConfig, Remediation, Runner};
-use crate::detect::engine::EngineConfig;
+use crate::detect::engine::{EngineConfig, StoreSink};
 use crate::detect::exposition::DetectionCollector;
 use crate::ingest::nodes::NodeTable;
 use crate::ingest::writer::{Writer, WriterOptions};
 use crate::ingest::{IngestOptions, IngestService};
 use crate::publish::alertmanager::Alerts;
 use crate::rules::watch::{ActiveRules, RuleMetrics};
+use crate::store::EventKind;
 use crate::store::Store;
 use crate::store::clickhouse::ClickHouseStore;
 use crate::store::embedded::EmbeddedStore;
+use crate::store::events::EventLog;
 use crate::telemetry::Metrics;
 use anyhow::Context;
 use std::future::Future;
@@ -44,8 +47,16 @@ pub async fn run(cfg: ControllerConfig, shutdown: impl Future<Output = ()> + Sen
         ActiveRules::load(dir, rule_metrics)
     });
     let rules_task = rules.clone().map(|r| tokio::spawn(r.watch()));
-    let engine = crate::detect::engine::start(EngineConfig::default(), ());
-    let remediation = Remediation::default();
+    let event_log = EventLog::start(store.clone());
+    let engine = crate::detect::engine::start(EngineConfig::default(), StoreSink(event_log.clone()));
+    let history: Vec<AuditEntry> = match store.events(EventKind::Action, 10_000).await {
+        Ok(ev) => ev.into_iter().rev().filter_map(|e| serde_json::from_value(e.body).ok()).collect(),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read the stored audit log; starting with an empty one");
+            Vec::new()
+        }
+    };
+    let remediation = Remediation::with_audit(Audit::stored(event_log, history));
     let kube_client = if cfg.kubernetes {
         match kube::Client::try_default().await {
             Ok(c) => Some(c),
@@ -113,9 +124,12 @@ pub async fn run(cfg: ControllerConfig, shutdown: impl Future<Output = ()> + Sen
     tracing::info!(grpc = %grpc_listener.local_addr()?, http = %http_listener.local_addr()?, store = store.kind(), "controller listening");
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let shutdown_nodes = nodes.clone();
     tokio::spawn(async move {
         shutdown.await;
         let _ = stop_tx.send(true);
+        // Agent streams never end by themselves; a graceful stop has to end them.
+        shutdown_nodes.disconnect_all();
     });
 
     let mut grpc_stop = stop_rx.clone();
@@ -157,7 +171,21 @@ pub async fn run(cfg: ControllerConfig, shutdown: impl Future<Output = ()> + Sen
         }
     });
 
-    let (g, h) = tokio::join!(grpc, http);
+    let servers = async { tokio::join!(grpc, http) };
+    tokio::pin!(servers);
+    let (g, h) = tokio::select! {
+        r = &mut servers => r,
+        // Once asked to stop, give connections a bounded time to close, then go anyway: nothing
+        // unacked is lost (agents replay it), and a stuck peer must not block a restart.
+        _ = async {
+            let mut s = stop_rx.clone();
+            let _ = s.wait_for(|v| *v).await;
+            tokio::time::sleep(Duration::from_secs(8)).await;
+        } => {
+            tracing::warn!("connections did not close within 8 s of the stop signal; stopping anyway");
+            (Ok(()), Ok(()))
+        }
+    };
     retention_task.abort();
     alerts_task.abort();
     for t in [rules_task, runner_task].into_iter().flatten() {

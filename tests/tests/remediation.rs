@@ -223,5 +223,20 @@ async fn an_action_waits_for_approval_runs_once_approved_from_the_cli_and_expire
 
     let a = wait_outcome(&c, "nobody-answers", "expired", 20).await?;
     assert!(!a.iter().any(|e| e["outcome"] == "acted"), "an expired action never runs: {a:#?}");
+
+    // The audit log is stored: a restarted controller still shows it.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let (grpc, http) = (c.grpc, c.http);
+    let mut c = c;
+    c.proc.terminate()?;
+    let c =
+        ControllerProc::start(&dir.path().join("c"), grpc, http, &["--rules-dir", &r, "--remediation-interval", "1h"])
+            .await?;
+    let after = audit(&c, "needs-a-human").await?;
+    assert!(
+        outcomes(&after).starts_with(&["awaiting_approval".to_string(), "approved".to_string(), "acted".to_string()]),
+        "{:?}",
+        outcomes(&after)
+    );
     Ok(())
 }

@@ -134,6 +134,28 @@ async fn store_contract(open: Opener) -> Result<()> {
         ["Too many parts (300).", "Ready for connections."]
     );
     store.ping().await?;
+
+    // Detection and remediation events are recorded and read back newest first.
+    use controller::store::{EventKind, EventRecord};
+    let ev = |kind, ts: i64, n: &str| EventRecord {
+        kind,
+        ts_ms: ts,
+        node: n.into(),
+        body: serde_json::json!({"ts": ts, "what": n}),
+    };
+    store
+        .write_events(vec![
+            ev(EventKind::Action, T0, "ch-1"),
+            ev(EventKind::Action, T0 + 2, "ch-2"),
+            ev(EventKind::Anomaly, T0 + 1, "ch-1"),
+        ])
+        .await?;
+    let actions = store.events(EventKind::Action, 10).await?;
+    assert_eq!(actions.iter().map(|e| e.node.as_str()).collect::<Vec<_>>(), ["ch-2", "ch-1"]);
+    assert_eq!(actions[0].body["ts"], T0 + 2);
+    assert_eq!(store.events(EventKind::Action, 1).await?.len(), 1);
+    assert_eq!(store.events(EventKind::Anomaly, 10).await?.len(), 1);
+    assert!(store.events(EventKind::Forecast, 10).await?.is_empty());
     Ok(())
 }
 
@@ -173,11 +195,17 @@ async fn the_clickhouse_schema_is_created_migrated_once_and_carries_the_retentio
     let week = Duration::from_secs(7 * 86400);
     drop(clickhouse_opener(ch.url(), week)().await?);
     drop(clickhouse_opener(ch.url(), week)().await?);
-    assert_eq!(ch.query("SELECT version FROM medic.schema_migrations").await?.trim(), "1", "applied exactly once");
+    assert_eq!(
+        ch.query("SELECT groupArray(version) FROM (SELECT version FROM medic.schema_migrations ORDER BY version)")
+            .await?
+            .trim(),
+        "[1,2]",
+        "each applied exactly once"
+    );
     let tables = ch.query("SELECT name FROM system.tables WHERE database = 'medic' ORDER BY name").await?;
     assert_eq!(
         tables.split_whitespace().collect::<Vec<_>>(),
-        ["actions", "anomalies", "forecasts", "logs", "nodes", "samples", "schema_migrations"]
+        ["events", "logs", "nodes", "samples", "schema_migrations"]
     );
     let ddl =
         ch.query("SELECT create_table_query FROM system.tables WHERE database = 'medic' AND name = 'samples'").await?;
@@ -197,7 +225,7 @@ async fn the_clickhouse_schema_is_created_migrated_once_and_carries_the_retentio
     let ttls = ch
         .query("SELECT name FROM system.tables WHERE database = 'medic' AND engine_full LIKE '%toIntervalSecond(172800)%' ORDER BY name")
         .await?;
-    assert_eq!(ttls.split_whitespace().collect::<Vec<_>>(), ["actions", "anomalies", "forecasts", "logs", "samples"]);
+    assert_eq!(ttls.split_whitespace().collect::<Vec<_>>(), ["events", "logs", "samples"]);
     Ok(())
 }
 

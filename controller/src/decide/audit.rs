@@ -1,16 +1,18 @@
 //! The audit log: every decision and what became of it, with its evidence. Kept in memory for
 //! the API (bounded) and counted in `medic_actions_total{rule,action,outcome}`.
 
+use crate::store::events::EventLog;
+use crate::store::{EventKind, EventRecord};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Outcome {
     /// A guard said no (see `guard`).
@@ -48,7 +50,7 @@ impl Outcome {
     }
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct AuditEntry {
     /// The action this entry belongs to (several entries per action: decided, acted, verified…).
     pub action_id: String,
@@ -61,7 +63,7 @@ pub struct AuditEntry {
     pub action: String,
     pub outcome: Outcome,
     /// The guard that decided a skip.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub guard: Option<String>,
     pub evidence: String,
     pub message: String,
@@ -81,9 +83,21 @@ pub struct Audit {
     entries: Arc<Mutex<VecDeque<AuditEntry>>>,
     counts: Family<ActionLabels, Counter>,
     pub pending_approval: Gauge,
+    /// Where entries are stored durably (the telemetry store).
+    log: Option<EventLog>,
 }
 
 impl Audit {
+    /// An audit log that also stores every entry, starting from the `history` already stored
+    /// (oldest first), so the log survives restarts.
+    pub fn stored(log: EventLog, history: Vec<AuditEntry>) -> Self {
+        let a = Self { log: Some(log), ..Default::default() };
+        if let Ok(mut q) = a.entries.lock() {
+            q.extend(history);
+        }
+        a
+    }
+
     pub fn register(&self, r: &mut Registry) {
         r.register(
             "medic_actions",
@@ -101,6 +115,9 @@ impl Audit {
                 outcome: e.outcome.label().into(),
             })
             .inc();
+        if let (Some(log), Ok(body)) = (&self.log, serde_json::to_value(&e)) {
+            log.record(EventRecord { kind: EventKind::Action, ts_ms: e.at_ms, node: e.node.clone(), body });
+        }
         tracing::info!(action_id = %e.action_id, rule = %e.rule, node = %e.node, target = %e.target, outcome = e.outcome.label(), guard = ?e.guard, message = %e.message, "remediation");
         if let Ok(mut q) = self.entries.lock() {
             q.push_back(e);

@@ -88,6 +88,10 @@ pub struct Remediation {
 }
 
 impl Remediation {
+    pub fn with_audit(audit: Audit) -> Self {
+        Self { audit, ..Default::default() }
+    }
+
     /// Releases an action waiting for approval; false when there is no such action.
     pub fn approve(&self, id: &str) -> bool {
         let waiting = self.pending_ids.lock().map(|p| p.contains(id)).unwrap_or(false);

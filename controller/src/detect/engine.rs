@@ -146,6 +146,7 @@ fn rfc3339(ms: i64) -> String {
 
 /// Where results go besides memory (the store); called on the engine thread.
 pub trait DetectionSink: Send + 'static {
+    fn anomalies(&mut self, _a: &[AnomalyView]) {}
     fn forecasts(&mut self, _f: &[ForecastView]) {}
     fn changepoints(&mut self, _c: &[ChangepointView]) {}
     fn outliers(&mut self, _o: &[OutlierView]) {}
@@ -230,6 +231,8 @@ struct Engine {
     last_counter: HashMap<(String, String), (i64, f64)>,
     last_outlier_run_ms: i64,
     facts: Option<Arc<RwLock<crate::decide::facts::Facts>>>,
+    /// Anomaly alerts not yet handed to the sink.
+    new_anomalies: Vec<AnomalyView>,
 }
 
 fn label<'a>(s: &'a Sample, name: &str) -> Option<&'a str> {
@@ -259,6 +262,7 @@ impl Engine {
             last_counter: HashMap::new(),
             last_outlier_run_ms: 0,
             facts: None,
+            new_anomalies: Vec::new(),
         }
     }
 
@@ -418,6 +422,9 @@ impl Engine {
             }
         }
         for a in alerts {
+            if self.new_anomalies.len() < 10_000 {
+                self.new_anomalies.push(a.clone());
+            }
             st.anomalies.push_back(a);
             while st.anomalies.len() > MAX_ANOMALIES {
                 st.anomalies.pop_front();
@@ -429,6 +436,9 @@ impl Engine {
         if let Ok(mut st) = self.state.write() {
             // A series that stopped reporting keeps no current score.
             st.scores.retain(|_, c| now_ms - c.at_ms < 600_000);
+        }
+        if !self.new_anomalies.is_empty() {
+            sink.anomalies(&std::mem::take(&mut self.new_anomalies));
         }
         let mut fresh = Vec::new();
         for (node, fc) in self.forecasters.iter_mut() {
@@ -538,6 +548,41 @@ fn outlier_view(o: OutlierFinding, now_ms: i64) -> OutlierView {
                 flagged_by: m.flagged_by.iter().map(|f| format!("{f:?}").to_lowercase()).collect(),
             })
             .collect(),
+    }
+}
+
+/// Stores what the detectors find, through the store's event log.
+pub struct StoreSink(pub crate::store::events::EventLog);
+
+impl StoreSink {
+    fn put<T: Serialize>(&self, kind: crate::store::EventKind, ts_ms: i64, node: &str, v: &T) {
+        if let Ok(body) = serde_json::to_value(v) {
+            self.0.record(crate::store::EventRecord { kind, ts_ms, node: node.to_string(), body });
+        }
+    }
+}
+
+impl DetectionSink for StoreSink {
+    fn anomalies(&mut self, a: &[AnomalyView]) {
+        for x in a {
+            self.put(crate::store::EventKind::Anomaly, x.at_ms, &x.node, x);
+        }
+    }
+    fn forecasts(&mut self, f: &[ForecastView]) {
+        for x in f {
+            self.put(crate::store::EventKind::Forecast, x.computed_at_ms, &x.node, x);
+        }
+    }
+    fn changepoints(&mut self, c: &[ChangepointView]) {
+        for x in c {
+            self.put(crate::store::EventKind::Changepoint, x.at_ms, &x.node, x);
+        }
+    }
+    fn outliers(&mut self, o: &[OutlierView]) {
+        let now = chrono::Utc::now().timestamp_millis();
+        for x in o {
+            self.put(crate::store::EventKind::Outlier, now, &x.node, x);
+        }
     }
 }
 

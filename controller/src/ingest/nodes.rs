@@ -109,6 +109,12 @@ impl NodeTable {
         (id, kicked)
     }
 
+    /// Ends every agent stream (at shutdown: agents reconnect elsewhere or later and replay
+    /// whatever was not acked).
+    pub fn disconnect_all(&self) {
+        self.lock().sessions.clear();
+    }
+
     pub fn disconnect(&self, node: &str, session: u64) {
         let mut g = self.lock();
         if g.sessions.get(node).is_some_and(|s| s.id == session) {

@@ -255,6 +255,16 @@ mod tests {
         async fn ping(&self) -> Result<(), StoreError> {
             Ok(())
         }
+        async fn write_events(&self, e: Vec<crate::store::EventRecord>) -> Result<(), StoreError> {
+            self.inner.write_events(e).await
+        }
+        async fn events(
+            &self,
+            k: crate::store::EventKind,
+            n: usize,
+        ) -> Result<Vec<crate::store::EventRecord>, StoreError> {
+            self.inner.events(k, n).await
+        }
     }
 
     struct Harness {

@@ -9,7 +9,7 @@
 //! agents still have those batches and replay them. A batch is therefore never stored twice and
 //! never acked unstored, even when an insert was applied only in part.
 
-use super::{LogQuery, NodeRecord, Point, SeriesQuery, Store, StoreError, StoredLog, WriteSet};
+use super::{EventKind, EventRecord, LogQuery, NodeRecord, Point, SeriesQuery, Store, StoreError, StoredLog, WriteSet};
 use async_trait::async_trait;
 use clickhouse::{Client, Row, inserter::Inserter};
 use medic_proto::v1::{Label, LogRecord};
@@ -211,6 +211,33 @@ impl ClickHouseStore {
     /// means adding a migration, never editing an applied one.
     fn migrations(&self) -> Vec<(u32, Vec<String>)> {
         let db = self.db();
+        let mut v = self.migrations_v1();
+        // v2: one table for detection and remediation events (audit log, anomalies, outliers,
+        // changepoints, forecasts), each row the full record as JSON; the v1 per-kind tables
+        // were never written and are dropped.
+        v.push((
+            2,
+            vec![
+                format!(
+                    "CREATE TABLE IF NOT EXISTS {db}.events (
+                        ts DateTime64(3, 'UTC') CODEC(DoubleDelta, ZSTD(1)),
+                        kind LowCardinality(String),
+                        node LowCardinality(String),
+                        body String CODEC(ZSTD(3))
+                    ) ENGINE = MergeTree
+                    PARTITION BY toDate(ts)
+                    ORDER BY (kind, ts, node)"
+                ),
+                format!("DROP TABLE IF EXISTS {db}.anomalies"),
+                format!("DROP TABLE IF EXISTS {db}.forecasts"),
+                format!("DROP TABLE IF EXISTS {db}.actions"),
+            ],
+        ));
+        v
+    }
+
+    fn migrations_v1(&self) -> Vec<(u32, Vec<String>)> {
+        let db = self.db();
         vec![(
             1,
             vec![
@@ -301,8 +328,8 @@ impl ClickHouseStore {
     }
 
     /// Tables whose rows expire with the retention, and the time column that decides.
-    fn ttl_tables(&self) -> [(&'static str, &'static str); 5] {
-        [("samples", "ts"), ("logs", "ts"), ("anomalies", "ts"), ("forecasts", "ts"), ("actions", "ts")]
+    fn ttl_tables(&self) -> [(&'static str, &'static str); 3] {
+        [("samples", "ts"), ("logs", "ts"), ("events", "ts")]
     }
 
     async fn migrate(&self) -> Result<(), StoreError> {
@@ -615,6 +642,53 @@ impl Store for ClickHouseStore {
 
     async fn ping(&self) -> Result<(), StoreError> {
         self.exec("SELECT 1").await
+    }
+
+    async fn write_events(&self, events: Vec<EventRecord>) -> Result<(), StoreError> {
+        if events.is_empty() {
+            return Ok(());
+        }
+        #[derive(Row, Serialize)]
+        struct E<'a> {
+            ts: i64,
+            kind: &'a str,
+            node: &'a str,
+            body: &'a str,
+        }
+        let mut insert = self.data.insert::<E<'static>>("events").await.map_err(|e| ch_err("recording events", e))?;
+        for ev in &events {
+            let body = ev.body.to_string();
+            insert
+                .write(&E { ts: ev.ts_ms, kind: ev.kind.as_str(), node: &ev.node, body: &body })
+                .await
+                .map_err(|e| ch_err("recording events", e))?;
+        }
+        insert.end().await.map_err(|e| ch_err("recording events", e))
+    }
+
+    async fn events(&self, kind: EventKind, limit: usize) -> Result<Vec<EventRecord>, StoreError> {
+        #[derive(Row, Deserialize)]
+        struct E {
+            ts_ms: i64,
+            node: String,
+            body: String,
+        }
+        let db = self.db().to_string();
+        let q = self
+            .client
+            .query(&format!(
+                "SELECT toUnixTimestamp64Milli(ts) AS ts_ms, node, body FROM {db}.events WHERE kind = ? ORDER BY ts DESC LIMIT ?"
+            ))
+            .bind(kind.as_str())
+            .bind(limit as u64);
+        let rows = self.fetch::<E>(q, "reading events").await?;
+        rows.into_iter()
+            .map(|r| {
+                let body =
+                    serde_json::from_str(&r.body).map_err(|e| StoreError::Corrupt(format!("event body: {e}")))?;
+                Ok(EventRecord { kind, ts_ms: r.ts_ms, node: r.node, body })
+            })
+            .collect()
     }
 }
 

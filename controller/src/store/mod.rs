@@ -8,6 +8,7 @@
 
 pub mod clickhouse;
 pub mod embedded;
+pub mod events;
 
 use async_trait::async_trait;
 use medic_proto::v1::{Batch, LogRecord};
@@ -91,6 +92,44 @@ pub struct StoredLog {
     pub record: LogRecord,
 }
 
+/// What detection and remediation record: the audit log of actions, anomalies (including fleet
+/// outliers and changepoints) and forecasts. `body` is the full record as the API shows it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EventKind {
+    Action,
+    Anomaly,
+    Outlier,
+    Changepoint,
+    Forecast,
+}
+
+impl EventKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventKind::Action => "action",
+            EventKind::Anomaly => "anomaly",
+            EventKind::Outlier => "outlier",
+            EventKind::Changepoint => "changepoint",
+            EventKind::Forecast => "forecast",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        [EventKind::Action, EventKind::Anomaly, EventKind::Outlier, EventKind::Changepoint, EventKind::Forecast]
+            .into_iter()
+            .find(|k| k.as_str() == s)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EventRecord {
+    pub kind: EventKind,
+    pub ts_ms: i64,
+    pub node: String,
+    pub body: serde_json::Value,
+}
+
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
     /// Short name for logs and /healthz ("embedded", "clickhouse").
@@ -110,4 +149,8 @@ pub trait Store: Send + Sync + 'static {
     async fn enforce_retention(&self, cutoff_ms: i64) -> Result<u64, StoreError>;
     /// Cheap liveness probe for /healthz.
     async fn ping(&self) -> Result<(), StoreError>;
+    /// Durably records detection and remediation events.
+    async fn write_events(&self, events: Vec<EventRecord>) -> Result<(), StoreError>;
+    /// The newest events of a kind, newest first.
+    async fn events(&self, kind: EventKind, limit: usize) -> Result<Vec<EventRecord>, StoreError>;
 }

@@ -18,7 +18,7 @@
 mod block;
 mod series_index;
 
-use super::{LogQuery, NodeRecord, Point, SeriesQuery, Store, StoreError, StoredLog, WriteSet};
+use super::{EventKind, EventRecord, LogQuery, NodeRecord, Point, SeriesQuery, Store, StoreError, StoredLog, WriteSet};
 use async_trait::async_trait;
 use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
 use medic_proto::v1::LogRecord;
@@ -81,6 +81,8 @@ struct Inner {
     nodes: Keyspace,
     series: Keyspace,
     meta: Keyspace,
+    /// Detection and remediation events: kind (1) + timestamp (8) + random (8) → JSON.
+    events: Keyspace,
     index: Mutex<SeriesIndex>,
     /// Next sample block number; advanced only after the write that used it committed, under
     /// the `index` lock (which serialises writes).
@@ -281,6 +283,7 @@ impl EmbeddedStore {
         let nodes = db.keyspace("nodes", KeyspaceCreateOptions::default).map_err(io)?;
         let series = db.keyspace("series", KeyspaceCreateOptions::default).map_err(io)?;
         let meta = db.keyspace("meta", KeyspaceCreateOptions::default).map_err(io)?;
+        let events = db.keyspace("events", KeyspaceCreateOptions::default).map_err(io)?;
         let next_block = match meta.get(NEXT_BLOCK_KEY).map_err(io)? {
             Some(v) => u64::from_be_bytes(
                 v.as_ref().try_into().map_err(|_| StoreError::Corrupt("next_block is not 8 bytes".into()))?,
@@ -304,6 +307,7 @@ impl EmbeddedStore {
                 nodes,
                 series,
                 meta,
+                events,
                 index: Mutex::new(index),
                 next_block: Mutex::new(next_block),
                 days: Mutex::new(HashMap::new()),
@@ -420,6 +424,55 @@ impl Store for EmbeddedStore {
     async fn ping(&self) -> Result<(), StoreError> {
         Ok(())
     }
+
+    async fn write_events(&self, events: Vec<EventRecord>) -> Result<(), StoreError> {
+        self.blocking(move |inner| {
+            let mut wb = inner.db.batch().durability(Some(fjall::PersistMode::SyncAll));
+            for e in &events {
+                let mut k = Vec::with_capacity(17);
+                k.push(event_kind_byte(e.kind));
+                k.extend_from_slice(&ts_bytes(e.ts_ms));
+                k.extend_from_slice(&rand_suffix().to_be_bytes());
+                wb.insert(&inner.events, k, serde_json::to_vec(e).map_err(io)?);
+            }
+            wb.commit().map_err(io)
+        })
+        .await
+    }
+
+    async fn events(&self, kind: EventKind, limit: usize) -> Result<Vec<EventRecord>, StoreError> {
+        self.blocking(move |inner| {
+            let mut out = Vec::new();
+            for item in inner.events.prefix([event_kind_byte(kind)]).rev() {
+                let (_, v) = item.into_inner().map_err(io)?;
+                out.push(serde_json::from_slice(&v).map_err(|e| StoreError::Corrupt(format!("event: {e}")))?);
+                if out.len() >= limit {
+                    break;
+                }
+            }
+            Ok(out)
+        })
+        .await
+    }
+}
+
+fn event_kind_byte(k: EventKind) -> u8 {
+    match k {
+        EventKind::Action => 1,
+        EventKind::Anomaly => 2,
+        EventKind::Outlier => 3,
+        EventKind::Changepoint => 4,
+        EventKind::Forecast => 5,
+    }
+}
+
+/// Keeps two events with the same kind and millisecond apart.
+fn rand_suffix() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u64(COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed));
+    h.finish()
 }
 
 #[cfg(test)]
