@@ -16,6 +16,7 @@ fn ttl_step(min_days: u64, max_days: u64) -> TtlStep {
         min: Duration::from_secs(min_days * 86_400),
         max: Duration::from_secs(max_days * 86_400),
         factor: 0.5,
+        restore_after: Duration::from_secs(3600),
     }
 }
 

@@ -240,3 +240,60 @@ async fn an_action_waits_for_approval_runs_once_approved_from_the_cli_and_expire
     );
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shortened_ttl_is_restored_once_the_pressure_is_gone() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let ch = ClickHouseProc::start(&dir.path().join("ch")).await?;
+    ch.query("CREATE DATABASE analytics").await?;
+    ch.query(
+        "CREATE TABLE analytics.events (ts DateTime, x UInt64) ENGINE = MergeTree ORDER BY ts TTL ts + INTERVAL 30 DAY",
+    )
+    .await?;
+    let original = ttl_text(&ch).await?;
+    let rules = dir.path().join("rules");
+    std::fs::create_dir_all(&rules)?;
+    std::fs::write(
+        rules.join("r.yaml"),
+        "rules:
+  - name: ttl-under-pressure
+    when:
+      log: { signature: no_space_left, count: 1, window: 3s }
+    do:
+      - ttl: { database: analytics, table: events, min: 1d, max: 30d, factor: 0.5, restore_after: 3s }
+    verify: { clears_within: 30s }
+",
+    )?;
+    let log = dir.path().join("ch.log");
+    std::fs::write(&log, "")?;
+    let (r, url, l) = (rules.to_string_lossy().to_string(), ch.url(), log.to_string_lossy().to_string());
+    let c = ControllerProc::start(
+        &dir.path().join("c"),
+        free_port(),
+        free_port(),
+        &["--rules-dir", &r, "--remediation-interval", "500ms", "--clickhouse-node-url", &url],
+    )
+    .await?;
+    let _agent = AgentProc::start(
+        &c.grpc_url(),
+        "ch-1",
+        &dir.path().join("spool"),
+        free_port(),
+        &["--interval", "500ms", "--log-file", &l],
+    )
+    .await?;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let mut f = std::fs::OpenOptions::new().append(true).open(&log)?;
+    writeln!(
+        f,
+        "2026.11.24 06:00:00.000000 [ 7 ] {{}} <Error> MergeTreeBackgroundExecutor: Code: 243. DB::Exception: Cannot reserve 1.00 MiB, not enough space. (NOT_ENOUGH_SPACE)"
+    )?;
+    drop(f);
+    let a = wait_outcome(&c, "ttl-under-pressure", "verified", 30).await?;
+    assert!(a.iter().any(|e| e["message"].as_str().is_some_and(|m| m.contains("→ 1296000 s"))), "{a:#?}");
+    assert_ne!(ttl_text(&ch).await?, original, "shortened while under pressure");
+    let a = wait_outcome(&c, "ttl-under-pressure", "restored", 30).await?;
+    assert_eq!(outcomes(&a), ["acted", "verified", "restored"]);
+    assert_eq!(ttl_text(&ch).await?, original, "the previous TTL is back");
+    Ok(())
+}

@@ -31,6 +31,8 @@ pub enum Outcome {
     RolledBack,
     /// People were told, with the evidence.
     Escalated,
+    /// A temporary change (a shortened TTL) was undone once the pressure was gone.
+    Restored,
 }
 
 impl Outcome {
@@ -46,6 +48,7 @@ impl Outcome {
             Outcome::Verified => "verified",
             Outcome::RolledBack => "rolled_back",
             Outcome::Escalated => "escalated",
+            Outcome::Restored => "restored",
         }
     }
 }

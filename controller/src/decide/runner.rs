@@ -63,6 +63,16 @@ struct Verifying {
     action: String,
 }
 
+/// A temporary change to undo once its condition has stayed clear long enough.
+struct Restoration {
+    id: String,
+    key: Key,
+    action: String,
+    undo: Undo,
+    after: Duration,
+    due_ms: i64,
+}
+
 struct Pending {
     firing: Firing,
     rule: Rule,
@@ -299,6 +309,7 @@ impl Runner {
         let mut guards = GuardState::new(self.global.clone());
         let mut verifying: Vec<Verifying> = Vec::new();
         let mut pending: HashMap<String, Pending> = HashMap::new();
+        let mut restorations: Vec<Restoration> = Vec::new();
         // The last decision recorded per key, so a blocked rule is audited once, not every round.
         let mut last_decision: HashMap<Key, String> = HashMap::new();
         let (done_tx, mut done_rx) = mpsc::channel::<Executed>(64);
@@ -384,6 +395,18 @@ impl Runner {
                 if resolved.contains(&v.key) {
                     self.entry(&v.id, &firing, &v.action, Outcome::Verified, None, "the condition cleared".into());
                     guards.finished(&v.id, true);
+                    for u in &v.undo {
+                        if let Undo::Ttl { step, .. } = u {
+                            restorations.push(Restoration {
+                                id: v.id.clone(),
+                                key: v.key.clone(),
+                                action: v.action.clone(),
+                                undo: u.clone(),
+                                after: step.restore_after,
+                                due_ms: now + step.restore_after.as_millis() as i64,
+                            });
+                        }
+                    }
                 } else if now >= v.deadline_ms {
                     self.entry(
                         &v.id,
@@ -402,6 +425,44 @@ impl Runner {
                 }
             }
             verifying = still;
+
+            // Temporary changes whose condition stayed clear: put back. A condition that fires
+            // again keeps the change and restarts the wait.
+            let firing_now: HashSet<Key> =
+                round.firing.iter().map(|f| (f.rule.clone(), f.node.clone(), f.target.clone())).collect();
+            let mut waiting = Vec::new();
+            for mut r in restorations.drain(..) {
+                if firing_now.contains(&r.key) {
+                    r.due_ms = now + r.after.as_millis() as i64;
+                    waiting.push(r);
+                } else if now >= r.due_ms {
+                    let f = Firing {
+                        rule: r.key.0.clone(),
+                        node: r.key.1.clone(),
+                        target: r.key.2.clone(),
+                        evidence: format!("clear for {:?}", r.after),
+                        since_ms: 0,
+                    };
+                    match self.exec.rollback(&r.undo).await {
+                        Ok(m) => self.entry(&r.id, &f, &r.action, Outcome::Restored, None, m),
+                        Err(e) => {
+                            self.entry(
+                                &r.id,
+                                &f,
+                                &r.action,
+                                Outcome::Failed,
+                                None,
+                                format!("restoring failed: {e}; will retry"),
+                            );
+                            r.due_ms = now + self.every.as_millis() as i64 * 6;
+                            waiting.push(r);
+                        }
+                    }
+                } else {
+                    waiting.push(r);
+                }
+            }
+            restorations = waiting;
 
             // Approvals: released, or expired.
             let approved: HashSet<String> =

@@ -323,6 +323,14 @@ pub struct TtlStep {
     /// Each action multiplies the TTL by this (0 < factor < 1).
     #[serde(default = "ttl_factor")]
     pub factor: f64,
+    /// Once the condition has stayed clear this long, the previous TTL is put back: the shorter
+    /// TTL is for the pressure, not forever.
+    #[serde(default = "six_hours", deserialize_with = "duration")]
+    pub restore_after: Duration,
+}
+
+fn six_hours() -> Duration {
+    Duration::from_secs(6 * 3600)
 }
 
 fn ts_column() -> String {
