@@ -351,7 +351,26 @@ def split_insert(prefix):
 
 
 class Engine:
-    def __init__(self, data_dir, max_queries):
+    def tiered_config(self):
+        """A second disk ("cold") and a policy "tiered" over both, for partition-move tests. The
+        default disk keeps most of the filesystem's free space in reserve, so it looks nearly
+        full and the cold disk roomy, as in a real hot/cold setup."""
+        st = os.statvfs(self.data_dir)
+        free = st.f_bavail * st.f_frsize
+        os.makedirs(os.path.join(self.data_dir, "cold"), exist_ok=True)
+        return (
+            "  <storage_configuration>\n"
+            "    <disks>\n"
+            "      <default><keep_free_space_bytes>%d</keep_free_space_bytes></default>\n"
+            "      <cold><path>%s/cold/</path></cold>\n"
+            "    </disks>\n"
+            "    <policies><tiered><volumes>"
+            "<hot><disk>default</disk></hot><cold><disk>cold</disk></cold>"
+            "</volumes></tiered></policies>\n"
+            "  </storage_configuration>\n" % (int(free * 0.95), self.data_dir)
+        )
+
+    def __init__(self, data_dir, max_queries, tiered=False):
         self.data_dir = os.path.abspath(data_dir)
         if any(ch in self.data_dir for ch in "?&#"):
             raise SystemExit("--data-dir must not contain ?, & or #")
@@ -367,7 +386,8 @@ class Engine:
                 "<flush_interval_milliseconds>7500</flush_interval_milliseconds></part_log>\n"
                 "  <error_log><database>system</database><table>error_log</table>"
                 "<flush_interval_milliseconds>7500</flush_interval_milliseconds></error_log>\n"
-                "</clickhouse>\n" % ENGINE["display_name"])
+                "%s"
+                "</clickhouse>\n" % (ENGINE["display_name"], self.tiered_config() if tiered else ""))
         self.started = time.time()
         # The master connection starts the engine and keeps it alive for the server's lifetime.
         self.master = _chdb.connect(f"file:{self.data_dir}?config-file={cfg}")
@@ -794,12 +814,13 @@ def main():
     ap.add_argument("--data-dir", required=True)
     ap.add_argument("--ready-file", help="the port is written here once the server accepts connections")
     ap.add_argument("--max-queries", type=int, default=8, help="queries run at once (1 = serialised)")
+    ap.add_argument("--tiered-disks", action="store_true", help="add a 'cold' disk and a 'tiered' storage policy")
     args = ap.parse_args()
     if args.host not in ("127.0.0.1", "localhost", "::1") and not args.host.startswith("127."):
         raise SystemExit("this test server binds loopback addresses only")
 
     t0 = time.time()
-    engine = Engine(args.data_dir, max(1, args.max_queries))
+    engine = Engine(args.data_dir, max(1, args.max_queries), tiered=args.tiered_disks)
     Handler.engine = engine
     httpd = Server((args.host, args.port), Handler)
     port = httpd.server_address[1]

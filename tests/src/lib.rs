@@ -301,8 +301,18 @@ impl ClickHouseProc {
         Self::start_on(data_dir, 0).await
     }
 
+    /// With a second disk "cold" and a storage policy "tiered" over both, the default disk
+    /// looking nearly full (for partition-move tests).
+    pub async fn start_tiered(data_dir: &Path) -> Result<Self> {
+        Self::start_with(data_dir, 0, &["--tiered-disks"]).await
+    }
+
     /// Starts on `port` (0 = any free one); restarting on the same port and dir resumes the data.
     pub async fn start_on(data_dir: &Path, port: u16) -> Result<Self> {
+        Self::start_with(data_dir, port, &[]).await
+    }
+
+    async fn start_with(data_dir: &Path, port: u16, extra: &[&str]) -> Result<Self> {
         std::fs::create_dir_all(data_dir)?;
         let ready = data_dir.join(format!("ready-{}", std::process::id()));
         let _ = std::fs::remove_file(&ready);
@@ -314,7 +324,8 @@ impl ClickHouseProc {
             .arg("--data-dir")
             .arg(data_dir)
             .arg("--ready-file")
-            .arg(&ready);
+            .arg(&ready)
+            .args(extra);
         let proc = Proc::spawn("clickhouse", &mut cmd, &data_dir.join("server.out"))?;
         let deadline = Instant::now() + Duration::from_secs(60);
         let port = loop {

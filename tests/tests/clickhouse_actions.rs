@@ -69,3 +69,36 @@ async fn only_allow_listed_statements_run_and_rebalance_needs_two_disks() -> Res
     assert!(plan_rebalance(&client, &step).await?.is_empty(), "one disk: nowhere to move to");
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rebalance_moves_the_oldest_partitions_from_the_fullest_disk_to_the_roomiest() -> Result<()> {
+    use controller::act::clickhouse::move_partition;
+    let dir = tempfile::tempdir()?;
+    let ch = ClickHouseProc::start_tiered(dir.path()).await?;
+    ch.query(
+        "CREATE TABLE default.ev (ts DateTime, x UInt64) ENGINE = MergeTree PARTITION BY toYYYYMMDD(ts) ORDER BY ts
+         SETTINGS storage_policy = 'tiered'",
+    )
+    .await?;
+    ch.query(
+        "INSERT INTO default.ev SELECT toDateTime('2026-11-20 00:00:00') + number * 86400, number FROM numbers(5)",
+    )
+    .await?;
+    let client = ch.client();
+    let step = RebalanceStep { to: MoveTo::Disk, order: PartitionOrder::Age, target_free: 0.2, max_partitions: 2 };
+    let plan = plan_rebalance(&client, &step).await?;
+    let ids: Vec<&str> = plan.iter().map(|m| m.partition_id.as_str()).collect();
+    assert_eq!(ids, ["20261120", "20261121"], "the two oldest, within max_partitions");
+    assert!(plan.iter().all(|m| m.from == "default" && m.to == "cold"), "{plan:?}");
+    for m in &plan {
+        move_partition(&client, m, Duration::from_secs(30)).await?;
+    }
+    let placed = ch
+        .query("SELECT groupArray((partition_id, disk_name)) FROM (SELECT partition_id, disk_name FROM system.parts WHERE table = 'ev' AND active ORDER BY partition_id)")
+        .await?;
+    assert_eq!(
+        placed.trim(),
+        "[('20261120','cold'),('20261121','cold'),('20261122','default'),('20261123','default'),('20261124','default')]"
+    );
+    Ok(())
+}
