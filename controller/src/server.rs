@@ -1,9 +1,10 @@
 //! Wires the data path together and runs it until shutdown.
 
+use crate::act::executor::{AgentExecutor, ClickHouseExecutor, Executor, Executors, KubeExecutor, NotifyExecutor};
 use crate::api::{self, ApiState};
 use crate::config::ControllerConfig;
 use crate::decide::audit::{Audit, AuditEntry};
-use crate::decide::runner::{ExecutorConfig, Remediation, Runner};
+use crate::decide::runner::{Remediation, Runner};
 use crate::detect::engine::{EngineConfig, StoreSink};
 use crate::detect::exposition::DetectionCollector;
 use crate::ingest::nodes::NodeTable;
@@ -76,13 +77,23 @@ pub async fn run(cfg: ControllerConfig, shutdown: impl Future<Output = ()> + Sen
     let alerts_task = tokio::spawn(alerts.clone().run());
     metrics.register_unprefixed(|r| remediation.audit.register(r));
     let runner_task = rules.clone().map(|rules| {
-        let exec = ExecutorConfig {
-            clickhouse_node_url: cfg.clickhouse_node_url.clone(),
-            clickhouse_user: cfg.clickhouse_user.clone().or_else(|| std::env::var("MEDIC_CLICKHOUSE_USER").ok()),
-            clickhouse_password: std::env::var("MEDIC_CLICKHOUSE_PASSWORD").ok(),
-            kube: kube_client.clone(),
-            ..Default::default()
-        };
+        // The executors this controller can use, Kubernetes first for pods that have one.
+        let step_timeout = std::time::Duration::from_secs(120);
+        let mut executors: Vec<Arc<dyn Executor>> = Vec::new();
+        if let Some(client) = kube_client.clone() {
+            executors.push(Arc::new(KubeExecutor { client, timeout: step_timeout }));
+        }
+        if let Some(url) = cfg.clickhouse_node_url.clone() {
+            executors.push(Arc::new(ClickHouseExecutor {
+                url_template: url,
+                user: cfg.clickhouse_user.clone().or_else(|| std::env::var("MEDIC_CLICKHOUSE_USER").ok()),
+                password: std::env::var("MEDIC_CLICKHOUSE_PASSWORD").ok(),
+                timeout: step_timeout,
+            }));
+        }
+        executors.push(Arc::new(AgentExecutor { nodes: nodes.clone(), timeout: step_timeout }));
+        executors.push(Arc::new(NotifyExecutor));
+        let exec = Executors(executors);
         tokio::spawn(
             Runner {
                 rules,

@@ -4,6 +4,7 @@
 
 pub mod agent;
 pub mod clickhouse;
+pub mod executor;
 pub mod kube;
 
 #[derive(Debug, thiserror::Error)]

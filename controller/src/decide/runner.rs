@@ -7,50 +7,18 @@ use super::audit::{Audit, AuditEntry, Outcome};
 use super::conditions::{ConditionTracker, Firing, Signals};
 use super::facts::Facts;
 use super::guards::{Decision, Fleet, GlobalLimit, GuardState};
-use crate::act::{ActError, agent, clickhouse as chx};
+use crate::act::ActError;
+use crate::act::executor::{Executors, Target, Undo};
 use crate::detect::engine::DetectionState;
 use crate::ingest::nodes::NodeTable;
 use crate::publish::alertmanager::{Alert, Alerts};
 use crate::rules::load::LoadedRule;
-use crate::rules::model::{RestartHow, Rule, Step, TtlStep};
+use crate::rules::model::{Rule, Step};
 use crate::rules::watch::ActiveRules;
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 use tokio::sync::mpsc;
-
-/// How the executors reach their targets.
-#[derive(Clone)]
-pub struct ExecutorConfig {
-    /// ClickHouse HTTP URL of a node, `{node}` replaced by its name (e.g. `http://{node}:8123`);
-    /// unset: ClickHouse steps are unavailable.
-    pub clickhouse_node_url: Option<String>,
-    pub clickhouse_user: Option<String>,
-    pub clickhouse_password: Option<String>,
-    /// Upper bound for one step.
-    pub step_timeout: Duration,
-    /// The Kubernetes API (in-cluster or kubeconfig); unset: pod and scale steps are unavailable.
-    pub kube: Option<kube::Client>,
-}
-
-impl Default for ExecutorConfig {
-    fn default() -> Self {
-        Self {
-            clickhouse_node_url: None,
-            clickhouse_user: None,
-            clickhouse_password: None,
-            step_timeout: Duration::from_secs(120),
-            kube: None,
-        }
-    }
-}
-
-/// Something a step changed that can be put back.
-#[derive(Debug, Clone)]
-enum Undo {
-    Ttl { node: String, step: TtlStep, change: chx::TtlChange },
-    Scale(crate::act::kube::ScaleChange),
-}
 
 type Key = (String, String, String);
 
@@ -117,7 +85,7 @@ pub struct Runner {
     pub facts: Arc<RwLock<Facts>>,
     pub detection: Arc<RwLock<DetectionState>>,
     pub nodes: NodeTable,
-    pub exec: ExecutorConfig,
+    pub exec: Executors,
     pub remediation: Remediation,
     pub global: GlobalLimit,
     pub every: Duration,
@@ -146,133 +114,6 @@ fn action_name(rule: &Rule) -> String {
         })
         .collect::<Vec<_>>()
         .join("+")
-}
-
-async fn within<T>(t: Duration, fut: impl std::future::Future<Output = Result<T, ActError>>) -> Result<T, ActError> {
-    match tokio::time::timeout(t, fut).await {
-        Ok(r) => r,
-        Err(_) => Err(ActError::Failed(format!("step did not finish within {t:?}"))),
-    }
-}
-
-/// `database=db,table=t` → ("db", "t").
-fn table_of(target: &str) -> Option<(String, String)> {
-    let get = |k: &str| target.split(',').find_map(|kv| kv.strip_prefix(&format!("{k}=")).map(str::to_string));
-    Some((get("database")?, get("table")?))
-}
-
-impl ExecutorConfig {
-    fn clickhouse(&self, node: &str) -> Result<clickhouse::Client, ActError> {
-        let tpl = self.clickhouse_node_url.as_ref().ok_or_else(|| {
-            ActError::Unavailable("ClickHouse steps need --clickhouse-node-url (e.g. http://{node}:8123)".into())
-        })?;
-        let mut c = clickhouse::Client::default().with_url(tpl.replace("{node}", node));
-        if let Some(u) = &self.clickhouse_user {
-            c = c.with_user(u);
-        }
-        if let Some(p) = &self.clickhouse_password {
-            c = c.with_password(p);
-        }
-        Ok(c)
-    }
-
-    fn kube(&self) -> Result<&kube::Client, ActError> {
-        self.kube.as_ref().ok_or_else(|| {
-            ActError::Unavailable("no Kubernetes API: run in a cluster, or with a kubeconfig and --kubernetes".into())
-        })
-    }
-
-    async fn run_step(
-        &self,
-        nodes: &NodeTable,
-        f: &Firing,
-        labels: &std::collections::BTreeMap<String, String>,
-        step: &Step,
-        undo: &mut Vec<Undo>,
-    ) -> Result<String, ActError> {
-        let t = self.step_timeout;
-        match step {
-            Step::Restart(r) => match r.how {
-                RestartHow::Replica => {
-                    let (db, table) = table_of(&f.target).ok_or_else(|| {
-                        ActError::Refused(format!("restart replica needs a table target, got {:?}", f.target))
-                    })?;
-                    let c = self.clickhouse(&f.node)?;
-                    within(t, chx::restart_replica(&c, &db, &table))
-                        .await
-                        .map(|_| format!("SYSTEM RESTART REPLICA {db}.{table}"))
-                }
-                // On Kubernetes the agent's labels name the pod (k8s_namespace, k8s_pod: set by the
-                // DaemonSet from the downward API, or by the operator).
-                RestartHow::Pod | RestartHow::Auto if self.kube.is_some() && labels.contains_key("k8s_pod") => {
-                    let ns = labels.get("k8s_namespace").map(String::as_str).unwrap_or("default");
-                    let pod = labels.get("k8s_pod").map(String::as_str).unwrap_or_default();
-                    within(t, crate::act::kube::restart_pod(self.kube()?, ns, pod)).await
-                }
-                RestartHow::Pod => Err(ActError::Unavailable(format!(
-                    "{} has no k8s_pod label, or no Kubernetes API is configured",
-                    f.node
-                ))),
-                RestartHow::Auto | RestartHow::Service => agent::restart_service(nodes, &f.node, &r.service, t).await,
-            },
-            Step::Ttl(s) => {
-                let c = self.clickhouse(&f.node)?;
-                let change = within(t, chx::shorten_ttl(&c, s)).await?;
-                let msg = format!(
-                    "TTL of {}.{} {:?} s → {} s",
-                    s.database, s.table, change.previous.seconds, change.new_seconds
-                );
-                undo.push(Undo::Ttl { node: f.node.clone(), step: s.clone(), change });
-                Ok(msg)
-            }
-            Step::Sql(s) => {
-                let c = self.clickhouse(&f.node)?;
-                within(t, chx::run_sql(&c, &s.statement)).await.map(|_| format!("ran {}", s.statement))
-            }
-            Step::Rebalance(rb) => {
-                let c = self.clickhouse(&f.node)?;
-                let plan = chx::plan_rebalance(&c, rb).await?;
-                if plan.is_empty() {
-                    return Err(ActError::NothingToDo("no partition can move to a disk with more room".into()));
-                }
-                let mut moved = Vec::new();
-                for m in &plan {
-                    chx::move_partition(&c, m, t).await?;
-                    moved.push(format!("{}.{} {} {}→{}", m.database, m.table, m.partition_id, m.from, m.to));
-                }
-                Ok(format!("moved {}", moved.join(", ")))
-            }
-            Step::Scale(sc) => {
-                let change = within(
-                    t,
-                    crate::act::kube::scale(self.kube()?, &sc.namespace, &sc.statefulset, sc.step, sc.min, sc.max),
-                )
-                .await?;
-                let msg = format!("{}/{} replicas {} → {}", sc.namespace, sc.statefulset, change.from, change.to);
-                undo.push(Undo::Scale(change));
-                Ok(msg)
-            }
-            Step::Notify(n) => Ok(format!(
-                "notified ({}): {}",
-                n.severity,
-                if n.summary.is_empty() { &f.evidence } else { &n.summary }
-            )),
-        }
-    }
-
-    async fn rollback(&self, u: &Undo) -> Result<String, ActError> {
-        match u {
-            Undo::Ttl { node, step, change } => {
-                let c = self.clickhouse(node)?;
-                chx::restore_ttl(&c, step, change).await?;
-                Ok(format!("TTL of {}.{} restored to {}", step.database, step.table, change.previous.expression))
-            }
-            Undo::Scale(c) => {
-                crate::act::kube::unscale(self.kube()?, c).await?;
-                Ok(format!("{}/{} back to {} replicas", c.namespace, c.statefulset, c.from))
-            }
-        }
-    }
 }
 
 fn alert(name: &str, severity: &str, f: &Firing, summary: String, description: String, runbook: &str) -> Alert {
@@ -443,7 +284,7 @@ impl Runner {
                         evidence: format!("clear for {:?}", r.after),
                         since_ms: 0,
                     };
-                    match self.exec.rollback(&r.undo).await {
+                    match self.exec.undo(&r.undo).await {
                         Ok(m) => self.entry(&r.id, &f, &r.action, Outcome::Restored, None, m),
                         Err(e) => {
                             self.entry(
@@ -572,15 +413,19 @@ impl Runner {
 
             for (id, f, rule) in to_run {
                 guards.started(&id, &f, now);
-                let (exec, nodes, tx) = (self.exec.clone(), self.nodes.clone(), done_tx.clone());
+                let (exec, tx) = (self.exec.clone(), done_tx.clone());
                 let labels = fleet.get(&f.node).cloned().unwrap_or_default();
                 tokio::spawn(async move {
                     let mut undo = Vec::new();
                     let mut messages = Vec::new();
                     let mut err = None;
+                    let target = Target { node: &f.node, target: &f.target, labels: &labels, evidence: &f.evidence };
                     for step in &rule.steps {
-                        match exec.run_step(&nodes, &f, &labels, step, &mut undo).await {
-                            Ok(m) => messages.push(m),
+                        match exec.run(step, &target).await {
+                            Ok(done) => {
+                                messages.push(done.message);
+                                undo.extend(done.undo);
+                            }
                             Err(e) => {
                                 err = Some(e);
                                 break;
@@ -629,7 +474,7 @@ impl Runner {
     async fn fail(&self, id: &str, rule: &Rule, action: &str, f: &Firing, undo: &[Undo], guards: &mut GuardState) {
         if rule.on_failure.rollback {
             for u in undo.iter().rev() {
-                match self.exec.rollback(u).await {
+                match self.exec.undo(u).await {
                     Ok(m) => self.entry(id, f, action, Outcome::RolledBack, None, m),
                     Err(e) => self.entry(id, f, action, Outcome::Failed, None, format!("rollback failed: {e}")),
                 }

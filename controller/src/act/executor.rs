@@ -1,0 +1,321 @@
+//! The seam between deciding and acting: one [`Executor`] per kind of target — the node's agent
+//! (local service restarts), ClickHouse (statements) and Kubernetes (pods, scale) — and an
+//! [`Executors`] set that gives each playbook step to the first executor that can carry it out
+//! on that node.
+
+use super::{ActError, agent, clickhouse as chx, kube as k8s};
+use crate::ingest::nodes::NodeTable;
+use crate::rules::model::{RestartHow, Step, TtlStep};
+use async_trait::async_trait;
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// What a step acts on.
+pub struct Target<'a> {
+    pub node: &'a str,
+    /// Within the node: `database=db,table=t`, a resource, … (empty for the node itself).
+    pub target: &'a str,
+    /// The node's labels (role, shard, k8s_namespace, k8s_pod…).
+    pub labels: &'a BTreeMap<String, String>,
+    /// The evidence that made the rule fire, for messages.
+    pub evidence: &'a str,
+}
+
+/// Something a step changed that can be put back, and the executor that knows how.
+#[derive(Debug, Clone)]
+pub enum Undo {
+    Ttl { node: String, step: TtlStep, change: chx::TtlChange },
+    Scale(k8s::ScaleChange),
+}
+
+/// What a step did.
+pub struct Done {
+    pub message: String,
+    pub undo: Option<Undo>,
+}
+
+impl Done {
+    fn msg(message: String) -> Self {
+        Self { message, undo: None }
+    }
+}
+
+#[async_trait]
+pub trait Executor: Send + Sync {
+    fn name(&self) -> &'static str;
+    /// Whether this executor carries out `step` on this target.
+    fn handles(&self, step: &Step, t: &Target<'_>) -> bool;
+    async fn run(&self, step: &Step, t: &Target<'_>) -> Result<Done, ActError>;
+    /// Puts back what one of this executor's steps changed; `None` when the undo is not its own.
+    async fn undo(&self, u: &Undo) -> Option<Result<String, ActError>>;
+}
+
+async fn within<T>(t: Duration, fut: impl std::future::Future<Output = Result<T, ActError>>) -> Result<T, ActError> {
+    match tokio::time::timeout(t, fut).await {
+        Ok(r) => r,
+        Err(_) => Err(ActError::Failed(format!("step did not finish within {t:?}"))),
+    }
+}
+
+/// `database=db,table=t` → ("db", "t").
+fn table_of(target: &str) -> Option<(String, String)> {
+    let get = |k: &str| target.split(',').find_map(|kv| kv.strip_prefix(&format!("{k}=")).map(str::to_string));
+    Some((get("database")?, get("table")?))
+}
+
+/// Service restarts through the node's own agent (bare metal, VMs, local mode).
+pub struct AgentExecutor {
+    pub nodes: NodeTable,
+    pub timeout: Duration,
+}
+
+#[async_trait]
+impl Executor for AgentExecutor {
+    fn name(&self) -> &'static str {
+        "agent"
+    }
+    fn handles(&self, step: &Step, _: &Target<'_>) -> bool {
+        matches!(step, Step::Restart(r) if matches!(r.how, RestartHow::Auto | RestartHow::Service))
+    }
+    async fn run(&self, step: &Step, t: &Target<'_>) -> Result<Done, ActError> {
+        let Step::Restart(r) = step else { return Err(ActError::Refused("not a restart".into())) };
+        agent::restart_service(&self.nodes, t.node, &r.service, self.timeout).await.map(Done::msg)
+    }
+    async fn undo(&self, _: &Undo) -> Option<Result<String, ActError>> {
+        None
+    }
+}
+
+/// ClickHouse statements on the node's server.
+pub struct ClickHouseExecutor {
+    /// The node's ClickHouse HTTP URL, `{node}` replaced by its name.
+    pub url_template: String,
+    pub user: Option<String>,
+    pub password: Option<String>,
+    pub timeout: Duration,
+}
+
+impl ClickHouseExecutor {
+    fn client(&self, node: &str) -> clickhouse::Client {
+        let mut c = clickhouse::Client::default().with_url(self.url_template.replace("{node}", node));
+        if let Some(u) = &self.user {
+            c = c.with_user(u);
+        }
+        if let Some(p) = &self.password {
+            c = c.with_password(p);
+        }
+        c
+    }
+}
+
+#[async_trait]
+impl Executor for ClickHouseExecutor {
+    fn name(&self) -> &'static str {
+        "clickhouse"
+    }
+    fn handles(&self, step: &Step, _: &Target<'_>) -> bool {
+        match step {
+            Step::Restart(r) => r.how == RestartHow::Replica,
+            Step::Ttl(_) | Step::Sql(_) | Step::Rebalance(_) => true,
+            _ => false,
+        }
+    }
+    async fn run(&self, step: &Step, t: &Target<'_>) -> Result<Done, ActError> {
+        let c = self.client(t.node);
+        let to = self.timeout;
+        match step {
+            Step::Restart(_) => {
+                let (db, table) = table_of(t.target).ok_or_else(|| {
+                    ActError::Refused(format!("restart replica needs a table target, got {:?}", t.target))
+                })?;
+                within(to, chx::restart_replica(&c, &db, &table)).await?;
+                Ok(Done::msg(format!("SYSTEM RESTART REPLICA {db}.{table}")))
+            }
+            Step::Ttl(s) => {
+                let change = within(to, chx::shorten_ttl(&c, s)).await?;
+                let message = format!(
+                    "TTL of {}.{} {:?} s → {} s",
+                    s.database, s.table, change.previous.seconds, change.new_seconds
+                );
+                Ok(Done { message, undo: Some(Undo::Ttl { node: t.node.to_string(), step: s.clone(), change }) })
+            }
+            Step::Sql(s) => {
+                within(to, chx::run_sql(&c, &s.statement)).await?;
+                Ok(Done::msg(format!("ran {}", s.statement)))
+            }
+            Step::Rebalance(rb) => {
+                let plan = chx::plan_rebalance(&c, rb).await?;
+                if plan.is_empty() {
+                    return Err(ActError::NothingToDo("no partition can move to a disk with more room".into()));
+                }
+                let mut moved = Vec::new();
+                for m in &plan {
+                    chx::move_partition(&c, m, to).await?;
+                    moved.push(format!("{}.{} {} {}→{}", m.database, m.table, m.partition_id, m.from, m.to));
+                }
+                Ok(Done::msg(format!("moved {}", moved.join(", "))))
+            }
+            _ => Err(ActError::Refused("not a ClickHouse step".into())),
+        }
+    }
+    async fn undo(&self, u: &Undo) -> Option<Result<String, ActError>> {
+        let Undo::Ttl { node, step, change } = u else { return None };
+        let r = chx::restore_ttl(&self.client(node), step, change).await;
+        Some(r.map(|_| format!("TTL of {}.{} restored to {}", step.database, step.table, change.previous.expression)))
+    }
+}
+
+/// Pods and StatefulSets through the Kubernetes API.
+pub struct KubeExecutor {
+    pub client: kube::Client,
+    pub timeout: Duration,
+}
+
+#[async_trait]
+impl Executor for KubeExecutor {
+    fn name(&self) -> &'static str {
+        "kube"
+    }
+    fn handles(&self, step: &Step, t: &Target<'_>) -> bool {
+        match step {
+            // The agent's labels name the node's ClickHouse pod (set by the DaemonSet from the
+            // downward API, or by the operator); without them, restarts go to the agent.
+            Step::Restart(r) => matches!(r.how, RestartHow::Auto | RestartHow::Pod) && t.labels.contains_key("k8s_pod"),
+            Step::Scale(_) => true,
+            _ => false,
+        }
+    }
+    async fn run(&self, step: &Step, t: &Target<'_>) -> Result<Done, ActError> {
+        match step {
+            Step::Restart(_) => {
+                let ns = t.labels.get("k8s_namespace").map(String::as_str).unwrap_or("default");
+                let pod = t.labels.get("k8s_pod").map(String::as_str).unwrap_or_default();
+                within(self.timeout, k8s::restart_pod(&self.client, ns, pod)).await.map(Done::msg)
+            }
+            Step::Scale(sc) => {
+                let change = within(
+                    self.timeout,
+                    k8s::scale(&self.client, &sc.namespace, &sc.statefulset, sc.step, sc.min, sc.max),
+                )
+                .await?;
+                let message = format!("{}/{} replicas {} → {}", sc.namespace, sc.statefulset, change.from, change.to);
+                Ok(Done { message, undo: Some(Undo::Scale(change)) })
+            }
+            _ => Err(ActError::Refused("not a Kubernetes step".into())),
+        }
+    }
+    async fn undo(&self, u: &Undo) -> Option<Result<String, ActError>> {
+        let Undo::Scale(c) = u else { return None };
+        let r = k8s::unscale(&self.client, c).await;
+        Some(r.map(|_| format!("{}/{} back to {} replicas", c.namespace, c.statefulset, c.from)))
+    }
+}
+
+/// Notify steps: the message; the alert itself is raised by the remediation loop.
+pub struct NotifyExecutor;
+
+#[async_trait]
+impl Executor for NotifyExecutor {
+    fn name(&self) -> &'static str {
+        "notify"
+    }
+    fn handles(&self, step: &Step, _: &Target<'_>) -> bool {
+        matches!(step, Step::Notify(_))
+    }
+    async fn run(&self, step: &Step, t: &Target<'_>) -> Result<Done, ActError> {
+        let Step::Notify(n) = step else { return Err(ActError::Refused("not a notify step".into())) };
+        let text = if n.summary.is_empty() { t.evidence } else { &n.summary };
+        Ok(Done::msg(format!("notified ({}): {text}", n.severity)))
+    }
+    async fn undo(&self, _: &Undo) -> Option<Result<String, ActError>> {
+        None
+    }
+}
+
+/// The configured executors, in order of preference (Kubernetes before the agent for restarts
+/// of pods that have one).
+#[derive(Clone, Default)]
+pub struct Executors(pub Vec<Arc<dyn Executor>>);
+
+impl Executors {
+    pub async fn run(&self, step: &Step, t: &Target<'_>) -> Result<Done, ActError> {
+        match self.0.iter().find(|e| e.handles(step, t)) {
+            Some(e) => e.run(step, t).await,
+            None => Err(ActError::Unavailable(format!(
+                "no executor can run this step on {}: ClickHouse steps need --clickhouse-node-url, pod and scale steps a Kubernetes API (--kubernetes) and k8s_pod labels",
+                t.node
+            ))),
+        }
+    }
+
+    pub async fn undo(&self, u: &Undo) -> Result<String, ActError> {
+        for e in &self.0 {
+            if let Some(r) = e.undo(u).await {
+                return r;
+            }
+        }
+        Err(ActError::Unavailable("the executor that made this change is not configured any more".into()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rules::model::{NotifyStep, RestartStep, SqlStep};
+
+    fn restart(how: RestartHow) -> Step {
+        Step::Restart(RestartStep { how, service: "clickhouse-server".into() })
+    }
+
+    fn executors(with_kube: bool) -> Executors {
+        let mut v: Vec<Arc<dyn Executor>> = Vec::new();
+        if with_kube {
+            let (svc, _handle) =
+                tower_test::mock::pair::<http::Request<kube::client::Body>, http::Response<kube::client::Body>>();
+            v.push(Arc::new(KubeExecutor {
+                client: kube::Client::new(svc, "default"),
+                timeout: Duration::from_secs(1),
+            }));
+        }
+        v.push(Arc::new(AgentExecutor { nodes: NodeTable::default(), timeout: Duration::from_secs(1) }));
+        v.push(Arc::new(NotifyExecutor));
+        Executors(v)
+    }
+
+    fn chosen(ex: &Executors, step: &Step, labels: &BTreeMap<String, String>) -> Option<&'static str> {
+        let t = Target { node: "n1", target: "", labels, evidence: "e" };
+        ex.0.iter().find(|e| e.handles(step, &t)).map(|e| e.name())
+    }
+
+    #[tokio::test]
+    async fn each_step_goes_to_the_executor_for_its_target() {
+        let pod: BTreeMap<String, String> = [("k8s_pod".to_string(), "chi-0".to_string())].into_iter().collect();
+        let bare = BTreeMap::new();
+        let ex = executors(true);
+        assert_eq!(
+            chosen(&ex, &restart(RestartHow::Auto), &pod),
+            Some("kube"),
+            "a pod is restarted through Kubernetes"
+        );
+        assert_eq!(chosen(&ex, &restart(RestartHow::Auto), &bare), Some("agent"), "elsewhere through the agent");
+        assert_eq!(chosen(&ex, &restart(RestartHow::Service), &pod), Some("agent"));
+        assert_eq!(
+            chosen(&ex, &Step::Notify(NotifyStep { severity: "info".into(), summary: String::new() }), &bare),
+            Some("notify")
+        );
+        assert_eq!(chosen(&executors(false), &restart(RestartHow::Pod), &pod), None, "no Kubernetes API configured");
+    }
+
+    #[tokio::test]
+    async fn a_step_no_executor_can_run_says_what_to_configure() {
+        let step = Step::Sql(SqlStep { statement: "SYSTEM FLUSH LOGS".into() });
+        let labels = BTreeMap::new();
+        let t = Target { node: "n1", target: "", labels: &labels, evidence: "e" };
+        match executors(false).run(&step, &t).await {
+            Err(ActError::Unavailable(m)) => assert!(m.contains("--clickhouse-node-url"), "{m}"),
+            Err(e) => panic!("{e}"),
+            Ok(_) => panic!("no ClickHouse executor is configured"),
+        }
+    }
+}
