@@ -96,6 +96,21 @@ async fn a_log_signature_restarts_the_service_and_the_fix_is_verified() -> Resul
     Ok(())
 }
 
+/// A ClickHouse with `analytics.events` at a 30-day TTL, its TTL clause as it stands, and an
+/// empty rules directory.
+async fn events_table_with_30_day_ttl(dir: &Path) -> Result<(ClickHouseProc, String, std::path::PathBuf)> {
+    let ch = ClickHouseProc::start(&dir.join("ch")).await?;
+    ch.query("CREATE DATABASE analytics").await?;
+    ch.query(
+        "CREATE TABLE analytics.events (ts DateTime, x UInt64) ENGINE = MergeTree ORDER BY ts TTL ts + INTERVAL 30 DAY",
+    )
+    .await?;
+    let original = ttl_text(&ch).await?;
+    let rules = dir.join("rules");
+    std::fs::create_dir_all(&rules)?;
+    Ok((ch, original, rules))
+}
+
 async fn ttl_text(ch: &ClickHouseProc) -> Result<String> {
     ch.query("SELECT engine_full FROM system.tables WHERE database = 'analytics' AND name = 'events'").await
 }
@@ -121,15 +136,7 @@ fn ttl_rules(dir: &Path, dry_run: bool) -> Result<()> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_action_that_does_not_help_is_rolled_back_escalated_and_stops_and_dry_run_changes_nothing() -> Result<()> {
     let dir = tempfile::tempdir()?;
-    let ch = ClickHouseProc::start(&dir.path().join("ch")).await?;
-    ch.query("CREATE DATABASE analytics").await?;
-    ch.query(
-        "CREATE TABLE analytics.events (ts DateTime, x UInt64) ENGINE = MergeTree ORDER BY ts TTL ts + INTERVAL 30 DAY",
-    )
-    .await?;
-    let original = ttl_text(&ch).await?;
-    let rules = dir.path().join("rules");
-    std::fs::create_dir_all(&rules)?;
+    let (ch, original, rules) = events_table_with_30_day_ttl(dir.path()).await?;
 
     // Dry run first: decided and recorded, nothing changed.
     ttl_rules(&rules, true)?;
@@ -244,15 +251,7 @@ async fn an_action_waits_for_approval_runs_once_approved_from_the_cli_and_expire
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_shortened_ttl_is_restored_once_the_pressure_is_gone() -> Result<()> {
     let dir = tempfile::tempdir()?;
-    let ch = ClickHouseProc::start(&dir.path().join("ch")).await?;
-    ch.query("CREATE DATABASE analytics").await?;
-    ch.query(
-        "CREATE TABLE analytics.events (ts DateTime, x UInt64) ENGINE = MergeTree ORDER BY ts TTL ts + INTERVAL 30 DAY",
-    )
-    .await?;
-    let original = ttl_text(&ch).await?;
-    let rules = dir.path().join("rules");
-    std::fs::create_dir_all(&rules)?;
+    let (ch, original, rules) = events_table_with_30_day_ttl(dir.path()).await?;
     std::fs::write(
         rules.join("r.yaml"),
         "rules:
