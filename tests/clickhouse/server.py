@@ -353,10 +353,22 @@ def split_insert(prefix):
 class Engine:
     def tiered_config(self):
         """A second disk ("cold") and a policy "tiered" over both, for partition-move tests. The
-        default disk keeps most of the filesystem's free space in reserve, so it looks nearly
-        full and the cold disk roomy, as in a real hot/cold setup."""
+        default disk keeps all but a sliver of the filesystem's free space in reserve, so it looks
+        nearly full and the cold disk roomy, as in a real hot/cold setup. The sliver is sized from
+        the space already used (not from the free space), so that the default disk looks less than
+        5 % free whether the machine's disk is nearly empty or nearly full."""
         st = os.statvfs(self.data_dir)
+        used = (st.f_blocks - st.f_bavail) * st.f_frsize
+        if used < 256 << 20:
+            # A nearly empty filesystem (a fresh tmpfs) has no used space to size the sliver from:
+            # a ballast file gives it some, so the default disk can look full yet hold the inserts.
+            with open(os.path.join(self.data_dir, "ballast"), "wb") as f:
+                os.posix_fallocate(f.fileno(), 0, (256 << 20) - used)
+            st = os.statvfs(self.data_dir)
+            used = (st.f_blocks - st.f_bavail) * st.f_frsize
         free = st.f_bavail * st.f_frsize
+        sliver = max(1 << 20, min(256 << 20, used // 50))
+        keep = max(0, free - sliver)
         os.makedirs(os.path.join(self.data_dir, "cold"), exist_ok=True)
         return (
             "  <storage_configuration>\n"
@@ -367,7 +379,7 @@ class Engine:
             "    <policies><tiered><volumes>"
             "<hot><disk>default</disk></hot><cold><disk>cold</disk></cold>"
             "</volumes></tiered></policies>\n"
-            "  </storage_configuration>\n" % (int(free * 0.95), self.data_dir)
+            "  </storage_configuration>\n" % (keep, self.data_dir)
         )
 
     def __init__(self, data_dir, max_queries, tiered=False):
