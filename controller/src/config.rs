@@ -39,6 +39,14 @@ pub struct ControllerConfig {
     /// How often active alerts are re-sent (they expire after 4 of these if the controller dies).
     #[serde(with = "humantime_serde_compat")]
     pub alert_resend: Duration,
+    /// How long a series must stay anomalous, with no rule covering it, before the controller
+    /// raises MedicAnomalyUnhandled. Default 5m.
+    #[serde(with = "humantime_serde_compat")]
+    pub unhandled_anomaly_for: Duration,
+    /// Forecast exhaustions closer than this, with no rule that would act, raise
+    /// MedicExhaustionUnhandled. Default 72h.
+    #[serde(with = "humantime_serde_compat")]
+    pub unhandled_exhaustion_within: Duration,
     /// ClickHouse HTTP URL of each node for ClickHouse steps, `{node}` replaced by the node name
     /// (e.g. http://{node}:8123). Credentials as for `clickhouse_url`.
     pub clickhouse_node_url: Option<String>,
@@ -73,6 +81,8 @@ impl Default for ControllerConfig {
             clickhouse_node_url: None,
             alertmanager_urls: Vec::new(),
             alert_resend: Duration::from_secs(60),
+            unhandled_anomaly_for: Duration::from_secs(300),
+            unhandled_exhaustion_within: Duration::from_secs(72 * 3600),
             clickhouse_url: None,
             clickhouse_database: "medic".into(),
             clickhouse_user: None,

@@ -137,6 +137,12 @@ struct RunArgs {
     /// How often active alerts are re-sent to Alertmanager [default: 1m]
     #[arg(long, value_parser = humantime::parse_duration)]
     alert_resend: Option<Duration>,
+    /// How long a series must stay anomalous, with no rule covering it, before MedicAnomalyUnhandled is raised [default: 5m]
+    #[arg(long, value_parser = humantime::parse_duration)]
+    unhandled_anomaly_for: Option<Duration>,
+    /// Forecast exhaustions closer than this, with no rule that would act, raise MedicExhaustionUnhandled [default: 72h]
+    #[arg(long, value_parser = humantime::parse_duration)]
+    unhandled_exhaustion_within: Option<Duration>,
     /// Use the Kubernetes API (kubeconfig or in-cluster) for pod restarts and scaling [default: on in a cluster]
     #[arg(long)]
     kubernetes: bool,
@@ -256,6 +262,12 @@ fn config(args: &RunArgs) -> anyhow::Result<ControllerConfig> {
     cfg.alertmanager_urls.extend(args.alertmanager_urls.iter().cloned());
     if let Some(v) = args.alert_resend {
         cfg.alert_resend = v;
+    }
+    if let Some(v) = args.unhandled_anomaly_for {
+        cfg.unhandled_anomaly_for = v;
+    }
+    if let Some(v) = args.unhandled_exhaustion_within {
+        cfg.unhandled_exhaustion_within = v;
     }
     cfg.kubernetes |= args.kubernetes;
     if let Some(v) = args.remediation_interval {

@@ -11,6 +11,7 @@ use crate::ingest::nodes::NodeTable;
 use crate::ingest::writer::{Writer, WriterOptions};
 use crate::ingest::{IngestOptions, IngestService};
 use crate::publish::alertmanager::Alerts;
+use crate::publish::unhandled::{Unhandled, UnhandledConfig, UnhandledMetrics};
 use crate::rules::watch::{ActiveRules, RuleMetrics};
 use crate::store::EventKind;
 use crate::store::Store;
@@ -109,6 +110,24 @@ pub async fn run(cfg: ControllerConfig, shutdown: impl Future<Output = ()> + Sen
             .run(),
         )
     });
+    let unhandled_metrics = UnhandledMetrics::default();
+    metrics.register_unprefixed(|r| unhandled_metrics.register(r));
+    let unhandled_task = tokio::spawn(
+        Unhandled {
+            cfg: UnhandledConfig {
+                anomaly_for: cfg.unhandled_anomaly_for,
+                exhaustion_within: cfg.unhandled_exhaustion_within,
+                every: cfg.remediation_interval,
+                ..Default::default()
+            },
+            rules: rules.clone(),
+            facts: engine.facts.clone(),
+            detection: engine.state.clone(),
+            alerts: alerts.clone(),
+            metrics: unhandled_metrics,
+        }
+        .run(),
+    );
     metrics.register_collector(DetectionCollector(engine.state.clone()));
     let writer = Writer::new(store.clone(), nodes.clone(), metrics.clone(), WriterOptions::default())
         .with_detection(engine.clone());
@@ -199,6 +218,7 @@ pub async fn run(cfg: ControllerConfig, shutdown: impl Future<Output = ()> + Sen
     };
     retention_task.abort();
     alerts_task.abort();
+    unhandled_task.abort();
     for t in [rules_task, runner_task].into_iter().flatten() {
         t.abort();
     }

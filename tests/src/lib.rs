@@ -511,3 +511,76 @@ pub fn alertmanager_for_tests(pagerduty_url: &str, routing_key: &str) -> Result<
         .replace("group_interval: 5m", "group_interval: 1s")
         .replace("resolve_timeout: 5m", "resolve_timeout: 10s"))
 }
+
+/// `(metric, labels, timestamp_ms, value)` of one gauge sample.
+pub type GaugeSample<'a> = (&'a str, &'a [(&'a str, &'a str)], i64, f64);
+
+/// A scripted agent over the real gRPC protocol: it says hello and sends the batches a test
+/// writes, so a test can feed the controller series with a known shape (history included, with
+/// past timestamps) that no real host would produce on cue.
+pub struct SyntheticAgent {
+    tx: tokio::sync::mpsc::Sender<medic_proto::v1::AgentMessage>,
+    seq: u64,
+    acked: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    _inbound: tokio::task::JoinHandle<()>,
+}
+
+impl SyntheticAgent {
+    pub async fn connect(controller: &str, node: &str, labels: &[(&str, &str)]) -> Result<Self> {
+        use medic_proto::v1::{AgentMessage, Hello, Label, agent_message, telemetry_client::TelemetryClient};
+        let mut client = TelemetryClient::connect(controller.to_string()).await?;
+        let (tx, rx) = tokio::sync::mpsc::channel::<AgentMessage>(64);
+        let hello = Hello {
+            node: node.into(),
+            labels: labels.iter().map(|(n, v)| Label::new(*n, *v)).collect(),
+            agent_version: "synthetic".into(),
+            protocol_version: medic_proto::PROTOCOL_VERSION,
+            capabilities: vec![],
+            // A fresh spool each time: sequence numbers start at 1.
+            spool_id: format!("synthetic-{}-{}", std::process::id(), free_port()),
+        };
+        tx.send(AgentMessage { msg: Some(agent_message::Msg::Hello(hello)) }).await?;
+        let mut inbound = client.stream(tokio_stream::wrappers::ReceiverStream::new(rx)).await?.into_inner();
+        let acked = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let a = acked.clone();
+        let task = tokio::spawn(async move {
+            while let Ok(Some(m)) = inbound.message().await {
+                if let Some(medic_proto::v1::controller_message::Msg::Ack(ack)) = m.msg {
+                    a.store(ack.seq, std::sync::atomic::Ordering::Relaxed);
+                }
+            }
+        });
+        Ok(Self { tx, seq: 0, acked, _inbound: task })
+    }
+
+    /// Sends one batch of gauges `(metric, labels, timestamp_ms, value)` and waits until the
+    /// controller acked it (stored, so detection has seen it).
+    pub async fn send(&mut self, samples: &[GaugeSample<'_>]) -> Result<()> {
+        use medic_proto::v1::{AgentMessage, Batch, Label, Sample, agent_message};
+        self.seq += 1;
+        let batch = Batch {
+            seq: self.seq,
+            created_unix_ms: chrono::Utc::now().timestamp_millis(),
+            samples: samples
+                .iter()
+                .map(|(m, l, ts, v)| Sample {
+                    metric: m.to_string(),
+                    labels: l.iter().map(|(n, v)| Label::new(*n, *v)).collect(),
+                    timestamp_ms: *ts,
+                    value: *v,
+                    kind: 1,
+                })
+                .collect(),
+            logs: vec![],
+        };
+        self.tx.send(AgentMessage { msg: Some(agent_message::Msg::Batch(batch)) }).await?;
+        let seq = self.seq;
+        let acked = self.acked.clone();
+        eventually(Duration::from_secs(20), || {
+            let acked = acked.clone();
+            async move { Ok((acked.load(std::sync::atomic::Ordering::Relaxed) >= seq).then_some(())) }
+        })
+        .await
+        .with_context(|| format!("the controller did not ack batch {seq}"))
+    }
+}

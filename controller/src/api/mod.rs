@@ -37,6 +37,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/api/v1/actions", get(actions))
         .route("/api/v1/actions/{id}/approve", axum::routing::post(approve))
         .route("/api/v1/anomalies", get(anomalies))
+        .route("/api/v1/anomalies/open", get(open_anomalies))
         .route("/api/v1/forecasts", get(forecasts))
         .route("/api/v1/outliers", get(outliers))
         .route("/api/v1/changepoints", get(changepoints))
@@ -334,6 +335,24 @@ struct AnomalyParams {
 
 /// Recent anomaly alerts (score ≥ 0.5), newest first, each with what was observed, what was
 /// expected, and the evidence that fired.
+/// Anomalies still going on: series that scored as an anomaly and have not come back near their
+/// baseline since, longest first.
+async fn open_anomalies(
+    State(s): State<ApiState>,
+    Query(q): Query<AnomalyParams>,
+) -> Result<Json<Vec<crate::detect::engine::EpisodeView>>, ApiError> {
+    let st = detection(&s)?;
+    let mut open: Vec<_> = st
+        .episodes
+        .values()
+        .filter(|a| q.node.as_ref().is_none_or(|n| *n == a.node) && q.metric.as_ref().is_none_or(|m| *m == a.metric))
+        .cloned()
+        .collect();
+    open.sort_by_key(|e| e.since_ms);
+    open.truncate(q.limit.unwrap_or(100).min(10_000));
+    Ok(Json(open))
+}
+
 async fn anomalies(
     State(s): State<ApiState>,
     Query(q): Query<AnomalyParams>,

@@ -12,6 +12,7 @@ use crate::act::executor::{Executors, Target, Undo};
 use crate::detect::engine::DetectionState;
 use crate::ingest::nodes::NodeTable;
 use crate::publish::alertmanager::{Alert, Alerts};
+use crate::publish::unhandled;
 use crate::rules::load::LoadedRule;
 use crate::rules::model::{Rule, Step};
 use crate::rules::watch::ActiveRules;
@@ -392,6 +393,20 @@ impl Runner {
                             None,
                             format!("approve with POST /api/v1/actions/{id}/approve within {expires:?}"),
                         );
+                        self.alerts.fire(alert(
+                            "MedicApprovalRequired",
+                            "warning",
+                            &f,
+                            format!("{} on {} waits for approval", action_name(rule), f.node),
+                            format!(
+                                "Rule {} wants to run {} on {} ({}). Approve within {expires:?} with `controller actions approve {id}` or POST /api/v1/actions/{id}/approve; otherwise it expires and nothing is done.",
+                                rule.name,
+                                action_name(rule),
+                                f.node,
+                                f.evidence
+                            ),
+                            "medicapprovalrequired",
+                        ));
                         pending.insert(
                             id,
                             Pending {
@@ -447,7 +462,7 @@ impl Runner {
             Ok(d) => Signals {
                 forecasts: d.forecasts.values().cloned().collect(),
                 outliers: d.outliers.clone(),
-                ..Default::default()
+                anomalies: unhandled::signals_anomalies(&unhandled::current_scores(&d, now_ms())),
             },
             Err(_) => Signals::default(),
         }

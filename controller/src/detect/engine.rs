@@ -108,6 +108,31 @@ pub struct CurrentScore {
     pub at_ms: i64,
 }
 
+/// An anomaly episode: from the sample that scored as an anomaly until the series is back within
+/// half of that deviation from the baseline it had then. Scores are transient by design (the
+/// detector re-learns the level, and reports one alert per novelty), while "is it still wrong?"
+/// is what rule conditions with a `for` and the unhandled-anomaly page need to know.
+#[derive(Debug, Clone, Serialize)]
+pub struct EpisodeView {
+    pub node: String,
+    pub metric: String,
+    pub labels: String,
+    /// The score of the sample that opened the episode.
+    pub score: f64,
+    pub since_ms: i64,
+    pub last_ms: i64,
+    pub baseline: f64,
+    /// The value that opened the episode (for counters: the rate).
+    pub observed: f64,
+    /// The latest value (for counters: the rate).
+    pub latest: f64,
+}
+
+/// An episode that lasts this long is the series' new normal, not an anomaly any more.
+pub const MAX_EPISODE_MS: i64 = 6 * 3_600_000;
+/// Bound on open episodes; beyond it new ones are not tracked (the anomaly itself still is).
+const MAX_EPISODES: usize = 10_000;
+
 #[derive(Debug, Clone, Serialize)]
 pub struct ChangepointView {
     pub node: String,
@@ -125,6 +150,8 @@ pub struct DetectionState {
     pub anomalies: VecDeque<AnomalyView>,
     /// Series whose latest score is at least [`SCORE_FLOOR`], by (node, metric, labels).
     pub scores: HashMap<(String, String, String), CurrentScore>,
+    /// Open anomaly episodes by series hash.
+    pub episodes: HashMap<u64, EpisodeView>,
     pub forecasts: BTreeMap<(String, String), ForecastView>,
     pub outliers: Vec<OutlierView>,
     pub changepoints: VecDeque<ChangepointView>,
@@ -376,6 +403,12 @@ impl Engine {
         use std::hash::{Hash, Hasher};
         let mut alerts = Vec::new();
         let mut current = Vec::new();
+        // Episodes are updated off the lock (the API reads the state) and put back after.
+        let mut episodes = match self.state.write() {
+            Ok(mut st) => std::mem::take(&mut st.episodes),
+            Err(_) => HashMap::new(),
+        };
+        let mut open = episodes.len();
         for s in &batch.samples {
             let mut h = std::hash::DefaultHasher::new();
             node.hash(&mut h);
@@ -389,10 +422,38 @@ impl Engine {
             } else {
                 super::anomaly::Kind::Gauge
             };
-            let sc = self.anomaly.observe(h.finish(), s.timestamp_ms, s.value, kind);
+            let id = h.finish();
+            let sc = self.anomaly.observe(id, s.timestamp_ms, s.value, kind);
             let labels_text =
                 || s.labels.iter().map(|l| format!("{}={}", l.name, l.value)).collect::<Vec<_>>().join(",");
             current.push(((node.to_string(), s.metric.clone(), labels_text()), sc.value, s.timestamp_ms));
+            match episodes.entry(id) {
+                std::collections::hash_map::Entry::Occupied(mut e) => {
+                    let ep = e.get_mut();
+                    ep.last_ms = s.timestamp_ms;
+                    ep.latest = sc.observed;
+                    let back = (sc.observed - ep.baseline).abs() < 0.5 * (ep.observed - ep.baseline).abs();
+                    if back || s.timestamp_ms - ep.since_ms > MAX_EPISODE_MS {
+                        e.remove();
+                    }
+                }
+                std::collections::hash_map::Entry::Vacant(v) => {
+                    if sc.value >= ALERT_SCORE && sc.observed != sc.baseline && open < MAX_EPISODES {
+                        v.insert(EpisodeView {
+                            node: node.to_string(),
+                            metric: s.metric.clone(),
+                            labels: labels_text(),
+                            score: sc.value,
+                            since_ms: s.timestamp_ms,
+                            last_ms: s.timestamp_ms,
+                            baseline: sc.baseline,
+                            observed: sc.observed,
+                            latest: sc.observed,
+                        });
+                        open += 1;
+                    }
+                }
+            }
             if sc.value >= ALERT_SCORE {
                 alerts.push(AnomalyView {
                     node: node.to_string(),
@@ -413,6 +474,7 @@ impl Engine {
             }
         }
         let Ok(mut st) = self.state.write() else { return };
+        st.episodes = episodes;
         for (key, score, at_ms) in current {
             if score >= SCORE_FLOOR {
                 let (node, metric, labels) = key.clone();
@@ -436,6 +498,8 @@ impl Engine {
         if let Ok(mut st) = self.state.write() {
             // A series that stopped reporting keeps no current score.
             st.scores.retain(|_, c| now_ms - c.at_ms < 600_000);
+            // So does an episode whose series went silent.
+            st.episodes.retain(|_, e| now_ms - e.last_ms < 600_000);
         }
         if !self.new_anomalies.is_empty() {
             sink.anomalies(&std::mem::take(&mut self.new_anomalies));
@@ -691,6 +755,33 @@ mod tests {
         assert!(last.signals.contains(&"spike".to_string()), "{:?}", last.signals);
         assert!(st.anomalies.len() <= 3, "a quiet series raised {} alerts before the spike", st.anomalies.len() - 1);
         assert!(st.scores.values().any(|c| c.metric == "node_load1" && c.score >= ALERT_SCORE));
+    }
+
+    #[test]
+    fn a_level_shift_opens_an_episode_that_lasts_while_the_series_stays_away_and_closes_when_it_is_back() {
+        let mut engine = Engine::new(EngineConfig::default(), Arc::new(RwLock::new(DetectionState::default())));
+        let t0: i64 = 1_795_000_000_000;
+        let mut feed = |i: i64, v: f64| {
+            let batch = Batch {
+                seq: 1,
+                created_unix_ms: t0 + i * 1000,
+                samples: vec![gauge("app_queue_depth", &[], t0 + i * 1000, v)],
+                logs: vec![],
+            };
+            engine.observe(&StoredBatch { node: "n1".into(), labels: vec![], batch: Arc::new(batch) });
+            engine.state.read().unwrap().episodes.values().map(|e| (e.since_ms, e.latest)).collect::<Vec<_>>()
+        };
+        for i in 0..600i64 {
+            feed(i, 10.0 + ((i * 7919) % 13) as f64 * 0.1);
+        }
+        let opened = feed(600, 100.0);
+        assert_eq!(opened.len(), 1, "the jump opens an episode");
+        for i in 601..640 {
+            let open = feed(i, 100.0 + (i % 3) as f64);
+            assert_eq!(open.len(), 1, "still far from the baseline at sample {i}");
+            assert_eq!(open[0].0, t0 + 600_000, "one episode, from the jump");
+        }
+        assert!(feed(640, 10.5).is_empty(), "back near the baseline: the episode is over");
     }
 
     #[test]
