@@ -97,7 +97,7 @@ async fn clickhouse_down_pages_through_prometheus_and_alertmanager_and_resolves(
 
 /// The controller's own alerts: a rule's notify step pages through Alertmanager while its
 /// condition holds and resolves when it clears; a remediation that does not help escalates as a
-/// critical page.
+/// critical page; an action waiting for approval pages with the way to approve it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_controller_posts_notify_and_escalation_alerts_that_page_and_resolve() -> Result<()> {
     use std::io::Write;
@@ -121,6 +121,12 @@ async fn the_controller_posts_notify_and_escalation_alerts_that_page_and_resolve
     do:
       - notify: { severity: info }
     verify: { clears_within: 2s }
+  - name: needs-a-human
+    when:
+      threshold: { metric: node_load1, op: \">=\", value: 0 }
+    do:
+      - notify: { severity: info }
+    guards: { approval: { expires_after: 1h } }
 ",
     )?;
     let log = dir.path().join("ch.log");
@@ -155,6 +161,18 @@ async fn the_controller_posts_notify_and_escalation_alerts_that_page_and_resolve
         escalation["payload"]["custom_details"]["runbook"],
         "deploy/prometheus/runbooks.md#medicremediationfailed"
     );
+
+    // Approval: an action that waits for a human pages, with the command that releases it.
+    let approval = eventually(Duration::from_secs(30), || async {
+        Ok(pd.events().into_iter().find(|e| {
+            e["event_action"] == "trigger"
+                && e["payload"]["summary"].as_str().is_some_and(|s| s.contains("on ch-1 waits for approval"))
+        }))
+    })
+    .await?;
+    assert_eq!(approval["payload"]["severity"], "warning");
+    let how = approval["payload"]["custom_details"]["description"].as_str().unwrap_or_default();
+    assert!(how.contains("controller actions approve"), "{how}");
 
     // Notify: pages while too-many-parts errors keep coming, resolves once they stop.
     let mut f = std::fs::OpenOptions::new().append(true).open(&log)?;
