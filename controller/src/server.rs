@@ -51,6 +51,7 @@ pub async fn run(cfg: ControllerConfig, shutdown: impl Future<Output = ()> + Sen
     let rules_task = rules.clone().map(|r| tokio::spawn(r.watch()));
     let event_log = EventLog::start(store.clone());
     let engine = crate::detect::engine::start(EngineConfig::default(), StoreSink(event_log.clone()));
+    restore_detection(store.as_ref(), &engine.state).await;
     let history: Vec<AuditEntry> = match store.events(EventKind::Action, 10_000).await {
         Ok(ev) => ev.into_iter().rev().filter_map(|e| serde_json::from_value(e.body).ok()).collect(),
         Err(e) => {
@@ -227,4 +228,24 @@ pub async fn run(cfg: ControllerConfig, shutdown: impl Future<Output = ()> + Sen
     h.context("HTTP server failed")?;
     tracing::info!("controller stopped");
     Ok(())
+}
+
+/// Detection results of earlier runs, back into memory so the API shows them after a restart.
+async fn restore_detection(store: &dyn Store, state: &std::sync::RwLock<crate::detect::engine::DetectionState>) {
+    async fn load<T: serde::de::DeserializeOwned>(store: &dyn Store, kind: EventKind, limit: usize) -> Vec<T> {
+        match store.events(kind, limit).await {
+            Ok(ev) => ev.into_iter().filter_map(|e| serde_json::from_value(e.body).ok()).collect(),
+            Err(e) => {
+                tracing::warn!(error = %e, kind = kind.as_str(), "cannot read stored detection results; the API starts without them");
+                Vec::new()
+            }
+        }
+    }
+    let anomalies = load(store, EventKind::Anomaly, 10_000).await;
+    let changepoints = load(store, EventKind::Changepoint, 1000).await;
+    let forecasts = load(store, EventKind::Forecast, 10_000).await;
+    let fresh_ms = (2.0 * EngineConfig::default().forecast.refresh_secs * 1000.0) as i64;
+    if let Ok(mut st) = state.write() {
+        st.restore(anomalies, changepoints, forecasts, chrono::Utc::now().timestamp_millis(), fresh_ms);
+    }
 }

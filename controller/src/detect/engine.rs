@@ -54,7 +54,7 @@ impl Default for EngineConfig {
     }
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
 pub struct ForecastView {
     pub node: String,
     pub resource: String,
@@ -66,7 +66,7 @@ pub struct ForecastView {
     pub computed_at_ms: i64,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
 pub struct OutlierView {
     pub node: String,
     pub role: String,
@@ -74,7 +74,7 @@ pub struct OutlierView {
     pub detected_at: String,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
 pub struct OutlierMetricView {
     pub metric: String,
     pub value: f64,
@@ -84,7 +84,7 @@ pub struct OutlierMetricView {
 }
 
 /// A sample the anomaly detector scored at or above the alert threshold, with why.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
 pub struct AnomalyView {
     pub node: String,
     pub metric: String,
@@ -133,7 +133,7 @@ pub const MAX_EPISODE_MS: i64 = 6 * 3_600_000;
 /// Bound on open episodes; beyond it new ones are not tracked (the anomaly itself still is).
 const MAX_EPISODES: usize = 10_000;
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
 pub struct ChangepointView {
     pub node: String,
     pub metric: String,
@@ -158,6 +158,36 @@ pub struct DetectionState {
     pub batches_seen: AtomicU64,
     pub batches_skipped: AtomicU64,
     pub errors: AtomicU64,
+}
+
+impl DetectionState {
+    /// Puts back what an earlier run stored, so the API's history survives a restart: anomalies
+    /// and changepoints (oldest first), and forecasts younger than `fresh_ms` (an older one
+    /// would be acted on as if current; the forecaster recomputes on its schedule).
+    pub fn restore(
+        &mut self,
+        anomalies: Vec<AnomalyView>,
+        changepoints: Vec<ChangepointView>,
+        forecasts: Vec<ForecastView>,
+        now_ms: i64,
+        fresh_ms: i64,
+    ) {
+        let mut a: Vec<_> = anomalies.into_iter().chain(self.anomalies.drain(..)).collect();
+        a.sort_by_key(|x| x.at_ms);
+        let skip = a.len().saturating_sub(MAX_ANOMALIES);
+        self.anomalies = a.into_iter().skip(skip).collect();
+        let mut c: Vec<_> = changepoints.into_iter().chain(self.changepoints.drain(..)).collect();
+        c.sort_by_key(|x| x.at_ms);
+        let skip = c.len().saturating_sub(MAX_CHANGEPOINTS);
+        self.changepoints = c.into_iter().skip(skip).collect();
+        for f in forecasts.into_iter().filter(|f| now_ms - f.computed_at_ms <= fresh_ms) {
+            let key = (f.node.clone(), f.resource.clone());
+            let newer = self.forecasts.get(&key).is_none_or(|cur| cur.computed_at_ms < f.computed_at_ms);
+            if newer {
+                self.forecasts.insert(key, f);
+            }
+        }
+    }
 }
 
 const MAX_CHANGEPOINTS: usize = 1000;
