@@ -12,6 +12,13 @@ use super::robust::normal_sf;
 
 pub(crate) const SHORT: usize = 10;
 
+/// The short mean must reach this before the evidence speaks: the last `SHORT` residuals
+/// must be unusual *on average* (raws are uniform on [0, 1] for well-calibrated residuals,
+/// so 0.8 is more than three spreads above their mean). Without it a merely unlucky cluster
+/// of ordinary residuals in a clean series — improbable against a spread learnt in calm
+/// weather, but no change of behaviour — raised alerts about once a week of 5-minute data.
+const MIN_SHORT: f32 = 0.8;
+
 #[derive(Debug, Clone, Copy, Default)]
 pub(crate) struct Likelihood {
     ring: [f32; SHORT],
@@ -25,7 +32,8 @@ pub(crate) struct Likelihood {
 
 impl Likelihood {
     /// Feed one raw score; returns -log10 of the tail probability of the recent short mean
-    /// (0 while the long-run statistics are still too young to mean anything). The spread
+    /// (0 while the long-run statistics are still too young to mean anything, or while the
+    /// short mean is below `MIN_SHORT`). The spread
     /// is floored near what uniform raws would give (0.09) so a spell of calm cannot make
     /// ordinary noise look improbable.
     #[inline]
@@ -38,7 +46,7 @@ impl Likelihood {
             self.filled += 1;
         }
         let short = self.sum / self.filled as f32;
-        let out = if self.n >= 200 {
+        let out = if self.n >= 200 && short >= MIN_SHORT {
             let sd = self.var.sqrt().max(0.05);
             let q = normal_sf((short - self.mean) / sd).max(1e-12);
             -q.log10()
@@ -85,5 +93,15 @@ mod tests {
         assert!(one < 3.0, "one {one}");
         let run = (0..SHORT).map(|_| l.observe(1.0, 0.001)).fold(0.0, f32::max);
         assert!(run > 5.0, "run {run}");
+    }
+
+    #[test]
+    fn a_cluster_of_ordinary_raws_is_no_evidence_however_calm_the_past() {
+        let mut l = Likelihood::default();
+        for _ in 0..2000 {
+            l.observe(0.5, 0.001);
+        }
+        let s = (0..SHORT).map(|_| l.observe(0.75, 0.001)).fold(0.0, f32::max);
+        assert_eq!(s, 0.0);
     }
 }

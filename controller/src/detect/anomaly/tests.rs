@@ -53,8 +53,6 @@ fn max_score(scores: &[Score], from: usize, to: usize) -> f64 {
 const WARM: usize = 4 * DAY;
 
 #[test]
-#[ignore = "known limit: the distribution evidence counts double (the NAB-best weight) and \
-            fires about once per 6 simulated days on pure Gaussian noise (seed 2: 0.69)"]
 fn a_clean_seasonal_series_raises_nothing_after_warm_up() {
     for seed in [1, 2, 3] {
         let s = run(10 * DAY, seed, |i, e| 100.0 + season(i) + e);
