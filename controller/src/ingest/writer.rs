@@ -54,6 +54,16 @@ pub struct Writer {
     detection: Option<EngineHandle>,
 }
 
+/// One group's decisions, waiting for its durable write.
+struct Prepared {
+    set: WriteSet,
+    touched: HashMap<String, NodeRecord>,
+    acks: Vec<PendingAck>,
+    hello_replies: Vec<(oneshot::Sender<u64>, u64)>,
+    dups: u64,
+    gaps: u64,
+}
+
 /// What to tell a batch's sender once its group is durable.
 struct PendingAck {
     outbound: Outbound,
@@ -75,12 +85,19 @@ impl Writer {
         self
     }
 
+    /// Pipelined: while one group's durable write is in flight, the next group is gathered and
+    /// its delivery decisions made (against the records the in-flight group will leave), so the
+    /// store is never idle waiting for this task. Writes still commit one at a time, in order.
     pub async fn run(self, mut rx: mpsc::Receiver<Job>) {
+        let this = Arc::new(self);
         let mut group: Vec<Job> = Vec::new();
+        let mut inflight: Option<tokio::task::JoinHandle<()>> = None;
+        // The node records as the in-flight group leaves them (not yet in the NodeTable).
+        let mut overlay: HashMap<String, NodeRecord> = HashMap::new();
         while let Some(job) = rx.recv().await {
             group.push(job);
             let mut items = 0;
-            while group.len() < self.opts.max_group_batches && items < self.opts.max_group_items {
+            while group.len() < this.opts.max_group_batches && items < this.opts.max_group_items {
                 match rx.try_recv() {
                     Ok(job) => {
                         if let Job::Batch { batch, .. } = &job {
@@ -91,12 +108,22 @@ impl Writer {
                     Err(_) => break,
                 }
             }
-            self.metrics.ingest_queue_batches.set(rx.len() as i64);
-            self.process(std::mem::take(&mut group)).await;
+            this.metrics.ingest_queue_batches.set(rx.len() as i64);
+            let prepared = this.prepare(std::mem::take(&mut group), &overlay);
+            if let Some(previous) = inflight.take() {
+                let _ = previous.await;
+            }
+            overlay = prepared.touched.clone();
+            let w = this.clone();
+            inflight = Some(tokio::spawn(async move { w.finish(prepared).await }));
+        }
+        if let Some(last) = inflight {
+            let _ = last.await;
         }
     }
 
-    async fn process(&self, group: Vec<Job>) {
+    /// Delivery decisions for one group: dedup, gaps, what to write and whom to ack.
+    fn prepare(&self, group: Vec<Job>, overlay: &HashMap<String, NodeRecord>) -> Prepared {
         let mut touched: HashMap<String, NodeRecord> = HashMap::new();
         let mut set = WriteSet::default();
         let mut acks: Vec<PendingAck> = Vec::new();
@@ -107,7 +134,9 @@ impl Writer {
         for job in group {
             match job {
                 Job::Hello { node, spool_id, labels, agent_version, reply } => {
-                    let rec = touched.entry(node.clone()).or_insert_with(|| self.nodes.record_or_new(&node, now));
+                    let rec = touched.entry(node.clone()).or_insert_with(|| {
+                        overlay.get(&node).cloned().unwrap_or_else(|| self.nodes.record_or_new(&node, now))
+                    });
                     if rec.spool_id != spool_id {
                         if !rec.spool_id.is_empty() {
                             tracing::info!(node = %node, old = %rec.spool_id, new = %spool_id, "agent started a new spool; sequence numbers restart");
@@ -121,7 +150,9 @@ impl Writer {
                     hello_replies.push((reply, rec.last_seq));
                 }
                 Job::Batch { node, spool_id, batch, received, outbound } => {
-                    let rec = touched.entry(node.clone()).or_insert_with(|| self.nodes.record_or_new(&node, now));
+                    let rec = touched.entry(node.clone()).or_insert_with(|| {
+                        overlay.get(&node).cloned().unwrap_or_else(|| self.nodes.record_or_new(&node, now))
+                    });
                     if rec.spool_id != spool_id {
                         // A newer session of this node switched spools; this one is stale.
                         let _ = outbound.try_send(Err(Status::aborted(
@@ -151,6 +182,13 @@ impl Writer {
             }
         }
         set.nodes = touched.values().cloned().collect();
+        Prepared { set, touched, acks, hello_replies, dups, gaps }
+    }
+
+    /// Makes a prepared group durable, then hands it to detection, publishes the node records
+    /// and acks.
+    async fn finish(&self, p: Prepared) {
+        let Prepared { set, touched, acks, hello_replies, dups, gaps } = p;
         let (samples, logs): (u64, u64) =
             set.batches.iter().fold((0, 0), |(s, l), (_, b)| (s + b.samples.len() as u64, l + b.logs.len() as u64));
         let stored_batches = set.batches.len() as u64;

@@ -21,11 +21,13 @@ mod series_index;
 use super::{EventKind, EventRecord, LogQuery, NodeRecord, Point, SeriesQuery, Store, StoreError, StoredLog, WriteSet};
 use async_trait::async_trait;
 use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
+use medic_proto::v1::Batch;
 use medic_proto::v1::LogRecord;
 use prost::Message;
 use series_index::{SeriesDesc, SeriesIndex};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 const DAY_MS: i64 = 86_400_000;
@@ -76,6 +78,69 @@ fn io(e: impl std::fmt::Display) -> StoreError {
     StoreError::Io(e.to_string())
 }
 
+/// Below this many samples a write is prepared on the calling thread: spawning costs more.
+const PARALLEL_MIN_SAMPLES: usize = 20_000;
+
+fn write_threads() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get()).clamp(1, 4)
+}
+
+fn node_hash(node: &str) -> u64 {
+    use std::hash::{BuildHasher, BuildHasherDefault};
+    BuildHasherDefault::<std::collections::hash_map::DefaultHasher>::default().hash_one(node)
+}
+
+/// One thread's share of a write: the encoded sample blocks of its batches (by batch index)
+/// and the series first seen in them, with the ids they were given.
+struct Prepared {
+    blocks: Vec<(usize, Vec<(i64, Vec<u8>)>)>,
+    new_series: Vec<(u64, SeriesDesc)>,
+}
+
+fn prepare(
+    index: &SeriesIndex,
+    batches: &[(String, Arc<Batch>)],
+    mine: &[usize],
+    next_id: &AtomicU64,
+) -> Result<Prepared, StoreError> {
+    let mut pending = SeriesIndex::default();
+    let mut out = Prepared { blocks: Vec::with_capacity(mine.len()), new_series: Vec::new() };
+    // One batch's samples usually share one bucket; a short list beats a map here.
+    let mut writers: Vec<block::BlockWriter> = Vec::new();
+    for &i in mine {
+        let (node, batch) = &batches[i];
+        writers.clear();
+        for s in &batch.samples {
+            let id = match index.find(node, &s.metric, &s.labels).or_else(|| pending.find(node, &s.metric, &s.labels)) {
+                Some(id) => id,
+                None => {
+                    let id = next_id.fetch_add(1, Ordering::Relaxed);
+                    let desc = SeriesDesc {
+                        node: node.clone(),
+                        metric: s.metric.clone(),
+                        labels: s.labels.iter().map(|l| (l.name.clone(), l.value.clone())).collect(),
+                        kind: s.kind,
+                    };
+                    pending.insert(id, desc.clone());
+                    out.new_series.push((id, desc));
+                    id
+                }
+            };
+            let bucket = s.timestamp_ms.div_euclid(BUCKET_MS) * BUCKET_MS;
+            let w = match writers.iter_mut().position(|b| b.start() == bucket) {
+                Some(i) => &mut writers[i],
+                None => {
+                    writers.push(block::BlockWriter::new(bucket));
+                    writers.last_mut().ok_or_else(|| io("block list empty after push"))?
+                }
+            };
+            w.push(id, s.timestamp_ms, s.value);
+        }
+        out.blocks.push((i, writers.drain(..).map(|w| (w.start(), w.finish())).collect()));
+    }
+    Ok(out)
+}
+
 struct Inner {
     db: Database,
     nodes: Keyspace,
@@ -121,49 +186,54 @@ impl Inner {
     fn write(&self, set: WriteSet) -> Result<(), StoreError> {
         let mut index = self.index.lock().map_err(|_| io("series index lock poisoned"))?;
         let mut wb = self.db.batch().durability(Some(PersistMode::SyncAll));
-        // Series first seen in this write; they join the index once the write is durable.
-        let mut pending = SeriesIndex::default();
-        let mut next_id = index.next_id;
         let mut day_ks: HashMap<String, Keyspace> = HashMap::new();
 
         let mut next_block_guard = self.next_block.lock().map_err(|_| io("block counter lock poisoned"))?;
         let mut next_block = *next_block_guard;
-        // One batch's samples usually share one bucket; a short list beats a map here.
-        let mut blocks: Vec<block::BlockWriter> = Vec::new();
 
-        for (node, batch) in &set.batches {
-            blocks.clear();
-            for s in &batch.samples {
-                let found = index.find(node, &s.metric, &s.labels);
-                let id = match found.or_else(|| pending.find(node, &s.metric, &s.labels)) {
-                    Some(id) => id,
-                    None => {
-                        let id = next_id;
-                        next_id += 1;
-                        let desc = SeriesDesc {
-                            node: node.clone(),
-                            metric: s.metric.clone(),
-                            labels: s.labels.iter().map(|l| (l.name.clone(), l.value.clone())).collect(),
-                            kind: s.kind,
-                        };
-                        let json = serde_json::to_vec(&desc).map_err(io)?;
-                        wb.insert(&self.series, id.to_be_bytes(), json);
-                        pending.insert(id, desc);
-                        id
-                    }
-                };
-                let bucket = s.timestamp_ms.div_euclid(BUCKET_MS) * BUCKET_MS;
-                let w = match blocks.iter_mut().position(|b| b.start() == bucket) {
-                    Some(i) => &mut blocks[i],
-                    None => {
-                        blocks.push(block::BlockWriter::new(bucket));
-                        blocks.last_mut().ok_or_else(|| io("block list empty after push"))?
-                    }
-                };
-                w.push(id, s.timestamp_ms, s.value);
+        // Series lookups and block encoding are most of a write's CPU; they run on several
+        // threads, split by node (a series belongs to one node, so two threads never create the
+        // same series). Only the fjall inserts and the commit stay serial.
+        let next_id = AtomicU64::new(index.next_id);
+        let samples: usize = set.batches.iter().map(|(_, b)| b.samples.len()).sum();
+        let threads = if samples < PARALLEL_MIN_SAMPLES { 1 } else { write_threads() };
+        let mut share: Vec<Vec<usize>> = vec![Vec::new(); threads];
+        for (i, (node, _)) in set.batches.iter().enumerate() {
+            share[(node_hash(node) % threads as u64) as usize].push(i);
+        }
+        let shared_index: &SeriesIndex = &index;
+        let prepared: Vec<Result<Prepared, StoreError>> = if threads == 1 {
+            vec![prepare(shared_index, &set.batches, &share[0], &next_id)]
+        } else {
+            std::thread::scope(|scope| {
+                let handles: Vec<_> = share
+                    .iter()
+                    .map(|mine| scope.spawn(|| prepare(shared_index, &set.batches, mine, &next_id)))
+                    .collect();
+                handles
+                    .into_iter()
+                    .map(|h| h.join().unwrap_or_else(|_| Err(io("a write preparation thread panicked"))))
+                    .collect()
+            })
+        };
+        // Blocks per batch, in batch order, so block numbers keep "a later write wins".
+        let mut blocks_of: Vec<Vec<(i64, Vec<u8>)>> = vec![Vec::new(); set.batches.len()];
+        let mut pending = SeriesIndex::default();
+        for p in prepared {
+            let p = p?;
+            for (id, desc) in p.new_series {
+                let json = serde_json::to_vec(&desc).map_err(io)?;
+                wb.insert(&self.series, id.to_be_bytes(), json);
+                pending.insert(id, desc);
             }
-            for w in blocks.drain(..) {
-                let name = day_name("samples", day_of(w.start()));
+            for (i, blocks) in p.blocks {
+                blocks_of[i] = blocks;
+            }
+        }
+
+        for ((node, batch), blocks) in set.batches.iter().zip(blocks_of) {
+            for (start, bytes) in blocks {
+                let name = day_name("samples", day_of(start));
                 let ks = match day_ks.get(&name) {
                     Some(ks) => ks,
                     None => {
@@ -171,9 +241,9 @@ impl Inner {
                         day_ks.entry(name).or_insert(ks)
                     }
                 };
-                let k = block_key(node, w.start(), next_block);
+                let k = block_key(node, start, next_block);
                 next_block += 1;
-                wb.insert(ks, k, w.finish());
+                wb.insert(ks, k, bytes);
             }
             for (i, rec) in batch.logs.iter().enumerate() {
                 let name = day_name("logs", day_of(rec.timestamp_ms));
