@@ -92,8 +92,11 @@ fn node_hash(node: &str) -> u64 {
 
 /// One thread's share of a write: the encoded sample blocks of its batches (by batch index)
 /// and the series first seen in them, with the ids they were given.
+/// Encoded sample blocks of one batch: (bucket start, bytes).
+type EncodedBlocks = Vec<(i64, Vec<u8>)>;
+
 struct Prepared {
-    blocks: Vec<(usize, Vec<(i64, Vec<u8>)>)>,
+    blocks: Vec<(usize, EncodedBlocks)>,
     new_series: Vec<(u64, SeriesDesc)>,
 }
 
@@ -217,7 +220,7 @@ impl Inner {
             })
         };
         // Blocks per batch, in batch order, so block numbers keep "a later write wins".
-        let mut blocks_of: Vec<Vec<(i64, Vec<u8>)>> = vec![Vec::new(); set.batches.len()];
+        let mut blocks_of: Vec<EncodedBlocks> = vec![Vec::new(); set.batches.len()];
         let mut pending = SeriesIndex::default();
         for p in prepared {
             let p = p?;
