@@ -15,14 +15,27 @@ pub struct Latest {
 #[derive(Debug, Default)]
 pub struct NodeFacts {
     pub labels: BTreeMap<String, String>,
-    /// metric → series (by label string) → latest value.
-    pub series: HashMap<String, HashMap<String, Latest>>,
+    /// metric → series (by [`labels_key`]) → latest value.
+    pub series: HashMap<String, HashMap<u64, Latest>>,
     /// metric → last time any series of it arrived.
     pub last_seen: HashMap<String, i64>,
     /// signature → times it was logged (bounded).
     pub signatures: HashMap<String, VecDeque<i64>>,
     pub last_batch_ms: i64,
     pub first_batch_ms: i64,
+}
+
+/// A series' identity within a metric: a hash of its label pairs, unambiguous (lengths are
+/// hashed too) and seeded per process.
+pub fn labels_key(labels: &[medic_proto::v1::Label]) -> u64 {
+    use std::hash::{BuildHasher, Hash, Hasher};
+    static STATE: std::sync::OnceLock<std::collections::hash_map::RandomState> = std::sync::OnceLock::new();
+    let mut h = STATE.get_or_init(Default::default).build_hasher();
+    for l in labels {
+        l.name.hash(&mut h);
+        l.value.hash(&mut h);
+    }
+    h.finish()
 }
 
 #[derive(Debug, Default)]
@@ -42,15 +55,30 @@ impl Facts {
         }
         nf.last_batch_ms = nf.last_batch_ms.max(batch.created_unix_ms);
         for s in &batch.samples {
-            let key: String = s.labels.iter().map(|l| format!("{}={},", l.name, l.value)).collect();
-            let per_metric = nf.series.entry(s.metric.clone()).or_default();
-            let newer = per_metric.get(&key).is_none_or(|l| l.ts_ms <= s.timestamp_ms);
-            if newer {
-                let labels = s.labels.iter().map(|l| (l.name.clone(), l.value.clone())).collect();
-                per_metric.insert(key, Latest { labels, ts_ms: s.timestamp_ms, value: s.value });
+            // The engine thread sees every sample: no allocation unless the series is new.
+            let key = labels_key(&s.labels);
+            let per_metric = match nf.series.get_mut(&s.metric) {
+                Some(m) => m,
+                None => nf.series.entry(s.metric.clone()).or_default(),
+            };
+            match per_metric.get_mut(&key) {
+                Some(l) => {
+                    if l.ts_ms <= s.timestamp_ms {
+                        l.ts_ms = s.timestamp_ms;
+                        l.value = s.value;
+                    }
+                }
+                None => {
+                    let labels = s.labels.iter().map(|l| (l.name.clone(), l.value.clone())).collect();
+                    per_metric.insert(key, Latest { labels, ts_ms: s.timestamp_ms, value: s.value });
+                }
             }
-            let seen = nf.last_seen.entry(s.metric.clone()).or_insert(s.timestamp_ms);
-            *seen = (*seen).max(s.timestamp_ms);
+            match nf.last_seen.get_mut(&s.metric) {
+                Some(seen) => *seen = (*seen).max(s.timestamp_ms),
+                None => {
+                    nf.last_seen.insert(s.metric.clone(), s.timestamp_ms);
+                }
+            }
         }
         for l in &batch.logs {
             if let Some(sig) = l.fields.iter().find(|f| f.name == "signature") {

@@ -148,8 +148,8 @@ pub struct ChangepointView {
 #[derive(Debug, Default)]
 pub struct DetectionState {
     pub anomalies: VecDeque<AnomalyView>,
-    /// Series whose latest score is at least [`SCORE_FLOOR`], by (node, metric, labels).
-    pub scores: HashMap<(String, String, String), CurrentScore>,
+    /// Series whose latest score is at least [`SCORE_FLOOR`], by series hash.
+    pub scores: HashMap<u64, CurrentScore>,
     /// Open anomaly episodes by series hash.
     pub episodes: HashMap<u64, EpisodeView>,
     pub forecasts: BTreeMap<(String, String), ForecastView>,
@@ -456,7 +456,21 @@ impl Engine {
             let sc = self.anomaly.observe(id, s.timestamp_ms, s.value, kind);
             let labels_text =
                 || s.labels.iter().map(|l| format!("{}={}", l.name, l.value)).collect::<Vec<_>>().join(",");
-            current.push(((node.to_string(), s.metric.clone(), labels_text()), sc.value, s.timestamp_ms));
+            // Most samples score below the floor: those cost no allocation, only a removal by id.
+            if sc.value >= SCORE_FLOOR {
+                current.push((
+                    id,
+                    Some(CurrentScore {
+                        node: node.to_string(),
+                        metric: s.metric.clone(),
+                        labels: labels_text(),
+                        score: sc.value,
+                        at_ms: s.timestamp_ms,
+                    }),
+                ));
+            } else {
+                current.push((id, None));
+            }
             match episodes.entry(id) {
                 std::collections::hash_map::Entry::Occupied(mut e) => {
                     let ep = e.get_mut();
@@ -505,12 +519,14 @@ impl Engine {
         }
         let Ok(mut st) = self.state.write() else { return };
         st.episodes = episodes;
-        for (key, score, at_ms) in current {
-            if score >= SCORE_FLOOR {
-                let (node, metric, labels) = key.clone();
-                st.scores.insert(key, CurrentScore { node, metric, labels, score, at_ms });
-            } else {
-                st.scores.remove(&key);
+        for (id, score) in current {
+            match score {
+                Some(c) => {
+                    st.scores.insert(id, c);
+                }
+                None => {
+                    st.scores.remove(&id);
+                }
             }
         }
         for a in alerts {
