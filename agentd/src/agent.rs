@@ -25,7 +25,12 @@ fn now_ms() -> i64 {
 /// logged; the caller keeps running and tries again next round.
 fn spool_batch(shared: &Shared, samples: Vec<Sample>, logs: Vec<LogRecord>, cursor: &[u8]) -> bool {
     let entry = SpoolEntry {
-        batch: Some(Batch { seq: 0, created_unix_ms: now_ms(), samples, logs }),
+        batch: Some({
+            let mut b = Batch { seq: 0, created_unix_ms: now_ms(), samples, logs, series: vec![] };
+            // Protocol version 2: each series' name and labels once per batch.
+            b.group_samples();
+            b
+        }),
         tail_cursor: cursor.to_vec(),
     };
     let payload = entry.encode_bytes();

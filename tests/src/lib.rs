@@ -572,6 +572,7 @@ impl SyntheticAgent {
                 })
                 .collect(),
             logs: vec![],
+            series: vec![],
         };
         self.tx.send(AgentMessage { msg: Some(agent_message::Msg::Batch(batch)) }).await?;
         let seq = self.seq;

@@ -40,7 +40,7 @@ fn log(ts: i64, level: LogLevel, msg: &str) -> LogRecord {
 
 fn set(node: &str, seq: u64, samples: Vec<Sample>, logs: Vec<LogRecord>) -> WriteSet {
     WriteSet {
-        batches: vec![(node.into(), Arc::new(Batch { seq, created_unix_ms: 0, samples, logs }))],
+        batches: vec![(node.into(), Arc::new(Batch { seq, created_unix_ms: 0, samples, logs, series: vec![] }))],
         nodes: vec![NodeRecord {
             node: node.into(),
             spool_id: "spool-a".into(),

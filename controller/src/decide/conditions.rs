@@ -219,6 +219,7 @@ mod tests {
     fn batch(ts: i64, samples: Samples<'_>, signatures: &[&str]) -> Batch {
         Batch {
             seq: 1,
+            series: vec![],
             created_unix_ms: ts,
             samples: samples
                 .into_iter()

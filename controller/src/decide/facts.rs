@@ -54,29 +54,30 @@ impl Facts {
             nf.first_batch_ms = batch.created_unix_ms;
         }
         nf.last_batch_ms = nf.last_batch_ms.max(batch.created_unix_ms);
-        for s in &batch.samples {
+        for s in batch.series_refs() {
             // The engine thread sees every sample: no allocation unless the series is new.
-            let key = labels_key(&s.labels);
-            let per_metric = match nf.series.get_mut(&s.metric) {
+            let Some((ts, value)) = s.points().max_by_key(|(t, _)| *t) else { continue };
+            let key = labels_key(s.labels);
+            let per_metric = match nf.series.get_mut(s.metric) {
                 Some(m) => m,
-                None => nf.series.entry(s.metric.clone()).or_default(),
+                None => nf.series.entry(s.metric.to_string()).or_default(),
             };
             match per_metric.get_mut(&key) {
                 Some(l) => {
-                    if l.ts_ms <= s.timestamp_ms {
-                        l.ts_ms = s.timestamp_ms;
-                        l.value = s.value;
+                    if l.ts_ms <= ts {
+                        l.ts_ms = ts;
+                        l.value = value;
                     }
                 }
                 None => {
                     let labels = s.labels.iter().map(|l| (l.name.clone(), l.value.clone())).collect();
-                    per_metric.insert(key, Latest { labels, ts_ms: s.timestamp_ms, value: s.value });
+                    per_metric.insert(key, Latest { labels, ts_ms: ts, value });
                 }
             }
-            match nf.last_seen.get_mut(&s.metric) {
-                Some(seen) => *seen = (*seen).max(s.timestamp_ms),
+            match nf.last_seen.get_mut(s.metric) {
+                Some(seen) => *seen = (*seen).max(ts),
                 None => {
-                    nf.last_seen.insert(s.metric.clone(), s.timestamp_ms);
+                    nf.last_seen.insert(s.metric.to_string(), ts);
                 }
             }
         }

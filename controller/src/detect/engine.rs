@@ -292,13 +292,35 @@ struct Engine {
     new_anomalies: Vec<AnomalyView>,
 }
 
-fn label<'a>(s: &'a Sample, name: &str) -> Option<&'a str> {
+/// One point of a series, whichever form the batch carried it in.
+#[derive(Clone, Copy)]
+struct Point<'a> {
+    metric: &'a str,
+    labels: &'a [medic_proto::v1::Label],
+    kind: i32,
+    ts: i64,
+    value: f64,
+}
+
+impl<'a> From<&'a Sample> for Point<'a> {
+    fn from(s: &'a Sample) -> Self {
+        Self { metric: &s.metric, labels: &s.labels, kind: s.kind, ts: s.timestamp_ms, value: s.value }
+    }
+}
+
+fn points(batch: &Batch) -> impl Iterator<Item = Point<'_>> {
+    batch.series_refs().flat_map(|s| {
+        s.points().map(move |(ts, value)| Point { metric: s.metric, labels: s.labels, kind: s.kind, ts, value })
+    })
+}
+
+fn label<'a>(s: &Point<'a>, name: &str) -> Option<&'a str> {
     s.labels.iter().find(|l| l.name == name).map(|l| l.value.as_str())
 }
 
-fn series_id(s: &Sample) -> String {
-    let mut k = s.metric.clone();
-    for l in &s.labels {
+fn series_id(s: &Point<'_>) -> String {
+    let mut k = s.metric.to_string();
+    for l in s.labels {
         k.push('\u{1f}');
         k.push_str(&l.name);
         k.push('=');
@@ -335,11 +357,11 @@ impl Engine {
     }
 
     /// Per-second rate of a counter sample; None on the first sample or a reset.
-    fn rate(&mut self, node: &str, s: &Sample) -> Option<f64> {
+    fn rate(&mut self, node: &str, s: &Point<'_>) -> Option<f64> {
         let key = (node.to_string(), series_id(s));
-        let prev = self.last_counter.insert(key, (s.timestamp_ms, s.value));
+        let prev = self.last_counter.insert(key, (s.ts, s.value));
         let (t0, v0) = prev?;
-        let dt = (s.timestamp_ms - t0) as f64 / 1000.0;
+        let dt = (s.ts - t0) as f64 / 1000.0;
         (dt > 0.0 && s.value >= v0).then(|| (s.value - v0) / dt)
     }
 
@@ -366,22 +388,22 @@ impl Engine {
             .forecasters
             .entry(node.to_string())
             .or_insert_with(|| ExhaustionForecaster::new(self.cfg.forecast.clone()));
-        let mut counters: Vec<&Sample> = Vec::new();
-        for s in &b.batch.samples {
-            let ts = s.timestamp_ms;
-            match s.metric.as_str() {
+        let mut counters: Vec<Point<'_>> = Vec::new();
+        for s in points(&b.batch) {
+            let ts = s.ts;
+            match s.metric {
                 "node_filesystem_avail_bytes" => {
-                    if let Some(mp) = label(s, "mountpoint") {
+                    if let Some(mp) = label(&s, "mountpoint") {
                         fc.observe(&format!("filesystem:{mp}"), Limit::Below(0.0), ts, s.value);
                     }
                 }
                 "clickhouse_disk_free_bytes" => {
-                    if let Some(d) = label(s, "disk") {
+                    if let Some(d) = label(&s, "disk") {
                         fc.observe(&format!("clickhouse_disk:{d}"), Limit::Below(0.0), ts, s.value);
                     }
                 }
                 "clickhouse_table_max_parts_per_partition" => {
-                    if let (Some(db), Some(t)) = (label(s, "database"), label(s, "table"))
+                    if let (Some(db), Some(t)) = (label(&s, "database"), label(&s, "table"))
                         && db != "system"
                     {
                         fc.observe(&format!("parts:{db}.{t}"), Limit::Above(max_parts), ts, s.value);
@@ -393,7 +415,7 @@ impl Engine {
                 }
                 "node_load1" => add("load1", ts, s.value),
                 "clickhouse_metrics_Query" => add("clickhouse_queries_running", ts, s.value),
-                "clickhouse_query_duration_seconds" if label(s, "quantile") == Some("0.99") => {
+                "clickhouse_query_duration_seconds" if label(&s, "quantile") == Some("0.99") => {
                     add("clickhouse_query_p99_seconds", ts, s.value)
                 }
                 _ if s.kind == MetricKind::Counter as i32 => counters.push(s),
@@ -401,21 +423,23 @@ impl Engine {
             }
         }
         for s in counters {
-            let sig = match s.metric.as_str() {
-                "node_cpu_seconds_total" if label(s, "mode") != Some("idle") && label(s, "mode") != Some("iowait") => {
+            let sig = match s.metric {
+                "node_cpu_seconds_total"
+                    if label(&s, "mode") != Some("idle") && label(&s, "mode") != Some("iowait") =>
+                {
                     "cpu_busy_cores"
                 }
                 "node_disk_io_time_seconds_total" => "disk_io_busy_ratio",
-                "node_network_receive_bytes_total" if label(s, "device") != Some("lo") => {
+                "node_network_receive_bytes_total" if label(&s, "device") != Some("lo") => {
                     "network_receive_bytes_per_second"
                 }
-                "node_network_transmit_bytes_total" if label(s, "device") != Some("lo") => {
+                "node_network_transmit_bytes_total" if label(&s, "device") != Some("lo") => {
                     "network_transmit_bytes_per_second"
                 }
                 _ => continue,
             };
-            if let Some(r) = self.rate(node, s) {
-                add(sig, s.timestamp_ms, r);
+            if let Some(r) = self.rate(node, &s) {
+                add(sig, s.ts, r);
             }
         }
         let empty = BTreeMap::new();
@@ -439,82 +463,88 @@ impl Engine {
             Err(_) => HashMap::new(),
         };
         let mut open = episodes.len();
-        for s in &batch.samples {
+        for series in batch.series_refs() {
+            // Once per series, however many points it brings.
             let mut h = std::hash::DefaultHasher::new();
             node.hash(&mut h);
-            s.metric.hash(&mut h);
-            for l in &s.labels {
+            series.metric.hash(&mut h);
+            for l in series.labels {
                 l.name.hash(&mut h);
                 l.value.hash(&mut h);
             }
-            let kind = if s.kind == MetricKind::Counter as i32 {
+            let kind = if series.kind == MetricKind::Counter as i32 {
                 super::anomaly::Kind::Counter
             } else {
                 super::anomaly::Kind::Gauge
             };
             let id = h.finish();
-            let sc = self.anomaly.observe(id, s.timestamp_ms, s.value, kind);
             let labels_text =
-                || s.labels.iter().map(|l| format!("{}={}", l.name, l.value)).collect::<Vec<_>>().join(",");
-            // Most samples score below the floor: those cost no allocation, only a removal by id.
-            if sc.value >= SCORE_FLOOR {
-                current.push((
-                    id,
-                    Some(CurrentScore {
-                        node: node.to_string(),
-                        metric: s.metric.clone(),
-                        labels: labels_text(),
-                        score: sc.value,
-                        at_ms: s.timestamp_ms,
-                    }),
-                ));
-            } else {
-                current.push((id, None));
-            }
-            match episodes.entry(id) {
-                std::collections::hash_map::Entry::Occupied(mut e) => {
-                    let ep = e.get_mut();
-                    ep.last_ms = s.timestamp_ms;
-                    ep.latest = sc.observed;
-                    let back = (sc.observed - ep.baseline).abs() < 0.5 * (ep.observed - ep.baseline).abs();
-                    if back || s.timestamp_ms - ep.since_ms > MAX_EPISODE_MS {
-                        e.remove();
-                    }
-                }
-                std::collections::hash_map::Entry::Vacant(v) => {
-                    if sc.value >= ALERT_SCORE && sc.observed != sc.baseline && open < MAX_EPISODES {
-                        v.insert(EpisodeView {
+                || series.labels.iter().map(|l| format!("{}={}", l.name, l.value)).collect::<Vec<_>>().join(",");
+            for (ts, value) in series.points() {
+                let s = Point { metric: series.metric, labels: series.labels, kind: series.kind, ts, value };
+                let sc = self.anomaly.observe(id, ts, value, kind);
+                // Most samples score below the floor: those cost no allocation, only a removal by id.
+                if sc.value >= SCORE_FLOOR {
+                    current.push((
+                        id,
+                        Some(CurrentScore {
                             node: node.to_string(),
-                            metric: s.metric.clone(),
+                            metric: s.metric.to_string(),
                             labels: labels_text(),
                             score: sc.value,
-                            since_ms: s.timestamp_ms,
-                            last_ms: s.timestamp_ms,
-                            baseline: sc.baseline,
-                            observed: sc.observed,
-                            latest: sc.observed,
-                        });
-                        open += 1;
+                            at_ms: s.ts,
+                        }),
+                    ));
+                } else {
+                    current.push((id, None));
+                }
+                match episodes.entry(id) {
+                    std::collections::hash_map::Entry::Occupied(mut e) => {
+                        let ep = e.get_mut();
+                        ep.last_ms = s.ts;
+                        ep.latest = sc.observed;
+                        let back = (sc.observed - ep.baseline).abs() < 0.5 * (ep.observed - ep.baseline).abs();
+                        if back || s.ts - ep.since_ms > MAX_EPISODE_MS {
+                            e.remove();
+                        }
+                    }
+                    std::collections::hash_map::Entry::Vacant(v) => {
+                        if sc.value >= ALERT_SCORE && sc.observed != sc.baseline && open < MAX_EPISODES {
+                            v.insert(EpisodeView {
+                                node: node.to_string(),
+                                metric: s.metric.to_string(),
+                                labels: labels_text(),
+                                score: sc.value,
+                                since_ms: s.ts,
+                                last_ms: s.ts,
+                                baseline: sc.baseline,
+                                observed: sc.observed,
+                                latest: sc.observed,
+                            });
+                            open += 1;
+                        }
                     }
                 }
-            }
-            if sc.value >= ALERT_SCORE {
-                alerts.push(AnomalyView {
-                    node: node.to_string(),
-                    metric: s.metric.clone(),
-                    labels: s.labels.iter().map(|l| (l.name.clone(), l.value.clone())).collect(),
-                    at: rfc3339(s.timestamp_ms),
-                    at_ms: s.timestamp_ms,
-                    score: sc.value,
-                    observed: sc.observed,
-                    baseline: sc.baseline,
-                    signals: sc
-                        .signals
-                        .iter()
-                        .filter(|g| !matches!(g, super::anomaly::Signal::Gap | super::anomaly::Signal::CounterReset))
-                        .map(|g| format!("{g:?}").to_lowercase())
-                        .collect(),
-                });
+                if sc.value >= ALERT_SCORE {
+                    alerts.push(AnomalyView {
+                        node: node.to_string(),
+                        metric: s.metric.to_string(),
+                        labels: s.labels.iter().map(|l| (l.name.clone(), l.value.clone())).collect(),
+                        at: rfc3339(s.ts),
+                        at_ms: s.ts,
+                        score: sc.value,
+                        observed: sc.observed,
+                        baseline: sc.baseline,
+                        signals: sc
+                            .signals
+                            .iter()
+                            .filter(|g| {
+                                !matches!(g, super::anomaly::Signal::Gap | super::anomaly::Signal::CounterReset)
+                            })
+                            .map(|g| format!("{g:?}").to_lowercase())
+                            .collect(),
+                    });
+                }
             }
         }
         let Ok(mut st) = self.state.write() else { return };
@@ -754,7 +784,7 @@ mod tests {
                 engine.observe(&StoredBatch {
                     node: format!("ch-{n}"),
                     labels: vec![("role".into(), "clickhouse".into())],
-                    batch: Arc::new(Batch { seq: 1, created_unix_ms: t, samples, logs: vec![] }),
+                    batch: Arc::new(Batch { seq: 1, created_unix_ms: t, samples, logs: vec![], series: vec![] }),
                 });
             }
         }
@@ -791,6 +821,7 @@ mod tests {
                 created_unix_ms: t0 + i * 10_000,
                 samples: vec![gauge("node_load1", &[], t0 + i * 10_000, v)],
                 logs: vec![],
+                series: vec![],
             };
             engine.observe(&StoredBatch { node: "n1".into(), labels: vec![], batch: Arc::new(batch) });
         }
@@ -813,6 +844,7 @@ mod tests {
                 created_unix_ms: t0 + i * 1000,
                 samples: vec![gauge("app_queue_depth", &[], t0 + i * 1000, v)],
                 logs: vec![],
+                series: vec![],
             };
             engine.observe(&StoredBatch { node: "n1".into(), labels: vec![], batch: Arc::new(batch) });
             engine.state.read().unwrap().episodes.values().map(|e| (e.since_ms, e.latest)).collect::<Vec<_>>()
@@ -840,9 +872,9 @@ mod tests {
             value: v,
             kind: MetricKind::Counter as i32,
         };
-        assert_eq!(engine.rate("n", &c(0, 100.0)), None, "no rate from one sample");
-        assert_eq!(engine.rate("n", &c(10_000, 1100.0)), Some(100.0));
-        assert_eq!(engine.rate("n", &c(20_000, 50.0)), None, "a reset");
-        assert_eq!(engine.rate("n", &c(30_000, 1050.0)), Some(100.0));
+        assert_eq!(engine.rate("n", &Point::from(&c(0, 100.0))), None, "no rate from one sample");
+        assert_eq!(engine.rate("n", &Point::from(&c(10_000, 1100.0))), Some(100.0));
+        assert_eq!(engine.rate("n", &Point::from(&c(20_000, 50.0))), None, "a reset");
+        assert_eq!(engine.rate("n", &Point::from(&c(30_000, 1050.0))), Some(100.0));
     }
 }

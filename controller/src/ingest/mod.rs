@@ -112,7 +112,29 @@ impl IngestService {
         let before = batch.samples.len() + batch.logs.len();
         batch.samples.retain(|s| s.timestamp_ms >= min_ts && s.timestamp_ms <= max_ts && !s.metric.is_empty());
         batch.logs.retain(|l| l.timestamp_ms >= min_ts && l.timestamp_ms <= max_ts);
-        before - batch.samples.len() - batch.logs.len()
+        let mut dropped = before - batch.samples.len() - batch.logs.len();
+        batch.series.retain_mut(|s| {
+            let n = s.timestamps_ms.len().max(s.values.len());
+            if s.metric.is_empty() || s.timestamps_ms.len() != s.values.len() {
+                // Points without a name, or values without their times: nothing to store.
+                dropped += n;
+                return false;
+            }
+            if s.timestamps_ms.iter().any(|t| *t < min_ts || *t > max_ts) {
+                let (ts, vs): (Vec<i64>, Vec<f64>) = s
+                    .timestamps_ms
+                    .iter()
+                    .copied()
+                    .zip(s.values.iter().copied())
+                    .filter(|(t, _)| *t >= min_ts && *t <= max_ts)
+                    .unzip();
+                dropped += n - ts.len();
+                s.timestamps_ms = ts;
+                s.values = vs;
+            }
+            !s.timestamps_ms.is_empty()
+        });
+        dropped
     }
 
     async fn session(
@@ -253,5 +275,55 @@ impl Telemetry for IngestService {
         let span = tracing::info_span!("session", node = %hello.node, session);
         tokio::spawn(self.clone().session(hello.node, hello.spool_id, inbound, tx, session, kicked).instrument(span));
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use medic_proto::v1::{Batch, Label, Sample, Series};
+
+    fn service() -> IngestService {
+        let (tx, _rx) = mpsc::channel(1);
+        IngestService::new(tx, NodeTable::default(), Arc::new(Metrics::new("test")), IngestOptions::default())
+    }
+
+    #[test]
+    fn points_outside_the_accepted_window_and_malformed_series_are_dropped_and_counted() {
+        let now = now_ms();
+        let old = now - 365 * 86_400_000;
+        let mut b = Batch {
+            samples: vec![Sample { metric: "m".into(), timestamp_ms: old, value: 1.0, ..Default::default() }],
+            series: vec![
+                Series {
+                    metric: "ok".into(),
+                    labels: vec![Label::new("a", "b")],
+                    timestamps_ms: vec![old, now, now + 1],
+                    values: vec![1.0, 2.0, 3.0],
+                    ..Default::default()
+                },
+                Series {
+                    metric: "ragged".into(),
+                    timestamps_ms: vec![now, now],
+                    values: vec![1.0],
+                    ..Default::default()
+                },
+                Series { metric: String::new(), timestamps_ms: vec![now], values: vec![1.0], ..Default::default() },
+                Series { metric: "all-old".into(), timestamps_ms: vec![old], values: vec![1.0], ..Default::default() },
+            ],
+            ..Default::default()
+        };
+        let dropped = service().sanitize(&mut b);
+        assert_eq!(
+            dropped,
+            1 + 1 + 2 + 1 + 1,
+            "the old sample, the old point, the ragged and nameless series, all-old"
+        );
+        assert!(b.samples.is_empty());
+        assert_eq!(b.series.len(), 1);
+        assert_eq!(
+            (b.series[0].timestamps_ms.clone(), b.series[0].values.clone()),
+            (vec![now, now + 1], vec![2.0, 3.0])
+        );
     }
 }

@@ -101,7 +101,7 @@ impl Writer {
                 match rx.try_recv() {
                     Ok(job) => {
                         if let Job::Batch { batch, .. } = &job {
-                            items += batch.samples.len() + batch.logs.len();
+                            items += batch.sample_count() + batch.logs.len();
                         }
                         group.push(job)
                     }
@@ -173,7 +173,7 @@ impl Writer {
                         gaps += gap;
                         rec.last_seq = batch.seq;
                         rec.batches += 1;
-                        rec.samples += batch.samples.len() as u64;
+                        rec.samples += batch.sample_count() as u64;
                         rec.log_records += batch.logs.len() as u64;
                         set.batches.push((node, batch));
                     }
@@ -190,7 +190,7 @@ impl Writer {
     async fn finish(&self, p: Prepared) {
         let Prepared { set, touched, acks, hello_replies, dups, gaps } = p;
         let (samples, logs): (u64, u64) =
-            set.batches.iter().fold((0, 0), |(s, l), (_, b)| (s + b.samples.len() as u64, l + b.logs.len() as u64));
+            set.batches.iter().fold((0, 0), |(s, l), (_, b)| (s + b.sample_count() as u64, l + b.logs.len() as u64));
         let stored_batches = set.batches.len() as u64;
 
         let for_detection: Vec<(String, Arc<Batch>)> =

@@ -448,20 +448,22 @@ impl ClickHouseStore {
         let mut labels = String::new();
         for (node, batch) in &set.batches {
             let spool = set.nodes.iter().find(|n| &n.node == node).map(|n| n.spool_id.as_str()).unwrap_or("");
-            for s in &batch.samples {
-                encode_labels(&s.labels, &mut labels);
-                let row = SampleRow {
-                    node,
-                    metric: &s.metric,
-                    labels: &labels,
-                    ts: s.timestamp_ms,
-                    value: s.value,
-                    kind: s.kind.clamp(0, 2) as i8,
-                    spool,
-                    seq: batch.seq,
-                    commit,
-                };
-                samples.write(&row).await.map_err(|e| ch_err("inserting samples", e))?;
+            for s in batch.series_refs() {
+                encode_labels(s.labels, &mut labels);
+                for (ts, value) in s.points() {
+                    let row = SampleRow {
+                        node,
+                        metric: s.metric,
+                        labels: &labels,
+                        ts,
+                        value,
+                        kind: s.kind.clamp(0, 2) as i8,
+                        spool,
+                        seq: batch.seq,
+                        commit,
+                    };
+                    samples.write(&row).await.map_err(|e| ch_err("inserting samples", e))?;
+                }
             }
         }
         samples.force_commit().await.map_err(|e| ch_err("inserting samples", e))?;

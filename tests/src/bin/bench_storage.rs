@@ -192,7 +192,7 @@ async fn main() -> Result<()> {
                 total += samples.len() as u64;
                 set.batches.push((
                     format!("node-{n}"),
-                    Arc::new(Batch { seq: r + 1, created_unix_ms: ts, samples, logs: vec![] }),
+                    Arc::new(Batch { seq: r + 1, created_unix_ms: ts, samples, logs: vec![], series: vec![] }),
                 ));
             }
         }

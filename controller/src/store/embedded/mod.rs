@@ -113,14 +113,15 @@ fn prepare(
     for &i in mine {
         let (node, batch) = &batches[i];
         writers.clear();
-        for s in &batch.samples {
-            let id = match index.find(node, &s.metric, &s.labels).or_else(|| pending.find(node, &s.metric, &s.labels)) {
+        for s in batch.series_refs() {
+            // One lookup per series, however many points it brings.
+            let id = match index.find(node, s.metric, s.labels).or_else(|| pending.find(node, s.metric, s.labels)) {
                 Some(id) => id,
                 None => {
                     let id = next_id.fetch_add(1, Ordering::Relaxed);
                     let desc = SeriesDesc {
                         node: node.clone(),
-                        metric: s.metric.clone(),
+                        metric: s.metric.to_string(),
                         labels: s.labels.iter().map(|l| (l.name.clone(), l.value.clone())).collect(),
                         kind: s.kind,
                     };
@@ -129,15 +130,17 @@ fn prepare(
                     id
                 }
             };
-            let bucket = s.timestamp_ms.div_euclid(BUCKET_MS) * BUCKET_MS;
-            let w = match writers.iter_mut().position(|b| b.start() == bucket) {
-                Some(i) => &mut writers[i],
-                None => {
-                    writers.push(block::BlockWriter::new(bucket));
-                    writers.last_mut().ok_or_else(|| io("block list empty after push"))?
-                }
-            };
-            w.push(id, s.timestamp_ms, s.value);
+            for (ts, value) in s.points() {
+                let bucket = ts.div_euclid(BUCKET_MS) * BUCKET_MS;
+                let w = match writers.iter_mut().position(|b| b.start() == bucket) {
+                    Some(i) => &mut writers[i],
+                    None => {
+                        writers.push(block::BlockWriter::new(bucket));
+                        writers.last_mut().ok_or_else(|| io("block list empty after push"))?
+                    }
+                };
+                w.push(id, ts, value);
+            }
         }
         out.blocks.push((i, writers.drain(..).map(|w| (w.start(), w.finish())).collect()));
     }
@@ -198,7 +201,7 @@ impl Inner {
         // threads, split by node (a series belongs to one node, so two threads never create the
         // same series). Only the fjall inserts and the commit stay serial.
         let next_id = AtomicU64::new(index.next_id);
-        let samples: usize = set.batches.iter().map(|(_, b)| b.samples.len()).sum();
+        let samples: usize = set.batches.iter().map(|(_, b)| b.sample_count()).sum();
         let threads = if samples < PARALLEL_MIN_SAMPLES { 1 } else { write_threads() };
         let mut share: Vec<Vec<usize>> = vec![Vec::new(); threads];
         for (i, (node, _)) in set.batches.iter().enumerate() {
@@ -575,7 +578,7 @@ mod tests {
 
     fn set(node: &str, seq: u64, samples: Vec<Sample>, logs: Vec<LogRecord>) -> WriteSet {
         WriteSet {
-            batches: vec![(node.into(), Arc::new(Batch { seq, created_unix_ms: 0, samples, logs }))],
+            batches: vec![(node.into(), Arc::new(Batch { seq, created_unix_ms: 0, samples, logs, series: vec![] }))],
             nodes: vec![NodeRecord {
                 node: node.into(),
                 spool_id: "s".into(),

@@ -58,6 +58,10 @@ struct Args {
     /// Only run the Medic phase.
     #[arg(long)]
     skip_prometheus: bool,
+    /// How the simulated agents encode batches: `series` (protocol 2, what agentd sends: each
+    /// series once per batch, like remote write's TimeSeries) or `samples` (protocol 1).
+    #[arg(long, value_enum, default_value = "series")]
+    wire: medic::Wire,
 }
 
 /// What one phase measured.
@@ -188,6 +192,7 @@ async fn run_agent(
     conn: AgentConn,
     series: Arc<Vec<SeriesDef>>,
     prefixes: Arc<Vec<Vec<u8>>>,
+    wire: medic::Wire,
     batch_samples: usize,
     window_size: usize,
     window: Window,
@@ -252,7 +257,7 @@ async fn run_agent(
             break;
         }
         permit.forget();
-        let bytes = encoder.encode(&prefixes, &series, &mut generator, seq, series::now_ms(), batch_samples);
+        let bytes = encoder.encode(wire, &prefixes, &series, &mut generator, seq, series::now_ms(), batch_samples);
         state.lock().unwrap_or_else(|p| p.into_inner()).inflight.push_back((seq, Instant::now(), batch_samples));
         if tx.send(bytes).await.is_err() {
             break;
@@ -288,7 +293,7 @@ async fn medic_phase(args: &Args, series: Arc<Vec<SeriesDef>>, dir: &Path) -> Re
         .context("starting the controller")?;
     let pid = controller.proc.pid();
     let metrics_url = controller.url("/metrics");
-    let prefixes = Arc::new(medic::sample_prefixes(&series));
+    let prefixes = Arc::new(medic::prefixes(&series, args.wire));
     let run = uuid_ish();
 
     let mut conns = Vec::with_capacity(args.agents);
@@ -303,7 +308,16 @@ async fn medic_phase(args: &Args, series: Arc<Vec<SeriesDef>>, dir: &Path) -> Re
         .into_iter()
         .enumerate()
         .map(|(i, conn)| {
-            tokio::spawn(run_agent(i, conn, series.clone(), prefixes.clone(), args.batch_samples, args.window, window))
+            tokio::spawn(run_agent(
+                i,
+                conn,
+                series.clone(),
+                prefixes.clone(),
+                args.wire,
+                args.batch_samples,
+                args.window,
+                window,
+            ))
         })
         .collect();
 
@@ -523,12 +537,13 @@ async fn run(args: Args) -> Result<()> {
     let series = Arc::new(series::node_series(args.series));
     let dir = tempfile::Builder::new().prefix("medic-bench-ingest-").tempdir()?;
     println!(
-        "bench_ingest: {} nodes x {} series, {} samples per batch ({:.1} collection rounds), window {}",
+        "bench_ingest: {} nodes x {} series, {} samples per batch ({:.1} collection rounds), window {}, wire {:?}",
         args.agents,
         series.len(),
         args.batch_samples,
         args.batch_samples as f64 / series.len() as f64,
-        args.window
+        args.window,
+        args.wire
     );
     println!(
         "load average before: {} (on {} CPUs)",
