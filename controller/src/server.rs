@@ -52,6 +52,7 @@ pub async fn run(cfg: ControllerConfig, shutdown: impl Future<Output = ()> + Sen
     let event_log = EventLog::start(store.clone());
     let engine = crate::detect::engine::start(EngineConfig::default(), StoreSink(event_log.clone()));
     restore_detection(store.as_ref(), &engine.state).await;
+    let warm_task = tokio::spawn(warm_forecasters(store.clone(), engine.clone(), EngineConfig::default()));
     let history: Vec<AuditEntry> = match store.events(EventKind::Action, 10_000).await {
         Ok(ev) => ev.into_iter().rev().filter_map(|e| serde_json::from_value(e.body).ok()).collect(),
         Err(e) => {
@@ -220,6 +221,7 @@ pub async fn run(cfg: ControllerConfig, shutdown: impl Future<Output = ()> + Sen
     retention_task.abort();
     alerts_task.abort();
     unhandled_task.abort();
+    warm_task.abort();
     for t in [rules_task, runner_task].into_iter().flatten() {
         t.abort();
     }
@@ -247,5 +249,74 @@ async fn restore_detection(store: &dyn Store, state: &std::sync::RwLock<crate::d
     let fresh_ms = (2.0 * EngineConfig::default().forecast.refresh_secs * 1000.0) as i64;
     if let Ok(mut st) = state.write() {
         st.restore(anomalies, changepoints, forecasts, chrono::Utc::now().timestamp_millis(), fresh_ms);
+    }
+}
+
+/// Reads back the stored history of the exhaustion-type series and hands it to the forecasters,
+/// so forecasts resume within one refresh after a restart instead of after days of fresh data.
+async fn warm_forecasters(store: Arc<dyn Store>, engine: crate::detect::engine::EngineHandle, cfg: EngineConfig) {
+    use crate::detect::engine::{EXHAUSTION_METRICS, StoredBatch};
+    use crate::store::SeriesQuery;
+    use medic_proto::v1::{Batch, Label, Series};
+    let nodes = match store.load_nodes().await {
+        Ok(n) => n,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot list nodes to warm the forecasters; forecasts start from fresh data");
+            return;
+        }
+    };
+    let now = chrono::Utc::now().timestamp_millis();
+    let from = now - (cfg.forecast.max_window_secs * 1000.0) as i64;
+    let mut points_read = 0usize;
+    for n in nodes {
+        let mut series: Vec<Series> = Vec::new();
+        for metric in EXHAUSTION_METRICS {
+            let q = SeriesQuery {
+                node: n.node.clone(),
+                metric: metric.to_string(),
+                from_ms: from,
+                to_ms: now,
+                limit: 500_000,
+            };
+            let points = match store.series(&q).await {
+                Ok(p) => p,
+                Err(e) => {
+                    tracing::warn!(node = %n.node, metric, error = %e, "cannot read history to warm a forecaster");
+                    continue;
+                }
+            };
+            points_read += points.len();
+            for p in points {
+                let labels: Vec<Label> = p.labels.iter().map(|(k, v)| Label::new(k.clone(), v.clone())).collect();
+                match series.iter_mut().rev().find(|s| s.metric == p.metric && s.labels == labels) {
+                    Some(s) => {
+                        s.timestamps_ms.push(p.timestamp_ms);
+                        s.values.push(p.value);
+                    }
+                    None => series.push(Series {
+                        metric: p.metric,
+                        labels,
+                        kind: 1,
+                        timestamps_ms: vec![p.timestamp_ms],
+                        values: vec![p.value],
+                    }),
+                }
+            }
+        }
+        if series.is_empty() {
+            continue;
+        }
+        let batch = StoredBatch {
+            node: n.node.clone(),
+            labels: n.labels.clone().into_iter().collect(),
+            batch: Arc::new(Batch { series, ..Default::default() }),
+        };
+        let engine = engine.clone();
+        if tokio::task::spawn_blocking(move || engine.warm(batch)).await.is_err() {
+            return;
+        }
+    }
+    if points_read > 0 {
+        tracing::info!(points = points_read, "forecasters warmed from stored history");
     }
 }

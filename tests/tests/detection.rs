@@ -1,6 +1,6 @@
 //! Detection results are data: what the controller finds in a live stream (an anomaly, a
 //! forecast exhaustion) is on its API and /metrics with the explanation, stored, and still served
-//! after the controller restarts.
+//! after the controller restarts — whose forecasters pick up the stored history.
 
 use anyhow::Result;
 use medic_tests::*;
@@ -67,6 +67,7 @@ async fn anomalies_and_forecasts_are_served_with_their_explanation_and_survive_a
     tokio::time::sleep(Duration::from_secs(2)).await;
     drop(agent);
     c.proc.terminate()?;
+    let restarted = chrono::Utc::now().timestamp_millis();
     let c = ControllerProc::start(&dir.path().join("c"), grpc, http, &[]).await?;
     let after: Vec<serde_json::Value> = get_json(&c.url("/api/v1/anomalies?node=db-1&metric=app_requests")).await?;
     assert!(after.iter().any(|x| x["observed"] == 900.0 && x["baseline"] == spike["baseline"]), "{after:#?}");
@@ -75,5 +76,21 @@ async fn anomalies_and_forecasts_are_served_with_their_explanation_and_survive_a
         f.iter().any(|x| x["resource"] == "filesystem:/data"),
         "a fresh forecast is served after a restart: {f:#?}"
     );
+
+    // The forecaster's history came back too: the restarted controller forecasts again, fitted on
+    // the stored three days (without them it would have nothing to fit on).
+    let mut agent = SyntheticAgent::connect(&c.grpc_url(), "db-1", &[("role", "clickhouse")]).await?;
+    let t = chrono::Utc::now().timestamp_millis();
+    let avail = 1e12 * 0.1 / 86_400_000.0 * (2.0 * 86_400_000.0 - (t - now) as f64);
+    agent.send(&[("node_filesystem_avail_bytes", data, t, avail)]).await?;
+    let refit = eventually(Duration::from_secs(20), || async {
+        let f: Vec<serde_json::Value> = get_json(&c.url("/api/v1/forecasts?node=db-1")).await?;
+        Ok(f.into_iter().find(|x| {
+            x["resource"] == "filesystem:/data" && x["computed_at_ms"].as_i64().is_some_and(|at| at >= restarted)
+        }))
+    })
+    .await?;
+    let days = refit["exhaustion_seconds"].as_f64().unwrap_or_default() / 86_400.0;
+    assert!((1.5..2.5).contains(&days), "fitted on the stored history: {refit}");
     Ok(())
 }

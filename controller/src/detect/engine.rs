@@ -212,17 +212,31 @@ pub trait DetectionSink: Send + 'static {
 impl DetectionSink for () {}
 
 /// Hands batches to the engine without ever blocking the writer.
+/// What the engine thread is fed.
+enum Input {
+    /// Just stored: everything is detected on it.
+    Stored(StoredBatch),
+    /// Stored by an earlier run, read back at start: it only rebuilds the forecasters' history,
+    /// so exhaustion forecasts do not need days of fresh data after a restart.
+    History(StoredBatch),
+}
+
 #[derive(Clone)]
 pub struct EngineHandle {
-    tx: SyncSender<StoredBatch>,
+    tx: SyncSender<Input>,
     pub state: Arc<RwLock<DetectionState>>,
     /// Per-node latest values, kept on the same feed for the rules.
     pub facts: Arc<RwLock<crate::decide::facts::Facts>>,
 }
 
 impl EngineHandle {
+    /// Feeds history to the forecasters, waiting for room (call off the async runtime).
+    pub fn warm(&self, b: StoredBatch) {
+        let _ = self.tx.send(Input::History(b));
+    }
+
     pub fn submit(&self, b: StoredBatch) {
-        match self.tx.try_send(b) {
+        match self.tx.try_send(Input::Stored(b)) {
             Ok(()) => {}
             Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
                 if let Ok(s) = self.state.read() {
@@ -314,6 +328,27 @@ fn points(batch: &Batch) -> impl Iterator<Item = Point<'_>> {
     })
 }
 
+/// The metrics forecast for exhaustion: the resource each point belongs to and its limit.
+pub const EXHAUSTION_METRICS: &[&str] = &[
+    "node_filesystem_avail_bytes",
+    "clickhouse_disk_free_bytes",
+    "clickhouse_table_max_parts_per_partition",
+    "node_memory_MemAvailable_bytes",
+];
+
+fn exhaustion_resource(s: &Point<'_>, max_parts: f64) -> Option<(String, Limit)> {
+    match s.metric {
+        "node_filesystem_avail_bytes" => Some((format!("filesystem:{}", label(s, "mountpoint")?), Limit::Below(0.0))),
+        "clickhouse_disk_free_bytes" => Some((format!("clickhouse_disk:{}", label(s, "disk")?), Limit::Below(0.0))),
+        "clickhouse_table_max_parts_per_partition" => {
+            let (db, t) = (label(s, "database")?, label(s, "table")?);
+            (db != "system").then(|| (format!("parts:{db}.{t}"), Limit::Above(max_parts)))
+        }
+        "node_memory_MemAvailable_bytes" => Some(("memory".to_string(), Limit::Below(0.0))),
+        _ => None,
+    }
+}
+
 fn label<'a>(s: &Point<'a>, name: &str) -> Option<&'a str> {
     s.labels.iter().find(|l| l.name == name).map(|l| l.value.as_str())
 }
@@ -345,15 +380,34 @@ impl Engine {
         }
     }
 
-    fn run(mut self, rx: Receiver<StoredBatch>, mut sink: impl DetectionSink) {
+    fn run(mut self, rx: Receiver<Input>, mut sink: impl DetectionSink) {
         loop {
             match rx.recv_timeout(Duration::from_secs(5)) {
-                Ok(b) => self.observe(&b),
+                Ok(Input::Stored(b)) => self.observe(&b),
+                Ok(Input::History(b)) => self.warm(&b),
                 Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
                 Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => return,
             }
             self.evaluate(chrono::Utc::now().timestamp_millis(), &mut sink);
         }
+    }
+
+    fn warm(&mut self, b: &StoredBatch) {
+        let max_parts = self.cfg.max_parts_per_partition;
+        let fc = self
+            .forecasters
+            .entry(b.node.clone())
+            .or_insert_with(|| ExhaustionForecaster::new(self.cfg.forecast.clone()));
+        let mut by_resource: HashMap<String, (Limit, Vec<(i64, f64)>)> = HashMap::new();
+        for s in points(&b.batch) {
+            if let Some((resource, limit)) = exhaustion_resource(&s, max_parts) {
+                by_resource.entry(resource).or_insert_with(|| (limit, Vec::new())).1.push((s.ts, s.value));
+            }
+        }
+        for (resource, (limit, history)) in by_resource {
+            fc.prepend(&resource, limit, history);
+        }
+        fc.refit_soon();
     }
 
     /// Per-second rate of a counter sample; None on the first sample or a reset.
@@ -391,28 +445,11 @@ impl Engine {
         let mut counters: Vec<Point<'_>> = Vec::new();
         for s in points(&b.batch) {
             let ts = s.ts;
+            if let Some((resource, limit)) = exhaustion_resource(&s, max_parts) {
+                fc.observe(&resource, limit, ts, s.value);
+            }
             match s.metric {
-                "node_filesystem_avail_bytes" => {
-                    if let Some(mp) = label(&s, "mountpoint") {
-                        fc.observe(&format!("filesystem:{mp}"), Limit::Below(0.0), ts, s.value);
-                    }
-                }
-                "clickhouse_disk_free_bytes" => {
-                    if let Some(d) = label(&s, "disk") {
-                        fc.observe(&format!("clickhouse_disk:{d}"), Limit::Below(0.0), ts, s.value);
-                    }
-                }
-                "clickhouse_table_max_parts_per_partition" => {
-                    if let (Some(db), Some(t)) = (label(&s, "database"), label(&s, "table"))
-                        && db != "system"
-                    {
-                        fc.observe(&format!("parts:{db}.{t}"), Limit::Above(max_parts), ts, s.value);
-                    }
-                }
-                "node_memory_MemAvailable_bytes" => {
-                    fc.observe("memory", Limit::Below(0.0), ts, s.value);
-                    add("memory_available_bytes", ts, s.value);
-                }
+                "node_memory_MemAvailable_bytes" => add("memory_available_bytes", ts, s.value),
                 "node_load1" => add("load1", ts, s.value),
                 "clickhouse_metrics_Query" => add("clickhouse_queries_running", ts, s.value),
                 "clickhouse_query_duration_seconds" if label(&s, "quantile") == Some("0.99") => {

@@ -362,6 +362,35 @@ impl ExhaustionForecaster {
         }
     }
 
+    /// History older than what the resource already holds (read back from the store after a
+    /// restart, while fresh samples may already be arriving), thinned like [`Self::observe`].
+    pub fn prepend(&mut self, resource: &str, limit: Limit, mut history: Vec<(i64, f64)>) {
+        history.retain(|(_, v)| v.is_finite());
+        history.sort_by_key(|(t, _)| *t);
+        let entry = self.resources.entry(resource.to_owned()).or_insert_with(|| (limit, VecDeque::new()));
+        let first = entry.1.front().map(|&(t, _)| t);
+        let mut older: Vec<(i64, f64)> = Vec::new();
+        for (t, v) in history {
+            if first.is_some_and(|f| t > f - 60_000) {
+                break;
+            }
+            if older.last().is_none_or(|&(lt, _)| t - lt >= 60_000) {
+                older.push((t, v));
+            }
+        }
+        for p in older.into_iter().rev() {
+            entry.1.push_front(p);
+        }
+        while entry.1.len() > self.max_samples {
+            entry.1.pop_front();
+        }
+    }
+
+    /// The next [`Self::refresh_if_due`] refits, whenever the last one was (new history came).
+    pub fn refit_soon(&mut self) {
+        self.last_refresh_ms = None;
+    }
+
     /// Refits every resource if `refresh_secs` has passed; returns the fresh forecasts.
     pub fn refresh_if_due(&mut self, now_ms: i64) -> Vec<Result<Forecast, (String, ForecastError)>> {
         if self.last_refresh_ms.is_some_and(|t| ((now_ms - t) as f64) < self.cfg.refresh_secs * 1000.0) {
@@ -391,6 +420,18 @@ impl ExhaustionForecaster {
 mod tests {
     use super::*;
     use crate::detect::changepoint::tests::Rng;
+
+    #[test]
+    fn history_read_back_after_a_restart_goes_before_the_fresh_samples_thinned() {
+        let mut f = ExhaustionForecaster::new(ForecastConfig::default());
+        f.observe("memory", Limit::Below(0.0), 10_000_000, 5.0);
+        let history: Vec<(i64, f64)> = (0..200).map(|i| (i * 30_000, 100.0 - i as f64)).collect();
+        f.prepend("memory", Limit::Below(0.0), history);
+        let s: Vec<(i64, f64)> = f.resources["memory"].1.iter().copied().collect();
+        assert!(s.windows(2).all(|w| w[1].0 - w[0].0 >= 60_000), "ordered and thinned to a minute: {s:?}");
+        assert_eq!(s.last(), Some(&(10_000_000, 5.0)), "the fresh sample stays last");
+        assert_eq!(s.len(), 100 + 1, "history up to the fresh sample, one per minute");
+    }
 
     const DAY: f64 = 86_400.0;
     const STEP_MS: i64 = 600_000;
