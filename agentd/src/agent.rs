@@ -223,6 +223,9 @@ pub async fn run(
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let node = cfg.node_name();
+    // Before anything starts: a TLS or token mistake should stop the agent at once, saying what.
+    let credentials =
+        crate::security::Credentials::load(&cfg).context("configuring the connection to the controller")?;
     let metrics = Arc::new(AgentMetrics::new());
     let spool = Spool::open(&cfg.spool_dir, SpoolOptions { max_bytes: cfg.spool_max_bytes, ..Default::default() })
         .with_context(|| format!("opening the spool in {}", cfg.spool_dir.display()))?;
@@ -276,6 +279,7 @@ pub async fn run(
         tasks.push(tokio::spawn(tail_loop(tailer, shared.clone(), cfg.spool_dir.clone(), stop_rx.clone())));
     }
     let mut sopts = StreamOptions::new(cfg.controller.clone(), node.clone());
+    sopts.credentials = credentials;
     sopts.labels = cfg.labels.clone();
     sopts.max_in_flight = cfg.max_in_flight.max(1);
     sopts.commands = Arc::new(crate::command::CommandOptions {

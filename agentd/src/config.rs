@@ -10,8 +10,21 @@ use std::time::Duration;
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AgentConfig {
-    /// Controller gRPC URL. Default http://127.0.0.1:7070.
+    /// Controller gRPC URL, https:// for TLS; several separated by commas are tried in turn
+    /// (replicas on bare metal). Default http://127.0.0.1:7070.
     pub controller: String,
+    /// CA certificate (PEM) that signed the controller's certificate; needed for https.
+    pub tls_ca: Option<PathBuf>,
+    /// Client certificate (PEM) for controllers that require one; its DNS name (or CN) must be
+    /// this node's name.
+    pub tls_cert: Option<PathBuf>,
+    /// The client certificate's private key (PEM).
+    pub tls_key: Option<PathBuf>,
+    /// Name checked in the controller's certificate instead of the URL's host.
+    pub tls_server_name: Option<String>,
+    /// File holding this agent's token (`--agent-tokens-file` on the controller binds it to this
+    /// node), sent as `authorization: Bearer`.
+    pub token_file: Option<PathBuf>,
     /// This node's name. Default: the hostname.
     pub node: Option<String>,
     /// Labels sent with the hello (role, shard, replica, zone…), used for peer groups and selectors.
@@ -61,6 +74,11 @@ impl Default for AgentConfig {
     fn default() -> Self {
         Self {
             controller: "http://127.0.0.1:7070".into(),
+            tls_ca: None,
+            tls_cert: None,
+            tls_key: None,
+            tls_server_name: None,
+            token_file: None,
             node: None,
             labels: Vec::new(),
             spool_dir: PathBuf::from("medic-spool"),

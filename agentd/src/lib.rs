@@ -10,6 +10,7 @@ pub mod command;
 pub mod config;
 pub mod entry;
 pub mod http;
+pub mod security;
 pub mod spool;
 pub mod stream;
 pub mod telemetry;

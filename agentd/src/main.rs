@@ -14,11 +14,29 @@ struct Cli {
     /// TOML config file; flags given on the command line override it.
     #[arg(long)]
     config: Option<PathBuf>,
-    /// Controller gRPC URL [default: http://127.0.0.1:7070]
+    /// Controller gRPC URL; https:// for TLS. Several, separated by commas, are tried in turn
+    /// (controller replicas without a load balancer) [default: http://127.0.0.1:7070]
     #[arg(long)]
     controller: Option<String>,
-    /// This node's name [default: the hostname]
+    /// CA certificate (PEM) that signed the controller's certificate; needed for https:// [default: none]
     #[arg(long)]
+    tls_ca: Option<PathBuf>,
+    /// Client certificate (PEM), for a controller that requires one; its DNS name (else CN) must
+    /// equal this node's name [default: none]
+    #[arg(long)]
+    tls_cert: Option<PathBuf>,
+    /// Private key (PEM) of --tls-cert [default: none]
+    #[arg(long)]
+    tls_key: Option<PathBuf>,
+    /// Name to check in the controller's certificate instead of the URL's host [default: the host]
+    #[arg(long)]
+    tls_server_name: Option<String>,
+    /// File holding this agent's token (bound to this node by the controller's
+    /// --agent-tokens-file), sent as `authorization: Bearer` [default: none]
+    #[arg(long)]
+    token_file: Option<PathBuf>,
+    /// This node's name [default: env MEDIC_NODE, else the hostname]
+    #[arg(long, env = "MEDIC_NODE")]
     node: Option<String>,
     /// Label sent to the controller, NAME=VALUE (repeatable), e.g. --label role=clickhouse
     #[arg(long = "label", value_parser = parse_label)]
@@ -116,6 +134,7 @@ fn config(cli: &Cli) -> anyhow::Result<AgentConfig> {
     }
     set!(controller, spool_dir, spool_max_bytes, interval, http_listen, max_line_bytes, proc_root, sys_root, rootfs);
     set!(clickhouse_url, clickhouse_password_file, clickhouse_timeout);
+    set!(tls_ca, tls_cert, tls_key, tls_server_name, token_file);
     if cli.node.is_some() {
         cfg.node = cli.node.clone();
     }

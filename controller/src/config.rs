@@ -63,6 +63,20 @@ pub struct ControllerConfig {
     /// Upper bound for one ClickHouse statement. Default 30s.
     #[serde(with = "humantime_serde_compat")]
     pub clickhouse_timeout: Duration,
+    /// Certificate chain (PEM) for the agents' gRPC port; with `tls_key`, agents connect with
+    /// https:// URLs. Unset: plain gRPC.
+    pub tls_cert: Option<PathBuf>,
+    /// Private key (PEM) of `tls_cert`.
+    pub tls_key: Option<PathBuf>,
+    /// CA (PEM) that signs agent client certificates: an agent must then present a certificate
+    /// whose DNS name (else CN) is its node name, or a token. Needs `tls_cert`.
+    pub tls_client_ca: Option<PathBuf>,
+    /// Per-agent tokens, `NODE TOKEN` per line (TOKEN may be `sha256:<hex>`); each binds a token
+    /// to one node. Re-read on change and on SIGHUP.
+    pub agent_tokens_file: Option<PathBuf>,
+    /// Token(s) required as `Authorization: Bearer` by the mutating HTTP API (approve). Unset:
+    /// open (a warning is logged at start).
+    pub api_token_file: Option<PathBuf>,
 }
 
 impl Default for ControllerConfig {
@@ -88,6 +102,11 @@ impl Default for ControllerConfig {
             clickhouse_user: None,
             clickhouse_password_file: None,
             clickhouse_timeout: Duration::from_secs(30),
+            tls_cert: None,
+            tls_key: None,
+            tls_client_ca: None,
+            agent_tokens_file: None,
+            api_token_file: None,
         }
     }
 }

@@ -13,6 +13,7 @@ pub mod detect;
 pub mod ingest;
 pub mod publish;
 pub mod rules;
+pub mod security;
 pub mod server;
 pub mod store;
 pub mod telemetry;

@@ -172,6 +172,25 @@ struct RunArgs {
     /// Batches that may wait for the store before agents are slowed down [default: 4096]
     #[arg(long)]
     ingest_queue_batches: Option<usize>,
+    /// Certificate chain (PEM) for the agents' gRPC port: agents then connect with https:// [default: plain gRPC]
+    #[arg(long)]
+    tls_cert: Option<PathBuf>,
+    /// Private key (PEM) of --tls-cert
+    #[arg(long)]
+    tls_key: Option<PathBuf>,
+    /// CA (PEM) of agent client certificates: an agent must present one whose DNS name (else CN)
+    /// is its node name, or a token from --agent-tokens-file [default: no client certificates]
+    #[arg(long)]
+    tls_client_ca: Option<PathBuf>,
+    /// Per-agent tokens, one `NODE TOKEN` per line (TOKEN may be sha256:<hex>); a token is valid
+    /// only for its node. Re-read on change and SIGHUP [default: no tokens]
+    #[arg(long)]
+    agent_tokens_file: Option<PathBuf>,
+    /// Token(s), one per line, that the mutating HTTP API (approve) requires as `Authorization:
+    /// Bearer`; `controller actions approve` sends the first one (or env MEDIC_API_TOKEN)
+    /// [default: open API, with a warning]
+    #[arg(long, global = true)]
+    api_token_file: Option<PathBuf>,
     #[command(flatten)]
     log: LogArgs,
 }
@@ -293,6 +312,17 @@ fn config(args: &RunArgs) -> anyhow::Result<ControllerConfig> {
     }
     if let Some(v) = args.ingest_queue_batches {
         cfg.ingest_queue_batches = v;
+    }
+    for (flag, value) in [
+        (&mut cfg.tls_cert, &args.tls_cert),
+        (&mut cfg.tls_key, &args.tls_key),
+        (&mut cfg.tls_client_ca, &args.tls_client_ca),
+        (&mut cfg.agent_tokens_file, &args.agent_tokens_file),
+        (&mut cfg.api_token_file, &args.api_token_file),
+    ] {
+        if value.is_some() {
+            *flag = value.clone();
+        }
     }
     Ok(cfg)
 }
@@ -426,7 +456,12 @@ async fn main() -> anyhow::Result<()> {
                     Ok(())
                 }
                 ActionsCmd::Approve { id } => {
-                    let resp = http.post(format!("{base}/api/v1/actions/{id}/approve")).send().await?;
+                    let mut req = http.post(format!("{base}/api/v1/actions/{id}/approve"));
+                    if let Some(token) = controller::security::api::client_token(cfg.api_token_file.as_deref())? {
+                        use secrecy::ExposeSecret;
+                        req = req.bearer_auth(token.expose_secret());
+                    }
+                    let resp = req.send().await?;
                     let status = resp.status();
                     let body = resp.text().await?;
                     anyhow::ensure!(status.is_success(), "{status}: {body}");

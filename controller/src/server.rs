@@ -25,6 +25,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 pub async fn run(cfg: ControllerConfig, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+    let security = crate::security::Security::from_config(&cfg)?;
     let store: Arc<dyn Store> = match cfg.clickhouse()? {
         Some(opts) => {
             let url = opts.url.clone();
@@ -38,6 +39,8 @@ pub async fn run(cfg: ControllerConfig, shutdown: impl Future<Output = ()> + Sen
         ),
     };
     let metrics = Arc::new(Metrics::new(store.kind()));
+    metrics.register_unprefixed(|r| security.agents.register(r));
+    let security_tasks = security.start();
     metrics.store_up.set(1);
     let nodes = NodeTable::default();
     nodes.load(store.load_nodes().await.context("loading node delivery state")?);
@@ -145,7 +148,8 @@ pub async fn run(cfg: ControllerConfig, shutdown: impl Future<Output = ()> + Sen
             interval_hint: cfg.agent_interval,
             ..Default::default()
         },
-    );
+    )
+    .with_auth(security.agents.clone());
 
     let grpc_listener = tokio::net::TcpListener::bind(cfg.grpc_listen)
         .await
@@ -153,7 +157,7 @@ pub async fn run(cfg: ControllerConfig, shutdown: impl Future<Output = ()> + Sen
     let http_listener = tokio::net::TcpListener::bind(cfg.http_listen)
         .await
         .with_context(|| format!("binding HTTP listener on {}", cfg.http_listen))?;
-    tracing::info!(grpc = %grpc_listener.local_addr()?, http = %http_listener.local_addr()?, store = store.kind(), "controller listening");
+    tracing::info!(grpc = %grpc_listener.local_addr()?, http = %http_listener.local_addr()?, store = store.kind(), tls = security.tls.is_some(), "controller listening");
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let shutdown_nodes = nodes.clone();
@@ -165,13 +169,25 @@ pub async fn run(cfg: ControllerConfig, shutdown: impl Future<Output = ()> + Sen
     });
 
     let mut grpc_stop = stop_rx.clone();
-    let grpc = tonic::transport::Server::builder()
+    let grpc_shutdown = async move {
+        let _ = grpc_stop.wait_for(|s| *s).await;
+    };
+    let router = tonic::transport::Server::builder()
         .http2_keepalive_interval(Some(Duration::from_secs(20)))
         .http2_keepalive_timeout(Some(Duration::from_secs(10)))
-        .add_service(ingest.into_server())
-        .serve_with_incoming_shutdown(tokio_stream::wrappers::TcpListenerStream::new(grpc_listener), async move {
-            let _ = grpc_stop.wait_for(|s| *s).await;
-        });
+        .add_service(ingest.into_server());
+    let grpc: std::pin::Pin<Box<dyn Future<Output = Result<(), tonic::transport::Error>> + Send>> = match &security.tls
+    {
+        Some(tls) => {
+            let agents = security.agents.clone();
+            let incoming = tls.clone().incoming(grpc_listener, move |reason| agents.count_refused(reason));
+            Box::pin(router.serve_with_incoming_shutdown(incoming, grpc_shutdown))
+        }
+        None => Box::pin(router.serve_with_incoming_shutdown(
+            tokio_stream::wrappers::TcpListenerStream::new(grpc_listener),
+            grpc_shutdown,
+        )),
+    };
 
     let mut http_stop = stop_rx.clone();
     let app = api::router(ApiState {
@@ -181,7 +197,8 @@ pub async fn run(cfg: ControllerConfig, shutdown: impl Future<Output = ()> + Sen
         detection: engine.state.clone(),
         rules: rules.clone(),
         remediation: remediation.clone(),
-    });
+    })
+    .layer(axum::middleware::from_fn_with_state(security.api.clone(), crate::security::api::require_token));
     let http = axum::serve(http_listener, app).with_graceful_shutdown(async move {
         let _ = http_stop.wait_for(|s| *s).await;
     });
@@ -219,6 +236,9 @@ pub async fn run(cfg: ControllerConfig, shutdown: impl Future<Output = ()> + Sen
         }
     };
     retention_task.abort();
+    for t in security_tasks {
+        t.abort();
+    }
     alerts_task.abort();
     unhandled_task.abort();
     warm_task.abort();

@@ -13,7 +13,6 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::{Notify, mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::transport::Endpoint;
 
 #[derive(Debug, Clone)]
 pub struct StreamOptions {
@@ -28,6 +27,8 @@ pub struct StreamOptions {
     pub backoff_max: Duration,
     /// What this agent may do when the controller asks (remediation).
     pub commands: std::sync::Arc<crate::command::CommandOptions>,
+    /// TLS trust, client certificate and token (see `security`).
+    pub credentials: crate::security::Credentials,
 }
 
 impl StreamOptions {
@@ -43,6 +44,7 @@ impl StreamOptions {
             backoff_min: Duration::from_millis(200),
             backoff_max: Duration::from_secs(30),
             commands: Default::default(),
+            credentials: Default::default(),
         }
     }
 }
@@ -51,7 +53,7 @@ impl StreamOptions {
 pub enum StreamError {
     #[error("invalid controller URL {url:?}: {message}")]
     Url { url: String, message: String },
-    #[error("cannot reach the controller at {url}: {source}")]
+    #[error("cannot reach the controller at {url}: {}", error_chain(.source))]
     Connect {
         url: String,
         #[source]
@@ -67,6 +69,19 @@ pub enum StreamError {
     Spool(#[from] crate::spool::SpoolError),
     #[error("the controller sent {0} first instead of a Welcome")]
     Protocol(&'static str),
+}
+
+/// An error with its causes: tonic's transport error alone says only "transport error", the
+/// reason (refused, a certificate the agent does not trust…) is in its sources.
+fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = e.to_string();
+    let mut cur = e.source();
+    while let Some(s) = cur {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        cur = s.source();
+    }
+    out
 }
 
 /// Everything the sender shares with the rest of the agent.
@@ -105,14 +120,20 @@ pub fn update_spool_metrics(shared: &Shared, spool: &Spool) {
 pub async fn run(opts: StreamOptions, shared: Shared, mut stop: watch::Receiver<bool>) {
     let mut backoff = opts.backoff_min;
     let mut attempt = 0u64;
+    // Several controller URLs: start at a random one so a fleet spreads over the replicas, and
+    // move to the next after every failure.
+    let urls = crate::security::controller_urls(&opts.controller);
+    let mut next = if urls.len() > 1 { rand::random::<u32>() as usize % urls.len() } else { 0 };
     loop {
         if attempt > 0 {
             shared.metrics.reconnects.inc();
         }
         attempt += 1;
         let started = Instant::now();
+        let url = urls.get(next % urls.len().max(1)).cloned().unwrap_or_else(|| opts.controller.clone());
+        next += 1;
         let result = tokio::select! {
-            r = session(&opts, &shared) => r,
+            r = session(&opts, &shared, &url) => r,
             _ = stop.wait_for(|s| *s) => return,
         };
         shared.metrics.connected.set(0);
@@ -152,16 +173,16 @@ fn batch_message(seq: u64, payload: &[u8]) -> Option<AgentMessage> {
     }
 }
 
-async fn session(opts: &StreamOptions, shared: &Shared) -> Result<(), StreamError> {
-    let endpoint = Endpoint::from_shared(opts.controller.clone())
-        .map_err(|e| StreamError::Url { url: opts.controller.clone(), message: e.to_string() })?
-        .connect_timeout(Duration::from_secs(5))
+async fn session(opts: &StreamOptions, shared: &Shared, url: &str) -> Result<(), StreamError> {
+    let endpoint = opts
+        .credentials
+        .endpoint(url)
+        .map_err(|message| StreamError::Url { url: url.to_string(), message })?
         .tcp_nodelay(true)
         .http2_keep_alive_interval(Duration::from_secs(15))
         .keep_alive_timeout(Duration::from_secs(10))
         .keep_alive_while_idle(true);
-    let channel =
-        endpoint.connect().await.map_err(|source| StreamError::Connect { url: opts.controller.clone(), source })?;
+    let channel = endpoint.connect().await.map_err(|source| StreamError::Connect { url: url.to_string(), source })?;
     let mut client = TelemetryClient::new(channel)
         .max_decoding_message_size(opts.max_message_bytes)
         .max_encoding_message_size(opts.max_message_bytes);
@@ -177,7 +198,9 @@ async fn session(opts: &StreamOptions, shared: &Shared) -> Result<(), StreamErro
         spool_id,
     };
     let _ = tx.send(AgentMessage { msg: Some(agent_message::Msg::Hello(hello)) }).await;
-    let mut inbound = client.stream(ReceiverStream::new(rx)).await.map_err(StreamError::Refused)?.into_inner();
+    let mut request = tonic::Request::new(ReceiverStream::new(rx));
+    opts.credentials.authorize(&mut request).map_err(|message| StreamError::Url { url: url.to_string(), message })?;
+    let mut inbound = client.stream(request).await.map_err(StreamError::Refused)?.into_inner();
     let welcome = match inbound.message().await.map_err(StreamError::Refused)? {
         Some(m) => match m.msg {
             Some(controller_message::Msg::Welcome(w)) => w,
@@ -195,7 +218,7 @@ async fn session(opts: &StreamOptions, shared: &Shared) -> Result<(), StreamErro
         update_spool_metrics(shared, &spool);
         spool.stats().acked_seq
     };
-    tracing::info!(controller = %welcome.controller_id, last_stored_seq = welcome.last_stored_seq, "connected to the controller");
+    tracing::info!(url, controller = %welcome.controller_id, last_stored_seq = welcome.last_stored_seq, "connected to the controller");
 
     let mut sent = acked;
     let mut heartbeat = tokio::time::interval(opts.heartbeat);

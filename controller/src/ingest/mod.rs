@@ -54,6 +54,8 @@ pub struct IngestService {
     metrics: Arc<Metrics>,
     opts: IngestOptions,
     controller_id: String,
+    /// Who may speak for which node; None lets every agent in.
+    auth: Option<crate::security::agents::AgentAuth>,
 }
 
 /// Node names end up in storage keys, metric labels and file names: keep them boring.
@@ -73,7 +75,13 @@ fn now_ms() -> i64 {
 
 impl IngestService {
     pub fn new(jobs: mpsc::Sender<Job>, nodes: NodeTable, metrics: Arc<Metrics>, opts: IngestOptions) -> Self {
-        Self { jobs, nodes, metrics, opts, controller_id: uuid::Uuid::new_v4().to_string() }
+        Self { jobs, nodes, metrics, opts, controller_id: uuid::Uuid::new_v4().to_string(), auth: None }
+    }
+
+    /// Agents must prove which node they are (client certificate or token).
+    pub fn with_auth(mut self, auth: crate::security::agents::AgentAuth) -> Self {
+        self.auth = Some(auth);
+        self
     }
 
     pub fn into_server(self) -> TelemetryServer<Self> {
@@ -230,6 +238,15 @@ impl Telemetry for IngestService {
     type StreamStream = OutStream;
 
     async fn stream(&self, request: Request<Streaming<AgentMessage>>) -> Result<Response<Self::StreamStream>, Status> {
+        // Credentials are checked before the hello is even read; the node it names after.
+        let principal = match &self.auth {
+            Some(auth) => {
+                let certs = request.peer_certs();
+                let authorization = request.metadata().get("authorization").and_then(|v| v.to_str().ok());
+                Some(auth.authenticate(certs.as_deref().map(Vec::as_slice), authorization)?)
+            }
+            None => None,
+        };
         let mut inbound = request.into_inner();
         let first = match tokio::time::timeout(self.opts.hello_timeout, inbound.message()).await {
             Err(_) => {
@@ -245,6 +262,9 @@ impl Telemetry for IngestService {
             return Err(self.refuse("bad_hello", Status::invalid_argument("the first message must be a Hello")));
         };
         self.check_hello(&hello)?;
+        if let (Some(auth), Some(p)) = (&self.auth, &principal) {
+            auth.authorize(p, &hello.node)?;
+        }
 
         let (reply_tx, reply_rx) = oneshot::channel();
         let labels = hello.labels.iter().map(|l| (l.name.clone(), l.value.clone())).collect();

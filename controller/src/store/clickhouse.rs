@@ -18,7 +18,7 @@ use std::time::Duration;
 use tokio::sync::Mutex;
 
 /// Where and how to reach ClickHouse. Credentials never come from the command line.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct ClickHouseOptions {
     pub url: String,
     pub database: String,
@@ -28,6 +28,20 @@ pub struct ClickHouseOptions {
     pub retention: Duration,
     /// Upper bound for one statement; a hung server must not hang ingest forever.
     pub timeout: Duration,
+}
+
+/// Hand-written so the password never reaches a log line through `{:?}`.
+impl std::fmt::Debug for ClickHouseOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClickHouseOptions")
+            .field("url", &self.url)
+            .field("database", &self.database)
+            .field("user", &self.user)
+            .field("password", &self.password.as_ref().map(|_| "<redacted>"))
+            .field("retention", &self.retention)
+            .field("timeout", &self.timeout)
+            .finish()
+    }
 }
 
 impl ClickHouseOptions {
