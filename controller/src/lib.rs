@@ -10,6 +10,7 @@ pub mod bench;
 pub mod config;
 pub mod decide;
 pub mod detect;
+pub mod ha;
 pub mod ingest;
 pub mod publish;
 pub mod rules;
