@@ -77,6 +77,31 @@ pub struct ControllerConfig {
     /// Token(s) required as `Authorization: Bearer` by the mutating HTTP API (approve). Unset:
     /// open (a warning is logged at start).
     pub api_token_file: Option<PathBuf>,
+    /// Run as one of several replicas: a Kubernetes Lease elects the one that runs detection and
+    /// remediation; every replica ingests. Needs the ClickHouse store (`clickhouse_url`), which
+    /// all replicas share. Default false (a single controller, always acting).
+    pub leader_election: bool,
+    /// Name of the Lease. Default "medic-controller".
+    pub lease_name: String,
+    /// Namespace of the Lease. Default: env POD_NAMESPACE, else the service account's namespace.
+    pub lease_namespace: Option<String>,
+    /// How long the lease stays valid after the holder's last renewal. Default 15s.
+    #[serde(with = "humantime_serde_compat")]
+    pub lease_duration: Duration,
+    /// How often the holder renews the lease. Default 5s.
+    #[serde(with = "humantime_serde_compat")]
+    pub lease_renew_interval: Duration,
+    /// The holder stops acting when it could not renew for this long; must be shorter than
+    /// `lease_duration`, so it has stopped before anyone else may take over. Default 10s.
+    #[serde(with = "humantime_serde_compat")]
+    pub lease_renew_deadline: Duration,
+    /// How often followers try to take the lease, and a failed renewal is retried. Default 2s.
+    #[serde(with = "humantime_serde_compat")]
+    pub lease_retry_interval: Duration,
+    /// This replica's HTTP API as other replicas reach it, published on the lease while leading
+    /// (followers pass leader-only API calls on to it). Default: http://$POD_IP:<http port>,
+    /// else http://<hostname>:<http port>.
+    pub advertise_url: Option<String>,
 }
 
 impl Default for ControllerConfig {
@@ -107,6 +132,14 @@ impl Default for ControllerConfig {
             tls_client_ca: None,
             agent_tokens_file: None,
             api_token_file: None,
+            leader_election: false,
+            lease_name: "medic-controller".into(),
+            lease_namespace: None,
+            lease_duration: Duration::from_secs(15),
+            lease_renew_interval: Duration::from_secs(5),
+            lease_renew_deadline: Duration::from_secs(10),
+            lease_retry_interval: Duration::from_secs(2),
+            advertise_url: None,
         }
     }
 }
@@ -131,6 +164,68 @@ impl ControllerConfig {
             None => std::env::var("MEDIC_CLICKHOUSE_PASSWORD").ok(),
         };
         Ok(Some(o))
+    }
+
+    /// Checks the high-availability settings; says what to change.
+    pub fn check_leader_election(&self) -> anyhow::Result<()> {
+        if !self.leader_election {
+            return Ok(());
+        }
+        anyhow::ensure!(
+            self.clickhouse_url.is_some(),
+            "--leader-election needs the ClickHouse store (--clickhouse-url): the replicas must share one store, and the embedded store is one replica's own"
+        );
+        anyhow::ensure!(
+            !self.lease_retry_interval.is_zero()
+                && self.lease_renew_interval < self.lease_renew_deadline
+                && self.lease_renew_deadline < self.lease_duration,
+            "lease timing must satisfy 0 < --lease-retry-interval, --lease-renew-interval < --lease-renew-deadline < --lease-duration (got {:?}, {:?}, {:?}, {:?})",
+            self.lease_retry_interval,
+            self.lease_renew_interval,
+            self.lease_renew_deadline,
+            self.lease_duration
+        );
+        Ok(())
+    }
+
+    /// This replica's name in the election: env POD_NAME, else the hostname.
+    pub fn replica_identity() -> String {
+        std::env::var("POD_NAME")
+            .ok()
+            .filter(|s| !s.is_empty())
+            .or_else(|| std::fs::read_to_string("/proc/sys/kernel/hostname").ok().map(|h| h.trim().to_string()))
+            .filter(|s| !s.is_empty())
+            .unwrap_or_else(|| format!("controller-{}", std::process::id()))
+    }
+
+    /// The Lease's namespace: configured, else env POD_NAMESPACE, else the service account's.
+    pub fn lease_namespace(&self) -> Option<String> {
+        self.lease_namespace
+            .clone()
+            .or_else(|| std::env::var("POD_NAMESPACE").ok())
+            .or_else(|| {
+                std::fs::read_to_string("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
+                    .ok()
+                    .map(|s| s.trim().to_string())
+            })
+            .filter(|s| !s.is_empty())
+    }
+
+    /// The HTTP URL other replicas reach this one's API at.
+    pub fn advertise_url(&self) -> String {
+        if let Some(u) = &self.advertise_url {
+            return u.clone();
+        }
+        let port = self.http_listen.port();
+        if let Some(ip) = std::env::var("POD_IP").ok().filter(|s| !s.is_empty()) {
+            return if ip.contains(':') { format!("http://[{ip}]:{port}") } else { format!("http://{ip}:{port}") };
+        }
+        if !self.http_listen.ip().is_unspecified() {
+            return format!("http://{}", self.http_listen);
+        }
+        let host =
+            std::fs::read_to_string("/proc/sys/kernel/hostname").map(|h| h.trim().to_string()).unwrap_or_default();
+        format!("http://{}:{port}", if host.is_empty() { "localhost" } else { &host })
     }
 
     pub fn from_file(path: &std::path::Path) -> anyhow::Result<Self> {

@@ -191,6 +191,33 @@ struct RunArgs {
     /// [default: open API, with a warning]
     #[arg(long, global = true)]
     api_token_file: Option<PathBuf>,
+    /// Run as one of several replicas: a Kubernetes Lease elects the one that runs detection and
+    /// remediation, every replica ingests. Needs --clickhouse-url (a store all replicas share).
+    /// Identity: env POD_NAME, else the hostname [default: off]
+    #[arg(long)]
+    leader_election: bool,
+    /// Name of the Lease [default: medic-controller]
+    #[arg(long)]
+    lease_name: Option<String>,
+    /// Namespace of the Lease [default: env POD_NAMESPACE, else the service account's namespace]
+    #[arg(long)]
+    lease_namespace: Option<String>,
+    /// How long the lease stays valid after its holder's last renewal [default: 15s]
+    #[arg(long, value_parser = humantime::parse_duration)]
+    lease_duration: Option<Duration>,
+    /// How often the leader renews the lease [default: 5s]
+    #[arg(long, value_parser = humantime::parse_duration)]
+    lease_renew_interval: Option<Duration>,
+    /// The leader stops acting when it could not renew for this long (< --lease-duration) [default: 10s]
+    #[arg(long, value_parser = humantime::parse_duration)]
+    lease_renew_deadline: Option<Duration>,
+    /// How often followers try to take the lease, and failed renewals are retried [default: 2s]
+    #[arg(long, value_parser = humantime::parse_duration)]
+    lease_retry_interval: Option<Duration>,
+    /// This replica's HTTP API URL as the other replicas reach it, published while it leads
+    /// [default: http://$POD_IP:<http port>, else http://<hostname>:<http port>]
+    #[arg(long)]
+    advertise_url: Option<String>,
     #[command(flatten)]
     log: LogArgs,
 }
@@ -312,6 +339,27 @@ fn config(args: &RunArgs) -> anyhow::Result<ControllerConfig> {
     }
     if let Some(v) = args.ingest_queue_batches {
         cfg.ingest_queue_batches = v;
+    }
+    cfg.leader_election |= args.leader_election;
+    if let Some(v) = &args.lease_name {
+        cfg.lease_name = v.clone();
+    }
+    for (flag, value) in
+        [(&mut cfg.lease_namespace, &args.lease_namespace), (&mut cfg.advertise_url, &args.advertise_url)]
+    {
+        if value.is_some() {
+            *flag = value.clone();
+        }
+    }
+    for (flag, value) in [
+        (&mut cfg.lease_duration, args.lease_duration),
+        (&mut cfg.lease_renew_interval, args.lease_renew_interval),
+        (&mut cfg.lease_renew_deadline, args.lease_renew_deadline),
+        (&mut cfg.lease_retry_interval, args.lease_retry_interval),
+    ] {
+        if let Some(v) = value {
+            *flag = v;
+        }
     }
     for (flag, value) in [
         (&mut cfg.tls_cert, &args.tls_cert),

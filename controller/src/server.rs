@@ -26,6 +26,7 @@ use std::time::Duration;
 
 pub async fn run(cfg: ControllerConfig, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
     let security = crate::security::Security::from_config(&cfg)?;
+    cfg.check_leader_election()?;
     let store: Arc<dyn Store> = match cfg.clickhouse()? {
         Some(opts) => {
             let url = opts.url.clone();
@@ -39,6 +40,9 @@ pub async fn run(cfg: ControllerConfig, shutdown: impl Future<Output = ()> + Sen
         ),
     };
     let metrics = Arc::new(Metrics::new(store.kind()));
+    let election = crate::ha::Election::start(&cfg).await?;
+    let leadership = election.leadership.clone();
+    metrics.register_unprefixed(|r| leadership.register(r));
     metrics.register_unprefixed(|r| security.agents.register(r));
     let security_tasks = security.start();
     metrics.store_up.set(1);
@@ -56,8 +60,8 @@ pub async fn run(cfg: ControllerConfig, shutdown: impl Future<Output = ()> + Sen
     let engine = crate::detect::engine::start(EngineConfig::default(), StoreSink(event_log.clone()));
     restore_detection(store.as_ref(), &engine.state).await;
     let warm_task = tokio::spawn(warm_forecasters(store.clone(), engine.clone(), EngineConfig::default()));
-    let history: Vec<AuditEntry> = match store.events(EventKind::Action, 10_000).await {
-        Ok(ev) => ev.into_iter().rev().filter_map(|e| serde_json::from_value(e.body).ok()).collect(),
+    let history: Vec<AuditEntry> = match load_audit(store.as_ref()).await {
+        Ok(h) => h,
         Err(e) => {
             tracing::warn!(error = %e, "cannot read the stored audit log; starting with an empty one");
             Vec::new()
@@ -99,43 +103,95 @@ pub async fn run(cfg: ControllerConfig, shutdown: impl Future<Output = ()> + Sen
         }
         executors.push(Arc::new(AgentExecutor { nodes: nodes.clone(), timeout: step_timeout }));
         executors.push(Arc::new(NotifyExecutor));
+        // First: refuses every step while this replica may not act (not the leader).
+        executors.insert(0, Arc::new(crate::ha::fence::FenceExecutor(leadership.clone())));
         let exec = Executors(executors);
-        tokio::spawn(
-            Runner {
-                rules,
-                facts: engine.facts.clone(),
-                detection: engine.state.clone(),
-                nodes: nodes.clone(),
-                exec,
-                remediation: remediation.clone(),
-                global: Default::default(),
-                every: cfg.remediation_interval,
-                alerts: alerts.clone(),
+        let (facts, detection, nodes, remediation, alerts) =
+            (engine.facts.clone(), engine.state.clone(), nodes.clone(), remediation.clone(), alerts.clone());
+        let every = cfg.remediation_interval;
+        let (store, election) = (store.clone(), cfg.leader_election);
+        let (audit, state) = (remediation.audit.clone(), engine.state.clone());
+        tokio::spawn(crate::ha::while_leading(
+            leadership.clone(),
+            // A new leader starts from the audit log and the detection results as the previous
+            // one stored them.
+            move || {
+                let (store, audit, state) = (store.clone(), audit.clone(), state.clone());
+                async move {
+                    if election {
+                        match load_audit(store.as_ref()).await {
+                            Ok(h) => audit.replace_history(h),
+                            Err(e) => tracing::error!(error = %e, "cannot read the stored audit log; cooldowns of the previous leader are unknown"),
+                        }
+                        restore_detection(store.as_ref(), &state).await;
+                    }
+                }
+            },
+            move || {
+                Runner {
+                    rules: rules.clone(),
+                    facts: facts.clone(),
+                    detection: detection.clone(),
+                    nodes: nodes.clone(),
+                    exec: exec.clone(),
+                    remediation: remediation.clone(),
+                    global: Default::default(),
+                    every,
+                    alerts: alerts.clone(),
+                }
+                .run()
+            },
+        ))
+    });
+    let step_down_task = cfg.leader_election.then(|| {
+        let (facts, detection, alerts) = (engine.facts.clone(), engine.state.clone(), alerts.clone());
+        // What a follower holds would be stale by the time it leads again.
+        tokio::spawn(crate::ha::on_step_down(leadership.clone(), move || {
+            if let Ok(mut f) = facts.write() {
+                f.nodes.clear();
             }
-            .run(),
-        )
+            if let Ok(mut d) = detection.write() {
+                d.clear_results();
+            }
+            alerts.forget_all();
+        }))
     });
     let unhandled_metrics = UnhandledMetrics::default();
     metrics.register_unprefixed(|r| unhandled_metrics.register(r));
-    let unhandled_task = tokio::spawn(
-        Unhandled {
-            cfg: UnhandledConfig {
-                anomaly_for: cfg.unhandled_anomaly_for,
-                exhaustion_within: cfg.unhandled_exhaustion_within,
-                every: cfg.remediation_interval,
-                ..Default::default()
-            },
-            rules: rules.clone(),
-            facts: engine.facts.clone(),
-            detection: engine.state.clone(),
-            alerts: alerts.clone(),
-            metrics: unhandled_metrics,
-        }
-        .run(),
-    );
+    let unhandled = Unhandled {
+        cfg: UnhandledConfig {
+            anomaly_for: cfg.unhandled_anomaly_for,
+            exhaustion_within: cfg.unhandled_exhaustion_within,
+            every: cfg.remediation_interval,
+            ..Default::default()
+        },
+        rules: rules.clone(),
+        facts: engine.facts.clone(),
+        detection: engine.state.clone(),
+        alerts: alerts.clone(),
+        metrics: unhandled_metrics,
+    };
+    // Raised by the leader only, like every other alert of the remediation loop.
+    let unhandled_task = tokio::spawn(crate::ha::while_leading(
+        leadership.clone(),
+        || async {},
+        move || {
+            let u = &unhandled;
+            Unhandled {
+                cfg: u.cfg.clone(),
+                rules: u.rules.clone(),
+                facts: u.facts.clone(),
+                detection: u.detection.clone(),
+                alerts: u.alerts.clone(),
+                metrics: u.metrics.clone(),
+            }
+            .run()
+        },
+    ));
     metrics.register_collector(DetectionCollector(engine.state.clone()));
+    let leading = leadership.clone();
     let writer = Writer::new(store.clone(), nodes.clone(), metrics.clone(), WriterOptions::default())
-        .with_detection(engine.clone());
+        .with_detection(engine.clone().only_while(move || leading.is_leader()));
     let writer_task = tokio::spawn(writer.run(jobs_rx));
 
     let ingest = IngestService::new(
@@ -197,7 +253,12 @@ pub async fn run(cfg: ControllerConfig, shutdown: impl Future<Output = ()> + Sen
         detection: engine.state.clone(),
         rules: rules.clone(),
         remediation: remediation.clone(),
+        leadership: leadership.clone(),
     })
+    .layer(axum::middleware::from_fn_with_state(
+        crate::ha::proxy::LeaderProxy::new(leadership.clone()),
+        crate::ha::proxy::to_leader,
+    ))
     .layer(axum::middleware::from_fn_with_state(security.api.clone(), crate::security::api::require_token));
     let http = axum::serve(http_listener, app).with_graceful_shutdown(async move {
         let _ = http_stop.wait_for(|s| *s).await;
@@ -242,10 +303,11 @@ pub async fn run(cfg: ControllerConfig, shutdown: impl Future<Output = ()> + Sen
     alerts_task.abort();
     unhandled_task.abort();
     warm_task.abort();
-    for t in [rules_task, runner_task].into_iter().flatten() {
+    for t in [rules_task, runner_task, step_down_task].into_iter().flatten() {
         t.abort();
     }
     writer_task.abort();
+    election.stop().await;
     g.context("gRPC server failed")?;
     h.context("HTTP server failed")?;
     tracing::info!("controller stopped");
@@ -339,4 +401,10 @@ async fn warm_forecasters(store: Arc<dyn Store>, engine: crate::detect::engine::
     if points_read > 0 {
         tracing::info!(points = points_read, "forecasters warmed from stored history");
     }
+}
+
+/// The stored audit log, oldest first.
+async fn load_audit(store: &dyn Store) -> Result<Vec<AuditEntry>, crate::store::StoreError> {
+    let ev = store.events(EventKind::Action, 10_000).await?;
+    Ok(ev.into_iter().rev().filter_map(|e| serde_json::from_value(e.body).ok()).collect())
 }

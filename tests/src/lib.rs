@@ -111,6 +111,17 @@ pub struct ControllerProc {
 
 impl ControllerProc {
     pub async fn start(data_dir: &Path, grpc: u16, http: u16, extra: &[&str]) -> Result<Self> {
+        Self::start_with_env(data_dir, grpc, http, extra, &[]).await
+    }
+
+    /// With extra environment variables (POD_NAME, KUBECONFIG…).
+    pub async fn start_with_env(
+        data_dir: &Path,
+        grpc: u16,
+        http: u16,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> Result<Self> {
         std::fs::create_dir_all(data_dir)?;
         let mut cmd = Command::new(bin("controller")?);
         cmd.arg("--grpc-listen")
@@ -120,7 +131,8 @@ impl ControllerProc {
             .arg("--data-dir")
             .arg(data_dir)
             .args(extra)
-            .env("RUST_LOG", "info");
+            .env("RUST_LOG", "info")
+            .envs(env.iter().copied());
         let proc = Proc::spawn("controller", &mut cmd, &data_dir.join("controller.out"))?;
         let c = Self { proc, grpc, http, data_dir: data_dir.to_path_buf() };
         wait_http_ok(&c.url("/healthz"), Duration::from_secs(20)).await?;
@@ -363,6 +375,7 @@ impl ClickHouseProc {
     }
 }
 pub mod bench;
+pub mod kube_api;
 
 /// Debian's Prometheus, on a free loopback port, with the given config and rule files.
 pub struct PrometheusProc {

@@ -82,7 +82,7 @@ async fn a_log_signature_restarts_the_service_and_the_fix_is_verified() -> Resul
     drop(f);
 
     let a = wait_outcome(&c, "restart-on-too-many-parts", "verified", 40).await?;
-    assert_eq!(outcomes(&a), ["acted", "verified"], "{a:#?}");
+    assert_eq!(outcomes(&a), ["started", "acted", "verified"], "{a:#?}");
     assert!(a.iter().any(|e| e["message"] == "restarted dummy"));
     assert!(a[0]["evidence"].as_str().unwrap_or_default().contains("too_many_parts"));
     let new: i32 = std::fs::read_to_string(&pidfile)?.trim().parse()?;
@@ -164,7 +164,7 @@ async fn an_action_that_does_not_help_is_rolled_back_escalated_and_stops_and_dry
     // For real: the TTL is shortened, the condition never clears, so it is put back and escalated.
     ttl_rules(&rules, false)?;
     let a = wait_outcome(&c, "ttl-that-cannot-help", "escalated", 40).await?;
-    assert_eq!(outcomes(&a)[1..5], ["acted", "failed", "rolled_back", "escalated"], "{a:#?}");
+    assert_eq!(outcomes(&a)[1..6], ["started", "acted", "failed", "rolled_back", "escalated"], "{a:#?}");
     assert!(
         a.iter().any(|e| e["message"].as_str().is_some_and(|m| m.contains("→ 1296000 s"))),
         "shortened to 15 d: {a:#?}"
@@ -222,7 +222,7 @@ async fn an_action_waits_for_approval_runs_once_approved_from_the_cli_and_expire
         std::process::Command::new(bin("controller")?).args(["actions", "approve", &id, "--api", &api]).output()?;
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let a = wait_outcome(&c, "needs-a-human", "acted", 20).await?;
-    assert_eq!(outcomes(&a), ["awaiting_approval", "approved", "acted"]);
+    assert_eq!(outcomes(&a), ["awaiting_approval", "approved", "started", "acted"]);
     let out = std::process::Command::new(bin("controller")?)
         .args(["actions", "approve", "no-such-id", "--api", &api])
         .output()?;
@@ -241,7 +241,7 @@ async fn an_action_waits_for_approval_runs_once_approved_from_the_cli_and_expire
             .await?;
     let after = audit(&c, "needs-a-human").await?;
     assert!(
-        outcomes(&after).starts_with(&["awaiting_approval".to_string(), "approved".to_string(), "acted".to_string()]),
+        outcomes(&after).starts_with(&["awaiting_approval", "approved", "started", "acted"].map(String::from)),
         "{:?}",
         outcomes(&after)
     );
@@ -292,7 +292,7 @@ async fn a_shortened_ttl_is_restored_once_the_pressure_is_gone() -> Result<()> {
     assert!(a.iter().any(|e| e["message"].as_str().is_some_and(|m| m.contains("→ 1296000 s"))), "{a:#?}");
     assert_ne!(ttl_text(&ch).await?, original, "shortened while under pressure");
     let a = wait_outcome(&c, "ttl-under-pressure", "restored", 30).await?;
-    assert_eq!(outcomes(&a), ["acted", "verified", "restored"]);
+    assert_eq!(outcomes(&a), ["started", "acted", "verified", "restored"]);
     assert_eq!(ttl_text(&ch).await?, original, "the previous TTL is back");
     Ok(())
 }

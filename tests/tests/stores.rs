@@ -230,7 +230,7 @@ async fn the_clickhouse_schema_is_created_migrated_once_and_carries_the_retentio
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn rows_of_a_write_that_never_committed_are_removed_at_the_next_start() -> Result<()> {
+async fn rows_of_a_write_that_never_committed_are_removed_when_their_node_says_hello_again() -> Result<()> {
     let dir = tempfile::tempdir()?;
     let ch = ClickHouseProc::start(dir.path()).await?;
     let open = clickhouse_opener(ch.url(), Duration::from_secs(7 * 86400));
@@ -240,18 +240,21 @@ async fn rows_of_a_write_that_never_committed_are_removed_at_the_next_start() ->
     // A crash after the data insert and before the commit record: rows with a newer commit.
     ch.query(&format!(
         "INSERT INTO medic.samples (node, metric, labels, ts, value, kind, spool, seq, commit)
-         VALUES ('n', 'm_total', '', fromUnixTimestamp64Milli(toInt64({}), 'UTC'), 2, 'counter', 'spool-a', 2, 18446744073709551000)",
+         VALUES ('n', 'm_total', '', fromUnixTimestamp64Milli(toInt64({}), 'UTC'), 2, 'counter', 'spool-a', 2, 98765432109876)",
         T0 + 10_000
     ))
     .await?;
     ch.query(&format!(
         "INSERT INTO medic.logs (node, ts, source, level, message, fields, spool, seq, idx, commit)
-         VALUES ('n', fromUnixTimestamp64Milli(toInt64({}), 'UTC'), 'x', 'info', 'orphan', map(), 'spool-a', 2, 0, 18446744073709551000)",
+         VALUES ('n', fromUnixTimestamp64Milli(toInt64({}), 'UTC'), 'x', 'info', 'orphan', map(), 'spool-a', 2, 0, 98765432109876)",
         T0 + 10_000
     ))
     .await?;
     let store = open().await?;
     assert_eq!(store.load_nodes().await?[0].last_seq, 1);
+    // What the writer does when the agent reconnects, to whichever controller replica.
+    let fresh = store.refresh_nodes(&["n".to_string()]).await?;
+    assert_eq!((fresh.len(), fresh[0].last_seq), (1, 1));
     assert_eq!(ch.query("SELECT count() FROM medic.samples").await?.trim(), "1", "the orphan sample is gone");
     assert_eq!(ch.query("SELECT groupArray(message) FROM medic.logs").await?.trim(), "['kept']");
     // The replayed batch then lands once.

@@ -120,10 +120,9 @@ pub fn update_spool_metrics(shared: &Shared, spool: &Spool) {
 pub async fn run(opts: StreamOptions, shared: Shared, mut stop: watch::Receiver<bool>) {
     let mut backoff = opts.backoff_min;
     let mut attempt = 0u64;
-    // Several controller URLs: start at a random one so a fleet spreads over the replicas, and
-    // move to the next after every failure.
+    // Several controller URLs: the first, and after every failure the next (round robin).
     let urls = crate::security::controller_urls(&opts.controller);
-    let mut next = if urls.len() > 1 { rand::random::<u32>() as usize % urls.len() } else { 0 };
+    let mut next = 0usize;
     loop {
         if attempt > 0 {
             shared.metrics.reconnects.inc();

@@ -23,6 +23,7 @@ pub struct ApiState {
     pub detection: Arc<std::sync::RwLock<DetectionState>>,
     pub rules: Option<ActiveRules>,
     pub remediation: Remediation,
+    pub leadership: crate::ha::Leadership,
 }
 
 pub fn router(state: ApiState) -> Router {
@@ -72,11 +73,19 @@ async fn healthz(State(s): State<ApiState>) -> Response {
         Err(e) => Some(e.to_string()),
         Ok(()) => s.nodes.store_error(),
     };
+    // A follower is healthy: it ingests. Leadership is information, not health.
+    let leadership = s.leadership.view();
     match store_error {
-        None => (StatusCode::OK, Json(serde_json::json!({"status": "ok", "store": s.store.kind()}))).into_response(),
+        None => (
+            StatusCode::OK,
+            Json(serde_json::json!({"status": "ok", "store": s.store.kind(), "leadership": leadership})),
+        )
+            .into_response(),
         Some(e) => (
             StatusCode::SERVICE_UNAVAILABLE,
-            Json(serde_json::json!({"status": "degraded", "store": s.store.kind(), "error": e})),
+            Json(
+                serde_json::json!({"status": "degraded", "store": s.store.kind(), "error": e, "leadership": leadership}),
+            ),
         )
             .into_response(),
     }

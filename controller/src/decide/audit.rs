@@ -21,6 +21,9 @@ pub enum Outcome {
     AwaitingApproval,
     Approved,
     Expired,
+    /// The steps are starting (recorded first, so that a controller that takes over knows the
+    /// action was begun even if its controller died before it finished).
+    Started,
     /// The steps ran.
     Acted,
     /// A step could not run.
@@ -43,6 +46,7 @@ impl Outcome {
             Outcome::AwaitingApproval => "awaiting_approval",
             Outcome::Approved => "approved",
             Outcome::Expired => "expired",
+            Outcome::Started => "started",
             Outcome::Acted => "acted",
             Outcome::Failed => "failed",
             Outcome::Verified => "verified",
@@ -128,6 +132,31 @@ impl Audit {
                 q.pop_front();
             }
         }
+    }
+
+    /// Waits until every entry recorded so far is stored: an action's start must be on record
+    /// before it changes anything, so a controller that takes over knows of it.
+    pub async fn flushed(&self, timeout: std::time::Duration) -> Result<(), String> {
+        match &self.log {
+            Some(log) => log.flush(timeout).await,
+            None => Ok(()),
+        }
+    }
+
+    /// Replaces the remembered entries with `history` (oldest first), as stored by whichever
+    /// replica led before: a new leader starts from what was really done.
+    pub fn replace_history(&self, history: Vec<AuditEntry>) {
+        if let Ok(mut q) = self.entries.lock() {
+            *q = history.into();
+            while q.len() > KEEP {
+                q.pop_front();
+            }
+        }
+    }
+
+    /// Every remembered entry, oldest first.
+    pub fn history(&self) -> Vec<AuditEntry> {
+        self.entries.lock().map(|q| q.iter().cloned().collect()).unwrap_or_default()
     }
 
     /// Newest first, optionally only one rule's.

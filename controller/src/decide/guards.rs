@@ -4,6 +4,7 @@
 //! blast radius (nodes at once, share of a role, never two replicas of one shard); then dry-run
 //! and approval.
 
+use super::audit::{AuditEntry, Outcome};
 use super::conditions::Firing;
 use crate::rules::model::Guards;
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
@@ -180,6 +181,48 @@ impl GuardState {
         }
     }
 
+    /// Rebuilds what the guards remember from the audit log (oldest first), so a controller that
+    /// takes over — or restarts — neither repeats an action within its cooldown or rate limit,
+    /// nor starts a second one while the first may still be running: an action started but not
+    /// finished counts as in progress until `in_flight_for(rule)` after its start. Rules that
+    /// failed stay stopped.
+    pub fn restore(&mut self, history: &[AuditEntry], now_ms: i64, in_flight_for: impl Fn(&str) -> Duration) {
+        let mut started_at: HashMap<&str, (i64, &str)> = HashMap::new();
+        for e in history {
+            let f = Firing {
+                rule: e.rule.clone(),
+                node: e.node.clone(),
+                target: e.target.clone(),
+                evidence: e.evidence.clone(),
+                since_ms: 0,
+            };
+            match e.outcome {
+                Outcome::Started => {
+                    self.started(&e.action_id, &f, e.at_ms);
+                    started_at.insert(&e.action_id, (e.at_ms, &e.rule));
+                }
+                // Written by controllers that did not record starts yet.
+                Outcome::Acted if !started_at.contains_key(e.action_id.as_str()) => {
+                    self.started(&e.action_id, &f, e.at_ms);
+                    started_at.insert(&e.action_id, (e.at_ms, &e.rule));
+                }
+                Outcome::Verified => self.finished(&e.action_id, true),
+                Outcome::Failed | Outcome::Escalated => self.finished(&e.action_id, false),
+                _ => {}
+            }
+        }
+        // Nobody is left to verify what the previous leader started: once it would have been
+        // decided anyway, it stops blocking the rule (its cooldown still applies).
+        self.active.retain(|id, _| {
+            started_at.get(id.as_str()).is_none_or(|(at, rule)| *at + in_flight_for(rule).as_millis() as i64 > now_ms)
+        });
+    }
+
+    /// Whether an action (by id) counts as in progress.
+    pub fn in_progress(&self, id: &str) -> bool {
+        self.active.contains_key(id)
+    }
+
     pub fn reenable(&mut self, rule: &str) {
         self.failing.remove(rule);
     }
@@ -259,6 +302,60 @@ mod tests {
         assert_eq!(s.decide(&firing("r", "n1"), &dry, &fl, 1), Decision::DryRun);
         let appr = Guards { approval: Some(Approval { expires_after: Duration::from_secs(60) }), ..g };
         assert_eq!(s.decide(&firing("r", "n1"), &appr, &fl, 1), Decision::AwaitApproval);
+    }
+
+    fn entry(id: &str, rule: &str, node: &str, outcome: Outcome, at_ms: i64) -> AuditEntry {
+        AuditEntry {
+            action_id: id.into(),
+            at: String::new(),
+            at_ms,
+            rule: rule.into(),
+            node: node.into(),
+            target: String::new(),
+            action: "restart".into(),
+            outcome,
+            guard: None,
+            evidence: "e".into(),
+            message: String::new(),
+        }
+    }
+
+    #[test]
+    fn a_new_leader_restores_cooldowns_in_flight_actions_and_stopped_rules_from_the_audit_log() {
+        let g = Guards { cooldown: Duration::from_secs(3600), ..Default::default() };
+        let fl = fleet(4, 4);
+        let history = vec![
+            // Done and verified 10 min ago: cooled down for 50 more minutes.
+            entry("a1", "r", "n0", Outcome::Started, 0),
+            entry("a1", "r", "n0", Outcome::Acted, 1),
+            entry("a1", "r", "n0", Outcome::Verified, 2),
+            // Started 1 min ago by the old leader, which died before it finished.
+            entry("a2", "r", "n1", Outcome::Started, 9 * MIN),
+            // Failed and escalated: the rule stopped.
+            entry("a3", "broken", "n2", Outcome::Started, 0),
+            entry("a3", "broken", "n2", Outcome::Failed, 1),
+            entry("a3", "broken", "n2", Outcome::Escalated, 2),
+        ];
+        let mut s = GuardState::new(GlobalLimit { max: 100, per: Duration::from_secs(60) });
+        s.restore(&history, 10 * MIN, |_| Duration::from_secs(600));
+        let now = 10 * MIN;
+        assert!(matches!(s.decide(&firing("r", "n0"), &g, &fl, now), Decision::Skip { guard: "cooldown", .. }));
+        assert!(matches!(s.decide(&firing("r", "n1"), &g, &fl, now), Decision::Skip { guard: "in_progress", .. }));
+        assert!(s.in_progress("a2"));
+        assert!(matches!(
+            s.decide(&firing("broken", "n3"), &g, &fl, now),
+            Decision::Skip { guard: "rule_failing", .. }
+        ));
+        assert!(
+            matches!(s.decide(&firing("r", "n3"), &g, &fl, now), Decision::Skip { guard: "blast_radius", .. }),
+            "the unfinished action counts against the blast radius (one node at a time by default)"
+        );
+
+        // Long after: the unfinished action no longer blocks (its cooldown has passed too).
+        let mut later = GuardState::new(GlobalLimit { max: 100, per: Duration::from_secs(60) });
+        later.restore(&history, 80 * MIN, |_| Duration::from_secs(600));
+        assert!(!later.in_progress("a2"));
+        assert_eq!(later.decide(&firing("r", "n1"), &g, &fl, 80 * MIN), Decision::Act);
     }
 
     /// 100 simultaneous anomalies on 20 nodes: no more actions than the guards allow.

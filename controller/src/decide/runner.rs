@@ -117,6 +117,16 @@ fn action_name(rule: &Rule) -> String {
         .join("+")
 }
 
+/// How long an action another controller started may still be running: its steps (each bounded
+/// by the executors' timeout) and its verification window.
+fn in_flight_window(rules: &ActiveRules, rule: &str) -> Duration {
+    let set = rules.get();
+    let r = set.rules.iter().find(|r| r.rule.name == rule);
+    let steps = r.map(|r| r.rule.steps.len()).unwrap_or(1) as u32;
+    let verify = r.map(|r| r.rule.verify.clears_within).unwrap_or(Duration::from_secs(3600));
+    Duration::from_secs(120) * steps + verify
+}
+
 fn alert(name: &str, severity: &str, f: &Firing, summary: String, description: String, runbook: &str) -> Alert {
     let labels = [
         ("alertname", name.to_string()),
@@ -149,6 +159,9 @@ impl Runner {
     pub async fn run(self) {
         let mut tracker = ConditionTracker::default();
         let mut guards = GuardState::new(self.global.clone());
+        // What was already done (by this controller before a restart, or by the leader before a
+        // failover) still counts: cooldowns, rate limits, actions that may still be running.
+        guards.restore(&self.remediation.audit.history(), now_ms(), |rule| in_flight_window(&self.rules, rule));
         let mut verifying: Vec<Verifying> = Vec::new();
         let mut pending: HashMap<String, Pending> = HashMap::new();
         let mut restorations: Vec<Restoration> = Vec::new();
@@ -428,14 +441,29 @@ impl Runner {
 
             for (id, f, rule) in to_run {
                 guards.started(&id, &f, now);
+                self.entry(
+                    &id,
+                    &f,
+                    &action_name(&rule),
+                    Outcome::Started,
+                    None,
+                    format!("running {}", action_name(&rule)),
+                );
                 let (exec, tx) = (self.exec.clone(), done_tx.clone());
                 let labels = fleet.get(&f.node).cloned().unwrap_or_default();
+                let audit = self.remediation.audit.clone();
                 tokio::spawn(async move {
                     let mut undo = Vec::new();
                     let mut messages = Vec::new();
                     let mut err = None;
+                    // Nothing changes before the start is stored (see Outcome::Started).
+                    if let Err(e) = audit.flushed(Duration::from_secs(10)).await {
+                        err = Some(ActError::Unavailable(format!(
+                            "cannot record the action's start, so not acting: {e}"
+                        )));
+                    }
                     let target = Target { node: &f.node, target: &f.target, labels: &labels, evidence: &f.evidence };
-                    for step in &rule.steps {
+                    for step in rule.steps.iter().take(if err.is_some() { 0 } else { usize::MAX }) {
                         match exec.run(step, &target).await {
                             Ok(done) => {
                                 messages.push(done.message);

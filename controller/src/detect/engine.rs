@@ -188,6 +188,16 @@ impl DetectionState {
             }
         }
     }
+
+    /// Forgets what the detectors found (a replica that stopped leading; its results go stale).
+    pub fn clear_results(&mut self) {
+        self.anomalies.clear();
+        self.scores.clear();
+        self.episodes.clear();
+        self.forecasts.clear();
+        self.outliers.clear();
+        self.changepoints.clear();
+    }
 }
 
 const MAX_CHANGEPOINTS: usize = 1000;
@@ -224,18 +234,29 @@ enum Input {
 #[derive(Clone)]
 pub struct EngineHandle {
     tx: SyncSender<Input>,
+    /// Batches are taken only while this says so (only the leader of several replicas detects).
+    active: Option<Arc<dyn Fn() -> bool + Send + Sync>>,
     pub state: Arc<RwLock<DetectionState>>,
     /// Per-node latest values, kept on the same feed for the rules.
     pub facts: Arc<RwLock<crate::decide::facts::Facts>>,
 }
 
 impl EngineHandle {
+    /// Detection runs only while `active` returns true; other batches are not looked at.
+    pub fn only_while(mut self, active: impl Fn() -> bool + Send + Sync + 'static) -> Self {
+        self.active = Some(Arc::new(active));
+        self
+    }
+
     /// Feeds history to the forecasters, waiting for room (call off the async runtime).
     pub fn warm(&self, b: StoredBatch) {
         let _ = self.tx.send(Input::History(b));
     }
 
     pub fn submit(&self, b: StoredBatch) {
+        if self.active.as_ref().is_some_and(|a| !a()) {
+            return;
+        }
         match self.tx.try_send(Input::Stored(b)) {
             Ok(()) => {}
             Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
@@ -261,7 +282,7 @@ pub fn start(cfg: EngineConfig, sink: impl DetectionSink) -> EngineHandle {
     if let Err(e) = spawned {
         tracing::error!(error = %e, "cannot start the detection thread; detection is off");
     }
-    EngineHandle { tx, state, facts }
+    EngineHandle { tx, active: None, state, facts }
 }
 
 /// Detection must never slow down ingest: when the CPU is short, the scheduler should give it to

@@ -10,7 +10,9 @@
 //!
 //! Without `--leader-election` there is one controller and it is always the leader.
 
+pub mod fence;
 pub mod lease;
+pub mod proxy;
 
 use lease::{Annotations, Attempt, LeaseClient};
 use prometheus_client::metrics::gauge::Gauge;
@@ -235,6 +237,89 @@ pub async fn run_election(
             }
             Err(_) => tracing::warn!(lease = %lease, "releasing the lease timed out; it expires by itself"),
         }
+    }
+}
+
+/// The election this replica takes part in, if any.
+pub struct Election {
+    pub leadership: Leadership,
+    task: Option<tokio::task::JoinHandle<()>>,
+    stop: watch::Sender<bool>,
+}
+
+impl Election {
+    /// With `leader_election`: joins the election on the configured Lease. Without: a single
+    /// controller that always leads.
+    pub async fn start(cfg: &crate::config::ControllerConfig) -> anyhow::Result<Self> {
+        let (stop, stop_rx) = watch::channel(false);
+        if !cfg.leader_election {
+            return Ok(Self { leadership: Leadership::single(), task: None, stop });
+        }
+        cfg.check_leader_election()?;
+        let client = kube::Client::try_default().await.map_err(|e| {
+            anyhow::anyhow!("--leader-election needs the Kubernetes API (in-cluster config or a kubeconfig): {e}")
+        })?;
+        let namespace = cfg.lease_namespace().unwrap_or_else(|| client.default_namespace().to_string());
+        let identity = crate::config::ControllerConfig::replica_identity();
+        let settings = lease::LeaseSettings {
+            name: cfg.lease_name.clone(),
+            namespace,
+            identity: identity.clone(),
+            duration: cfg.lease_duration,
+        };
+        let timing = ElectionTiming {
+            renew_every: cfg.lease_renew_interval,
+            retry_every: cfg.lease_retry_interval,
+            renew_deadline: cfg.lease_renew_deadline,
+        };
+        // Steps are fenced a retry interval before the deadline: one more failed renewal and
+        // the lease could be gone.
+        let leadership = Leadership::elected(identity.clone(), cfg.lease_renew_deadline, cfg.lease_retry_interval);
+        let annotations: Annotations = [(ANNOTATION_HTTP_URL.to_string(), cfg.advertise_url())].into_iter().collect();
+        tracing::info!(lease = %format!("{}/{}", settings.namespace, settings.name), identity = %identity, advertise = %cfg.advertise_url(), "joining the leader election");
+        let task = tokio::spawn(run_election(
+            LeaseClient::new(client, settings),
+            timing,
+            annotations,
+            leadership.clone(),
+            stop_rx,
+        ));
+        Ok(Self { leadership, task: Some(task), stop })
+    }
+
+    /// Leaves the election, giving the lease up if held (so a follower takes over at once).
+    pub async fn stop(self) {
+        let _ = self.stop.send(true);
+        if let Some(t) = self.task {
+            let _ = tokio::time::timeout(Duration::from_secs(5), t).await;
+        }
+    }
+}
+
+/// Runs `work()` for as long as this replica leads, every time it becomes the leader, after
+/// `acquired()`; aborts it when leadership is lost.
+pub async fn while_leading<A, AF, W, WF>(leadership: Leadership, acquired: A, work: W)
+where
+    A: Fn() -> AF,
+    AF: std::future::Future<Output = ()>,
+    W: Fn() -> WF,
+    WF: std::future::Future<Output = ()> + Send + 'static,
+{
+    loop {
+        leadership.wait_for(true).await;
+        acquired().await;
+        let task = tokio::spawn(work());
+        leadership.wait_for(false).await;
+        task.abort();
+    }
+}
+
+/// Calls `f` every time this replica stops leading.
+pub async fn on_step_down(leadership: Leadership, f: impl Fn()) {
+    loop {
+        leadership.wait_for(true).await;
+        leadership.wait_for(false).await;
+        f();
     }
 }
 

@@ -109,6 +109,23 @@ impl Writer {
                 }
             }
             this.metrics.ingest_queue_batches.set(rx.len() as i64);
+            // Controllers sharing a store: a node saying hello here may have been written by
+            // another replica since (an agent that moved). Once our own write in flight is done,
+            // its stored state wins over what we remember.
+            let hellos: Vec<String> = group
+                .iter()
+                .filter_map(|j| if let Job::Hello { node, .. } = j { Some(node.clone()) } else { None })
+                .collect();
+            if !hellos.is_empty() {
+                if let Some(previous) = inflight.take() {
+                    let _ = previous.await;
+                }
+                let stored = this.refresh_until_read(&hellos).await;
+                for r in &stored {
+                    overlay.insert(r.node.clone(), r.clone());
+                }
+                this.nodes.update(stored);
+            }
             let prepared = this.prepare(std::mem::take(&mut group), &overlay);
             if let Some(previous) = inflight.take() {
                 let _ = previous.await;
@@ -216,6 +233,24 @@ impl Writer {
             self.metrics.ack_latency_seconds.observe(a.received.elapsed().as_secs_f64());
             // Acks are cumulative: if this session's queue is full a later ack covers this one.
             let _ = a.outbound.try_send(Ok(ControllerMessage { msg: Some(Msg::Ack(Ack { seq: a.seq })) }));
+        }
+    }
+
+    /// Retries until the store answers: acting on a stale delivery state would store a replay
+    /// twice or count a gap that is none.
+    async fn refresh_until_read(&self, nodes: &[String]) -> Vec<NodeRecord> {
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            match self.store.refresh_nodes(nodes).await {
+                Ok(r) => return r,
+                Err(e) => {
+                    self.metrics.store_up.set(0);
+                    self.nodes.set_store_error(Some(e.to_string()));
+                    tracing::error!(error = %e, retry_in = ?backoff, "cannot read the stored state of reconnecting agents; retrying");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                }
+            }
         }
     }
 

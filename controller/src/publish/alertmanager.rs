@@ -83,6 +83,14 @@ impl Alerts {
         }
     }
 
+    /// Drops every alert without resolving it (a controller that stopped leading: the new
+    /// leader raises what is still true, and what it does not expires at its end time).
+    pub fn forget_all(&self) {
+        if let Ok(mut m) = self.inner.lock() {
+            m.clear();
+        }
+    }
+
     pub fn active(&self) -> Vec<Alert> {
         self.inner
             .lock()

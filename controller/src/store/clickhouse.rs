@@ -1,13 +1,22 @@
-//! The ClickHouse store (`controller --clickhouse-url`): production telemetry storage.
+//! The ClickHouse store (`controller --clickhouse-url`): production telemetry storage, shared by
+//! every controller replica.
 //!
-//! Exactly-once without transactions — the commit-record pattern. Every group the writer hands
-//! us gets a fresh, monotonic `commit` number. Data rows (samples, logs) carry it; only after
-//! ClickHouse confirmed them is the group's node state written to `nodes` with the same number,
-//! and only then does the controller ack. So `max(nodes.version)` is the last group that is
-//! completely stored: rows with a larger `commit` belong to a group that failed or was cut off
-//! by a crash, and are deleted (at start, and before the next write after a failure) — the
-//! agents still have those batches and replay them. A batch is therefore never stored twice and
-//! never acked unstored, even when an insert was applied only in part.
+//! Exactly-once without transactions — commit records. Every group the writer hands us gets a
+//! `commit` number, unique to this store instance (the high 32 bits are a random incarnation, the
+//! low ones count up, so replicas sharing the database never collide). Data rows (samples, logs)
+//! carry it and their node's `spool` and `seq`; only after ClickHouse confirmed them is the
+//! group's node state written to `nodes`, and only then does the controller ack. The node state
+//! says what is stored: a node's rows with its current spool and a `seq` above the stored
+//! `last_seq` belong to a group that failed or was cut off by a crash. They are deleted before
+//! that node writes again — when the node says hello (on whichever replica), see
+//! [`Store::refresh_nodes`] — and the agent, which never got an ack, replays them. After a failed
+//! write, this instance also removes the rows of its own uncommitted group before the retry. A
+//! batch is therefore never stored twice and never acked unstored, even when an insert was
+//! applied only in part, and whichever replica the agent talks to next.
+//!
+//! `nodes` is a ReplacingMergeTree keyed by node whose `version` grows by one with every write of
+//! that node, continuing from the stored version the writing replica read — so the newest state
+//! wins whichever replica wrote it.
 
 use super::{EventKind, EventRecord, LogQuery, NodeRecord, Point, SeriesQuery, Store, StoreError, StoredLog, WriteSet};
 use async_trait::async_trait;
@@ -151,10 +160,14 @@ pub fn decode_labels(s: &str) -> Result<Vec<(String, String)>, StoreError> {
 struct Writers {
     samples: Option<Inserter<SampleRow<'static>>>,
     logs: Option<Inserter<LogRow<'static>>>,
-    /// Highest commit number whose node state is stored: everything up to it is complete.
+    /// This instance's commit numbers are `incarnation << 32 | n`.
+    incarnation: u64,
+    /// Highest commit number of ours whose node state is stored.
     committed: u64,
     /// Set when a write failed part-way: its rows must be removed before anything else is written.
     dirty: bool,
+    /// The stored `nodes.version` of every node this instance has read or written.
+    versions: std::collections::HashMap<String, u64>,
 }
 
 pub struct ClickHouseStore {
@@ -186,16 +199,22 @@ impl ClickHouseStore {
             client = client.with_password(p);
         }
         let data = client.clone().with_database(&opts.database);
+        // Never 0: commit numbers below 2^32 are those of controllers that predate incarnations.
+        let incarnation = u64::from(rand::random::<u32>() >> 1) + 1;
         let store = Self {
             client,
             data,
             opts,
-            writers: Mutex::new(Writers { samples: None, logs: None, committed: 0, dirty: true }),
+            writers: Mutex::new(Writers {
+                samples: None,
+                logs: None,
+                incarnation,
+                committed: incarnation << 32,
+                dirty: false,
+                versions: Default::default(),
+            }),
         };
         store.migrate().await?;
-        let mut w = store.writers.lock().await;
-        store.clean_uncommitted(&mut w).await?;
-        drop(w);
         Ok(store)
     }
 
@@ -405,17 +424,12 @@ impl ClickHouseStore {
         Ok(())
     }
 
-    /// Deletes rows of groups that were never committed (see the module docs).
+    /// After a failed write: deletes this instance's rows that no node state accounts for.
+    /// Only this instance writes commit numbers in its range, so no other replica's rows (nor a
+    /// write of theirs in progress) are touched.
     async fn clean_uncommitted(&self, w: &mut Writers) -> Result<(), StoreError> {
-        #[derive(Row, Deserialize)]
-        struct M {
-            v: u64,
-        }
         let db = self.db().to_string();
-        let m: Vec<M> = self
-            .fetch(self.client.query(&format!("SELECT max(version) AS v FROM {db}.nodes")), "reading the last commit")
-            .await?;
-        let committed = m.first().map(|m| m.v).unwrap_or(0);
+        let (from, to) = (w.committed, (w.incarnation + 1) << 32);
         for table in ["samples", "logs"] {
             #[derive(Row, Deserialize)]
             struct C {
@@ -424,27 +438,108 @@ impl ClickHouseStore {
             let c: Vec<C> = self
                 .fetch(
                     self.client
-                        .query(&format!("SELECT count() AS n FROM {db}.{table} WHERE commit > ?"))
-                        .bind(committed),
+                        .query(&format!("SELECT count() AS n FROM {db}.{table} WHERE commit > ? AND commit < ?"))
+                        .bind(from)
+                        .bind(to),
                     "counting uncommitted rows",
                 )
                 .await?;
             let n = c.first().map(|c| c.n).unwrap_or(0);
             if n > 0 {
-                tracing::warn!(
-                    table,
-                    rows = n,
-                    committed,
-                    "removing rows of a write that was never committed; the agents replay them"
-                );
+                tracing::warn!(table, rows = n, "removing rows of a write that was never committed; it is retried");
                 self.exec(&format!(
-                    "ALTER TABLE {db}.{table} DELETE WHERE commit > {committed} SETTINGS mutations_sync = 2"
+                    "ALTER TABLE {db}.{table} DELETE WHERE commit > {from} AND commit < {to} SETTINGS mutations_sync = 2"
                 ))
                 .await?;
             }
         }
-        w.committed = w.committed.max(committed);
         w.dirty = false;
+        Ok(())
+    }
+
+    /// The latest stored state of `nodes`, with the version it was stored under.
+    async fn stored_nodes(&self, nodes: Option<&[String]>) -> Result<Vec<(NodeRecord, u64)>, StoreError> {
+        #[derive(Row, Deserialize)]
+        struct R {
+            record: String,
+            v: u64,
+        }
+        let db = self.db().to_string();
+        let q = match nodes {
+            Some(n) => self
+                .client
+                .query(&format!(
+                    "SELECT argMax(record, version) AS record, max(version) AS v FROM {db}.nodes WHERE has(?, node) GROUP BY node"
+                ))
+                .bind(n),
+            None => self.client.query(&format!(
+                "SELECT argMax(record, version) AS record, max(version) AS v FROM {db}.nodes GROUP BY node"
+            )),
+        };
+        let rows: Vec<R> = self.fetch(q, "loading nodes").await?;
+        rows.into_iter()
+            .map(|r| {
+                let rec: NodeRecord =
+                    serde_json::from_str(&r.record).map_err(|e| StoreError::Corrupt(format!("node record: {e}")))?;
+                Ok((rec, r.v))
+            })
+            .collect()
+    }
+
+    /// Deletes rows the stored node state does not account for: the current spool's batches
+    /// above `last_seq`, left by a write that was cut off (by whichever replica). The agent still
+    /// has them and replays them.
+    async fn remove_unaccounted(&self, records: &[NodeRecord]) -> Result<(), StoreError> {
+        if records.is_empty() {
+            return Ok(());
+        }
+        let db = self.db().to_string();
+        let names: Vec<&str> = records.iter().map(|r| r.node.as_str()).collect();
+        let spools: Vec<&str> = records.iter().map(|r| r.spool_id.as_str()).collect();
+        let seqs: Vec<u64> = records.iter().map(|r| r.last_seq).collect();
+        for table in ["samples", "logs"] {
+            #[derive(Row, Deserialize)]
+            struct C {
+                node: String,
+                n: u64,
+            }
+            let q = self
+                .client
+                .query(&format!(
+                    "SELECT node, count() AS n FROM {db}.{table}
+                     WHERE has(?, node) AND spool = transform(node, ?, ?, '') AND seq > transform(node, ?, ?, 0)
+                     GROUP BY node"
+                ))
+                .bind(&names)
+                .bind(&names)
+                .bind(&spools)
+                .bind(&names)
+                .bind(&seqs);
+            for c in self.fetch::<C>(q, "looking for unaccounted rows").await? {
+                let Some(r) = records.iter().find(|r| r.node == c.node) else { continue };
+                tracing::warn!(
+                    table,
+                    node = %r.node,
+                    rows = c.n,
+                    last_seq = r.last_seq,
+                    "removing rows of a write that was never committed; the agent replays them"
+                );
+                let q = self
+                    .client
+                    .query(&format!(
+                        "ALTER TABLE {db}.{table} DELETE WHERE node = ? AND spool = ? AND seq > ? SETTINGS mutations_sync = 2"
+                    ))
+                    .bind(&r.node)
+                    .bind(&r.spool_id)
+                    .bind(r.last_seq);
+                match tokio::time::timeout(self.opts.timeout, q.execute()).await {
+                    Ok(r) => r.map_err(|e| ch_err("removing unaccounted rows", e))?,
+                    Err(_) => {
+                        return Err(StoreError::Unavailable("removing unaccounted rows: no answer in time".into()));
+                    }
+                }
+            }
+        }
         Ok(())
     }
 
@@ -452,8 +547,8 @@ impl ClickHouseStore {
         if w.dirty {
             self.clean_uncommitted(w).await?;
         }
-        // Consecutive numbers, continuing from the last stored commit: in the samples' sort order
-        // they grow by one per round, which DoubleDelta stores in almost nothing.
+        // Consecutive numbers: in the samples' sort order they grow by one per round, which
+        // DoubleDelta stores in almost nothing.
         let commit = w.committed + 1;
         let timeouts = (Some(self.opts.timeout), Some(self.opts.timeout));
         let samples = w.samples.get_or_insert_with(|| {
@@ -507,15 +602,19 @@ impl ClickHouseStore {
 
         // The commit record: written last, it makes the group's rows count.
         let mut insert = self.data.insert::<NodeRow<'static>>("nodes").await.map_err(|e| ch_err("committing", e))?;
+        let mut versions = Vec::with_capacity(set.nodes.len());
         for n in &set.nodes {
             let record = serde_json::to_string(n).map_err(|e| StoreError::Io(e.to_string()))?;
+            let version = w.versions.get(&n.node).copied().unwrap_or(0) + 1;
             insert
-                .write(&NodeRow { node: &n.node, version: commit, record: &record })
+                .write(&NodeRow { node: &n.node, version, record: &record })
                 .await
                 .map_err(|e| ch_err("committing", e))?;
+            versions.push((n.node.clone(), version));
         }
         insert.end().await.map_err(|e| ch_err("committing", e))?;
         w.committed = commit;
+        w.versions.extend(versions);
         Ok(())
     }
 }
@@ -527,20 +626,24 @@ impl Store for ClickHouseStore {
     }
 
     async fn load_nodes(&self) -> Result<Vec<NodeRecord>, StoreError> {
-        #[derive(Row, Deserialize)]
-        struct R {
-            record: String,
+        let stored = self.stored_nodes(None).await?;
+        let mut w = self.writers.lock().await;
+        for (r, v) in &stored {
+            w.versions.insert(r.node.clone(), *v);
         }
-        let db = self.db().to_string();
-        let rows: Vec<R> = self
-            .fetch(
-                self.client.query(&format!("SELECT argMax(record, version) AS record FROM {db}.nodes GROUP BY node")),
-                "loading nodes",
-            )
-            .await?;
-        rows.into_iter()
-            .map(|r| serde_json::from_str(&r.record).map_err(|e| StoreError::Corrupt(format!("node record: {e}"))))
-            .collect()
+        Ok(stored.into_iter().map(|(r, _)| r).collect())
+    }
+
+    async fn refresh_nodes(&self, nodes: &[String]) -> Result<Vec<NodeRecord>, StoreError> {
+        // Under the writers' lock: no write of ours is between data and commit record now.
+        let mut w = self.writers.lock().await;
+        let stored = self.stored_nodes(Some(nodes)).await?;
+        let records: Vec<NodeRecord> = stored.iter().map(|(r, _)| r.clone()).collect();
+        self.remove_unaccounted(&records).await?;
+        for (r, v) in stored {
+            w.versions.insert(r.node, v);
+        }
+        Ok(records)
     }
 
     async fn write(&self, set: WriteSet) -> Result<(), StoreError> {

@@ -136,6 +136,13 @@ pub trait Store: Send + Sync + 'static {
     fn kind(&self) -> &'static str;
     /// Delivery state of every node seen so far; the ingest path starts from it.
     async fn load_nodes(&self) -> Result<Vec<NodeRecord>, StoreError>;
+    /// The stored state of `nodes` as it is now, for a node that says hello: another controller
+    /// sharing the store may have written it since this one last did. Also removes that node's
+    /// rows of a write that never committed, before the agent replays them. Stores only one
+    /// controller writes return nothing: its own view is current.
+    async fn refresh_nodes(&self, _nodes: &[String]) -> Result<Vec<NodeRecord>, StoreError> {
+        Ok(Vec::new())
+    }
     /// Atomically and durably stores the batches and node records. When this returns Ok the
     /// controller may ack the batches.
     async fn write(&self, set: WriteSet) -> Result<(), StoreError>;
