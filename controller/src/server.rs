@@ -143,8 +143,24 @@ pub async fn run(cfg: ControllerConfig, shutdown: impl Future<Output = ()> + Sen
             },
         ))
     });
+    // Of several replicas only the leader detects; followers relay what they store to it.
+    let relay = cfg.leader_election.then(|| {
+        let token = match crate::security::api::client_token(cfg.api_token_file.as_deref()) {
+            Ok(t) => t,
+            Err(e) => {
+                tracing::error!(error = %e, "replicas cannot authenticate to each other; the leader will refuse what this one relays");
+                None
+            }
+        };
+        let r = crate::ha::relay::Relay::new(leadership.clone(), nodes.clone(), token, cfg.advertise_url())
+            .with_engine(engine.clone());
+        metrics.register_unprefixed(|reg| r.register(reg));
+        r
+    });
+    let relay_task = relay.clone().map(|r| tokio::spawn(r.run()));
     let step_down_task = cfg.leader_election.then(|| {
         let (facts, detection, alerts) = (engine.facts.clone(), engine.state.clone(), alerts.clone());
+        let relay = relay.clone();
         // What a follower holds would be stale by the time it leads again.
         tokio::spawn(crate::ha::on_step_down(leadership.clone(), move || {
             if let Ok(mut f) = facts.write() {
@@ -154,6 +170,9 @@ pub async fn run(cfg: ControllerConfig, shutdown: impl Future<Output = ()> + Sen
                 d.clear_results();
             }
             alerts.forget_all();
+            if let Some(r) = &relay {
+                r.forget_remote();
+            }
         }))
     });
     let unhandled_metrics = UnhandledMetrics::default();
@@ -189,9 +208,16 @@ pub async fn run(cfg: ControllerConfig, shutdown: impl Future<Output = ()> + Sen
         },
     ));
     metrics.register_collector(DetectionCollector(engine.state.clone()));
-    let leading = leadership.clone();
-    let writer = Writer::new(store.clone(), nodes.clone(), metrics.clone(), WriterOptions::default())
-        .with_detection(engine.clone().only_while(move || leading.is_leader()));
+    let (leading, relaying) = (leadership.clone(), relay.clone());
+    let writer = Writer::new(store.clone(), nodes.clone(), metrics.clone(), WriterOptions::default()).with_detection(
+        engine.clone().divert(move |b| match &relaying {
+            Some(r) if !leading.is_leader() => {
+                r.forward(b);
+                None
+            }
+            _ => Some(b),
+        }),
+    );
     let writer_task = tokio::spawn(writer.run(jobs_rx));
 
     let ingest = IngestService::new(
@@ -255,6 +281,7 @@ pub async fn run(cfg: ControllerConfig, shutdown: impl Future<Output = ()> + Sen
         remediation: remediation.clone(),
         leadership: leadership.clone(),
     })
+    .merge(relay.clone().map(|r| r.router()).unwrap_or_default())
     .layer(axum::middleware::from_fn_with_state(
         crate::ha::proxy::LeaderProxy::new(leadership.clone()),
         crate::ha::proxy::to_leader,
@@ -303,7 +330,7 @@ pub async fn run(cfg: ControllerConfig, shutdown: impl Future<Output = ()> + Sen
     alerts_task.abort();
     unhandled_task.abort();
     warm_task.abort();
-    for t in [rules_task, runner_task, step_down_task].into_iter().flatten() {
+    for t in [rules_task, runner_task, step_down_task, relay_task].into_iter().flatten() {
         t.abort();
     }
     writer_task.abort();

@@ -131,34 +131,7 @@ async fn a_new_leader_does_not_repeat_the_action_the_old_leader_took() -> Result
     let kubeconfig = kubeconfig.to_string_lossy().to_string();
     let rules = restart_rule(dir.path())?;
     let url = ch.url();
-    let start = |name: &'static str| {
-        let (dir, kubeconfig, rules, url) = (dir.path().join(name), kubeconfig.clone(), rules.clone(), url.clone());
-        async move {
-            let (grpc, http) = (free_port(), free_port());
-            let advertise = format!("http://127.0.0.1:{http}");
-            let args = [
-                "--clickhouse-url",
-                url.as_str(),
-                "--leader-election",
-                "--lease-duration",
-                "3s",
-                "--lease-renew-interval",
-                "500ms",
-                "--lease-renew-deadline",
-                "2s",
-                "--lease-retry-interval",
-                "300ms",
-                "--advertise-url",
-                advertise.as_str(),
-                "--rules-dir",
-                rules.as_str(),
-                "--remediation-interval",
-                "300ms",
-            ];
-            ControllerProc::start_with_env(&dir, grpc, http, &args, &[("POD_NAME", name), ("KUBECONFIG", &kubeconfig)])
-                .await
-        }
-    };
+    let start = |name: &'static str| replica(dir.path(), name, &kubeconfig, &rules, &url);
     let a = start("ctl-a").await?;
     leads(&a, 20).await?;
     let b = start("ctl-b").await?;
@@ -217,5 +190,81 @@ async fn a_new_leader_does_not_repeat_the_action_the_old_leader_took() -> Result
     assert_eq!(restarts(&log), 1, "the action ran once in all: {audit:#?}");
     let started = audit.iter().filter(|e| e["outcome"] == "started").count();
     assert_eq!(started, 1, "one start, by the old leader: {audit:#?}");
+    Ok(())
+}
+
+/// A controller replica taking part in the election, with test-speed lease timings.
+async fn replica(dir: &Path, name: &str, kubeconfig: &str, rules: &str, clickhouse: &str) -> Result<ControllerProc> {
+    let (grpc, http) = (free_port(), free_port());
+    let advertise = format!("http://127.0.0.1:{http}");
+    let args = [
+        "--clickhouse-url",
+        clickhouse,
+        "--leader-election",
+        "--lease-duration",
+        "3s",
+        "--lease-renew-interval",
+        "500ms",
+        "--lease-renew-deadline",
+        "2s",
+        "--lease-retry-interval",
+        "300ms",
+        "--advertise-url",
+        advertise.as_str(),
+        "--rules-dir",
+        rules,
+        "--remediation-interval",
+        "300ms",
+    ];
+    ControllerProc::start_with_env(
+        &dir.join(name),
+        grpc,
+        http,
+        &args,
+        &[("POD_NAME", name), ("KUBECONFIG", kubeconfig)],
+    )
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_leader_detects_and_acts_for_an_agent_connected_to_a_follower() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let ch = ClickHouseProc::start(&dir.path().join("clickhouse")).await?;
+    let kube = FakeKubeApi::start().await?;
+    let kubeconfig = kube.kubeconfig(dir.path(), "medic")?.to_string_lossy().to_string();
+    let rules = restart_rule(dir.path())?;
+    let a = replica(dir.path(), "ctl-a", &kubeconfig, &rules, &ch.url()).await?;
+    leads(&a, 20).await?;
+    let b = replica(dir.path(), "ctl-b", &kubeconfig, &rules, &ch.url()).await?;
+    eventually(Duration::from_secs(10), || async {
+        let l = leadership(&b).await?;
+        if l["holder"] == "ctl-a" { Ok(Some(())) } else { bail!("{l}") }
+    })
+    .await?;
+    let log = dir.path().join("restarts.log");
+    let svc = format!("svc=echo restarted >> {}", log.display());
+    // Only B: B stores the data; A, the leader, must see it and reach the agent through B.
+    let _agent = AgentProc::start(
+        &b.grpc_url(),
+        "n1",
+        &dir.path().join("spool"),
+        free_port(),
+        &["--interval", "300ms", "--service-restart", &svc],
+    )
+    .await?;
+    let acted = eventually(Duration::from_secs(30), || async {
+        let a_log: Vec<serde_json::Value> = get_json(&a.url("/api/v1/actions?rule=restart-once-an-hour")).await?;
+        match a_log.iter().find(|e| e["outcome"] == "acted") {
+            Some(e) => Ok(Some(e.clone())),
+            None => bail!("the leader has not acted: {a_log:?}"),
+        }
+    })
+    .await?;
+    assert_eq!(acted["message"], "restarted svc", "{acted}");
+    assert_eq!(restarts(&log), 1, "the agent on the follower ran the leader's restart");
+    assert_eq!(node(&a, "n1").await?["connected"], true, "the leader sees the agent as reachable");
+    let relayed = scrape(&b.url("/metrics")).await?.get("medic_relay_batches_total").copied().unwrap_or(0.0);
+    assert!(relayed > 0.0, "B relayed its batches to A's detection");
+    assert_eq!(scrape(&a.url("/metrics")).await?.get("medic_relay_batches_total").copied(), Some(0.0));
     Ok(())
 }

@@ -234,17 +234,18 @@ enum Input {
 #[derive(Clone)]
 pub struct EngineHandle {
     tx: SyncSender<Input>,
-    /// Batches are taken only while this says so (only the leader of several replicas detects).
-    active: Option<Arc<dyn Fn() -> bool + Send + Sync>>,
+    /// Sees every batch first and keeps it for this engine (Some) or takes it elsewhere (None):
+    /// of several replicas only the leader detects, followers relay to it.
+    divert: Option<Arc<dyn Fn(StoredBatch) -> Option<StoredBatch> + Send + Sync>>,
     pub state: Arc<RwLock<DetectionState>>,
     /// Per-node latest values, kept on the same feed for the rules.
     pub facts: Arc<RwLock<crate::decide::facts::Facts>>,
 }
 
 impl EngineHandle {
-    /// Detection runs only while `active` returns true; other batches are not looked at.
-    pub fn only_while(mut self, active: impl Fn() -> bool + Send + Sync + 'static) -> Self {
-        self.active = Some(Arc::new(active));
+    /// Every batch goes through `divert` first, which keeps it for this engine or takes it.
+    pub fn divert(mut self, divert: impl Fn(StoredBatch) -> Option<StoredBatch> + Send + Sync + 'static) -> Self {
+        self.divert = Some(Arc::new(divert));
         self
     }
 
@@ -254,9 +255,13 @@ impl EngineHandle {
     }
 
     pub fn submit(&self, b: StoredBatch) {
-        if self.active.as_ref().is_some_and(|a| !a()) {
-            return;
-        }
+        let b = match &self.divert {
+            Some(d) => match d(b) {
+                Some(b) => b,
+                None => return,
+            },
+            None => b,
+        };
         match self.tx.try_send(Input::Stored(b)) {
             Ok(()) => {}
             Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
@@ -282,7 +287,7 @@ pub fn start(cfg: EngineConfig, sink: impl DetectionSink) -> EngineHandle {
     if let Err(e) = spawned {
         tracing::error!(error = %e, "cannot start the detection thread; detection is off");
     }
-    EngineHandle { tx, active: None, state, facts }
+    EngineHandle { tx, divert: None, state, facts }
 }
 
 /// Detection must never slow down ingest: when the CPU is short, the scheduler should give it to

@@ -13,6 +13,7 @@
 pub mod fence;
 pub mod lease;
 pub mod proxy;
+pub mod relay;
 
 use lease::{Annotations, Attempt, LeaseClient};
 use prometheus_client::metrics::gauge::Gauge;

@@ -128,6 +128,16 @@ impl NodeTable {
         }
     }
 
+    /// Nodes with an open stream, by name.
+    pub fn connected_nodes(&self) -> Vec<String> {
+        self.lock().sessions.keys().cloned().collect()
+    }
+
+    /// The id of the node's current session, if connected.
+    pub fn session_id(&self, node: &str) -> Option<u64> {
+        self.lock().sessions.get(node).map(|s| s.id)
+    }
+
     pub fn connected_count(&self) -> usize {
         self.lock().sessions.len()
     }
