@@ -92,6 +92,8 @@ pub struct Audit {
     pub pending_approval: Gauge,
     /// Where entries are stored durably (the telemetry store).
     log: Option<EventLog>,
+    /// The time of the latest entry, so the next one is later.
+    last_ms: Arc<std::sync::atomic::AtomicI64>,
 }
 
 impl Audit {
@@ -99,9 +101,7 @@ impl Audit {
     /// (oldest first), so the log survives restarts.
     pub fn stored(log: EventLog, history: Vec<AuditEntry>) -> Self {
         let a = Self { log: Some(log), ..Default::default() };
-        if let Ok(mut q) = a.entries.lock() {
-            q.extend(history);
-        }
+        a.replace_history(history);
         a
     }
 
@@ -114,7 +114,16 @@ impl Audit {
         r.register("medic_actions_pending_approval", "Actions waiting for approval", self.pending_approval.clone());
     }
 
-    pub fn record(&self, e: AuditEntry) {
+    pub fn record(&self, mut e: AuditEntry) {
+        // Strictly increasing times: several entries of one round (approved, started) fall in
+        // the same millisecond, and the stored log is read back in time order (after a restart,
+        // by a new leader), which must be the order they happened in.
+        let prev = self.last_ms.fetch_max(e.at_ms, std::sync::atomic::Ordering::SeqCst);
+        if e.at_ms <= prev {
+            e.at_ms = prev + 1;
+            self.last_ms.fetch_max(e.at_ms, std::sync::atomic::Ordering::SeqCst);
+            e.at = chrono::DateTime::from_timestamp_millis(e.at_ms).map(|d| d.to_rfc3339()).unwrap_or(e.at);
+        }
         self.counts
             .get_or_create(&ActionLabels {
                 rule: e.rule.clone(),
@@ -146,6 +155,9 @@ impl Audit {
     /// Replaces the remembered entries with `history` (oldest first), as stored by whichever
     /// replica led before: a new leader starts from what was really done.
     pub fn replace_history(&self, history: Vec<AuditEntry>) {
+        if let Some(latest) = history.iter().map(|e| e.at_ms).max() {
+            self.last_ms.fetch_max(latest, std::sync::atomic::Ordering::SeqCst);
+        }
         if let Ok(mut q) = self.entries.lock() {
             *q = history.into();
             while q.len() > KEEP {
@@ -165,5 +177,37 @@ impl Audit {
             .lock()
             .map(|q| q.iter().rev().filter(|e| rule.is_none_or(|r| e.rule == r)).take(limit).cloned().collect())
             .unwrap_or_default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(outcome: Outcome, at_ms: i64) -> AuditEntry {
+        AuditEntry {
+            action_id: "a".into(),
+            at: String::new(),
+            at_ms,
+            rule: "r".into(),
+            node: "n".into(),
+            target: String::new(),
+            action: "restart".into(),
+            outcome,
+            guard: None,
+            evidence: String::new(),
+            message: String::new(),
+        }
+    }
+
+    #[test]
+    fn entries_of_the_same_millisecond_keep_their_order_in_time() {
+        let a = Audit::default();
+        a.replace_history(vec![entry(Outcome::Acted, 1_000)]);
+        a.record(entry(Outcome::Approved, 900));
+        a.record(entry(Outcome::Started, 900));
+        let times: Vec<i64> = a.history().iter().map(|e| e.at_ms).collect();
+        assert_eq!(times, [1_000, 1_001, 1_002], "after what is already on record, one ms apart");
+        assert!(a.history()[2].at.starts_with("1970-01-01T00:00:01.002"), "{}", a.history()[2].at);
     }
 }

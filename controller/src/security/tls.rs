@@ -151,6 +151,10 @@ impl ServerTls {
                         Ok(Ok(stream)) => {
                             let _ = tx.send(Ok(stream)).await;
                         }
+                        // Connected and closed without a word: a port check, not a client.
+                        Ok(Err(e)) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
+                            tracing::debug!(%peer, "a connection closed before a TLS handshake");
+                        }
                         Ok(Err(e)) => {
                             refused("tls_handshake");
                             tracing::warn!(%peer, error = %e, "refused a connection: TLS handshake failed (a client certificate from another CA, or not TLS)");
