@@ -59,7 +59,15 @@ pub async fn run(cfg: ControllerConfig, shutdown: impl Future<Output = ()> + Sen
     let event_log = EventLog::start(store.clone());
     let engine = crate::detect::engine::start(EngineConfig::default(), StoreSink(event_log.clone()));
     restore_detection(store.as_ref(), &engine.state).await;
-    let warm_task = tokio::spawn(warm_forecasters(store.clone(), engine.clone(), EngineConfig::default()));
+    // Forecasters are warmed from the stored history when this replica first leads (at once for a
+    // single controller): followers do not detect.
+    let warm_task = {
+        let (store, engine, leadership) = (store.clone(), engine.clone(), election.leadership.clone());
+        tokio::spawn(async move {
+            leadership.wait_for(true).await;
+            warm_forecasters(store, engine, EngineConfig::default()).await
+        })
+    };
     let history: Vec<AuditEntry> = match load_audit(store.as_ref()).await {
         Ok(h) => h,
         Err(e) => {
