@@ -1,4 +1,4 @@
-//! From surprise to score: the novelty gate and the logistic.
+//! From surprise to score: the repeat gate and the logistic.
 //!
 //! While an incident lasts its evidence stays high on every sample. Reporting each of those
 //! samples again would make an automatic responder act repeatedly on one incident (and costs
@@ -15,13 +15,13 @@ pub(crate) struct Gate {
 
 impl Gate {
     #[inline]
-    pub fn score(&mut self, surprise: f32, cfg: &Config) -> f32 {
+    pub fn score(&mut self, surprise: f32, cfg: &Config, refractory: f32) -> f32 {
         // Beyond this the score is saturated anyway; capping keeps one enormous spike from
         // holding the gate shut for thousands of samples.
         let surprise = surprise.min(cfg.alert_surprise + 4.0);
         let held = (self.peak - cfg.quiet_surprise).max(0.0);
         let effective = (surprise - held).max(0.0);
-        let decay = cfg.alert_surprise / cfg.refractory;
+        let decay = cfg.alert_surprise / refractory;
         // Only what was reported holds the gate: a slow ramp towards the alert level must not
         // keep raising the bar ahead of itself.
         self.peak = if effective >= cfg.alert_surprise { surprise.max(self.peak - decay) } else { self.peak - decay };

@@ -2,7 +2,7 @@
 //!
 //! # Design
 //!
-//! Every series gets a [`SeriesDetector`] of fixed size (about 1.3 KB, no heap) that does a
+//! Every series gets a [`SeriesDetector`] of fixed size (about 1.5 KB, no heap) that does a
 //! constant amount of work per sample. A sample goes through:
 //!
 //! 1. **Input hygiene.** Non-finite values and out-of-order or duplicate timestamps are
@@ -19,7 +19,7 @@
 //!    harmless and need no batch period detection. Level and scale are Huber-clipped EW
 //!    estimates (`robust`), i.e. EW median/MAD-like, so anomalies do not poison the baseline
 //!    they are measured against. The standardised residual `z` feeds four detectors:
-//! 3. **Evidence**, each as a surprise `S = -log10 p` so they are comparable:
+//! 3. **Residual evidence**, each as a surprise `S = -log10 p` so they are comparable:
 //!    * *spike* — `|z|` under a Laplace tail (heavy enough for real metrics): a single
 //!      sample far from the baseline. Because the scale has a tiny floor, a constant series
 //!      that suddenly moves scores maximally.
@@ -34,16 +34,32 @@
 //!      shifts phase — that are individually unremarkable.
 //!    * *flatline* — the run of repeated values against the learnt repeat rate
 //!      (`flatline`): a lively series that freezes.
-//! 4. **Calibration** (`calibrate`). The largest weighted surprise wins (the signals that exceeded
-//!    the alert level are reported). A novelty gate then subtracts the decaying peak of
-//!    recent surprise: an incident is reported when it starts and again only if it gets
-//!    worse, not on every sample while it lasts — that is what makes automatic action safe
-//!    (one trigger per incident) and what NAB rewards. Finally a logistic maps the surprise
-//!    to [0, 1], with 0.5 at [`Config::alert_surprise`] (about a one-in-100 000 sample
-//!    event). Scores are 0 during the first [`Config::warmup`] samples.
+//! 4. **Pattern novelty** (`novelty`): has the series been *here* before? One-step residuals
+//!    cannot tell a place the series visits daily from one it has never been to, and they
+//!    miss departures that build up over a few samples. The value and its residual are each
+//!    followed at three horizons (the sample, EW means over ~4 and ~16 samples) and measured
+//!    in octaves of far deviation (≥ 6, 12, 24 long-run robust scales) from a long-run centre
+//!    of their own; the sample index of the last visit of each octave is kept. A sample is
+//!    novel when a view lands in an octave not visited within [`Config::novelty_memory`]
+//!    samples — a bounded-memory version of what the NAB leaders (CAD OSE, KNN-CAD, ARTime)
+//!    score: how new a recent pattern is against everything seen. Nearer than 6 scales is the
+//!    everyday range, so a clean series never becomes novel; a far level visited every day
+//!    stays familiar. A novel sample counts as certain (surprise 10).
+//! 5. **Calibration** (`calibrate`). The largest weighted residual surprise goes through a
+//!    *repeat gate* that subtracts the decaying peak of recent reported surprise: an incident
+//!    is reported when it starts and again only if it gets worse, not on every sample while
+//!    it lasts — that is what makes automatic action safe (one trigger per incident) and what
+//!    NAB rewards. Novelty has a repeat gate of its own with a shorter refractory: it marks a
+//!    different kind of incident, which a recent spike must not hide (the residual gate holds
+//!    for hundreds of samples after a large one). The score is the larger of the two, each
+//!    mapped to [0, 1] by a logistic with 0.5 at [`Config::alert_surprise`] (about a
+//!    one-in-100 000 sample event); the signals that exceeded the alert level are reported.
+//!    Scores are 0 during the first [`Config::warmup`] samples, novelty is silent during its
+//!    first [`Config::novelty_warmup`] (until then every far level is new).
 //!
-//! Measured (see `NAB.md`): NAB public part 40.5 / 31.5 / 48.8 (standard / low FP / low FN);
-//! about 3.7 M samples/s on one core over 100 000 series, 1288 bytes of state per series.
+//! Measured (see `NAB.md`): NAB public part 67.2 / 59.3 / 73.1 (standard / low FP / low FN);
+//! 40.5 / 31.5 / 48.8 before the novelty evidence. Throughput and state size: see
+//! `controller bench detect` (figures in `NAB.md`).
 //!
 //! augurs is not used per sample: its fits are batch, and wall-clock phases make a period
 //! detector unnecessary for the daily/weekly seasons of machine metrics.
@@ -54,6 +70,7 @@ mod counter;
 mod flatline;
 mod interval;
 mod likelihood;
+mod novelty;
 mod robust;
 mod seasonal;
 
@@ -68,6 +85,7 @@ use counter::{CounterRate, Rate};
 use flatline::Flatline;
 use interval::Interval;
 use likelihood::Likelihood;
+use novelty::Novelty;
 use seasonal::{Baseline, Rates};
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -92,6 +110,8 @@ pub enum Signal {
     LevelShift = 2,
     Distribution = 4,
     Flatline = 8,
+    /// The recent values went somewhere far that the series has not been within its memory.
+    Novelty = 64,
     /// Not evidence: the sample followed a hole in the data.
     Gap = 16,
     /// Not evidence: a counter went down and was treated as a reset.
@@ -109,9 +129,17 @@ impl Signals {
         self.0 == 0
     }
     pub fn iter(self) -> impl Iterator<Item = Signal> {
-        [Signal::Spike, Signal::LevelShift, Signal::Distribution, Signal::Flatline, Signal::Gap, Signal::CounterReset]
-            .into_iter()
-            .filter(move |s| self.contains(*s))
+        [
+            Signal::Spike,
+            Signal::LevelShift,
+            Signal::Distribution,
+            Signal::Flatline,
+            Signal::Novelty,
+            Signal::Gap,
+            Signal::CounterReset,
+        ]
+        .into_iter()
+        .filter(move |s| self.contains(*s))
     }
 }
 
@@ -125,7 +153,7 @@ pub struct Score {
     pub baseline: f64,
     /// What it scored (for counters: the rate).
     pub observed: f64,
-    /// The strongest evidence before the novelty gate, in -log10 p.
+    /// The strongest evidence before the repeat gates, in -log10 p.
     pub surprise: f64,
 }
 
@@ -145,10 +173,18 @@ pub struct Config {
     pub alert_surprise: f32,
     /// Surprise levels below this are everyday noise and never gate later samples.
     pub quiet_surprise: f32,
-    /// Samples over which the novelty gate forgets a peak of `alert_surprise`.
+    /// Samples over which the repeat gate forgets a peak of `alert_surprise`.
     pub refractory: f32,
     /// Scales never drop below this fraction of the baseline's magnitude.
     pub relative_floor: f32,
+    /// Horizon of the long-run ranges the novelty evidence measures far excursions against.
+    pub novelty_horizon: f32,
+    /// Samples after a visit during which a far level stays familiar (not novel).
+    pub novelty_memory: u32,
+    /// Samples before the novelty evidence speaks (until then every far level is new).
+    pub novelty_warmup: u32,
+    /// Refractory of the novelty evidence's own gate (see [`Config::refractory`]).
+    pub novelty_refractory: f32,
     pub weights: Weights,
 }
 
@@ -165,11 +201,12 @@ pub struct Weights {
     pub level_shift: f32,
     pub distribution: f32,
     pub flatline: f32,
+    pub novelty: f32,
 }
 
 impl Default for Weights {
     fn default() -> Self {
-        Self { spike: 1.0, level_shift: 0.0, distribution: 2.0, flatline: 1.0 }
+        Self { spike: 1.0, level_shift: 0.0, distribution: 2.0, flatline: 1.0, novelty: 1.0 }
     }
 }
 
@@ -187,12 +224,20 @@ impl Default for Config {
             refractory: 600.0,
             weights: Weights::default(),
             relative_floor: 1e-4,
+            novelty_horizon: 1000.0,
+            novelty_memory: 3000,
+            novelty_warmup: 300,
+            novelty_refractory: 100.0,
         }
     }
 }
 
 /// Samples used to seed the scale (mean absolute first difference).
 const SEED: u32 = 10;
+
+/// Surprise of a novel sample: certain enough to saturate the score (the gate caps any
+/// surprise at `alert_surprise + 4`), so its weight decides whether it alerts at all.
+const NOVEL_SURPRISE: f32 = 10.0;
 
 /// Streaming detector state for one series: fixed size, no heap.
 #[derive(Debug, Clone)]
@@ -211,7 +256,11 @@ pub struct SeriesDetector {
     cusum: Cusum,
     likelihood: Likelihood,
     flat: Flatline,
+    novelty: Novelty,
     gate: Gate,
+    /// Novelty alerts are incidents of their own: a recent spike alert must not hide the
+    /// series moving somewhere new, nor a novelty alert hide a later spike.
+    novelty_gate: Gate,
     /// Extra tolerance right after a hole in the data (1 = none).
     slack: f32,
 }
@@ -232,7 +281,9 @@ impl SeriesDetector {
             cusum: Cusum::default(),
             likelihood: Likelihood::default(),
             flat: Flatline::default(),
+            novelty: Novelty::default(),
             gate: Gate::default(),
+            novelty_gate: Gate::default(),
             slack: 1.0,
         }
     }
@@ -297,7 +348,9 @@ impl SeriesDetector {
         if self.n <= SEED {
             self.seed_acc += (x - self.last_x).abs();
             if self.n == SEED {
-                self.baseline.seed_scale((self.seed_acc / SEED as f32).max(floor));
+                let scale = (self.seed_acc / SEED as f32).max(floor);
+                self.baseline.seed_scale(scale);
+                self.novelty.init(x, scale);
             }
         }
         self.last_x = x;
@@ -326,6 +379,14 @@ impl SeriesDetector {
         let raw = 1.0 - (-z.abs()).exp();
         let dist = self.likelihood.observe(raw, 1.0 / cfg.likelihood_horizon);
         let flat = self.flat.observe(x, 1.0 / cfg.flat_horizon);
+        let novel = if self.n > SEED {
+            self.novelty.observe(x, x - pred.baseline, cfg.novelty_horizon, cfg.novelty_memory, floor).is_some()
+                && self.novelty.samples() >= cfg.novelty_warmup
+        } else {
+            false
+        };
+        let w = &cfg.weights;
+        let novelty = if novel { w.novelty * NOVEL_SURPRISE } else { 0.0 };
         self.n = self.n.saturating_add(1);
 
         let a = cfg.alert_surprise;
@@ -334,14 +395,21 @@ impl SeriesDetector {
             (shift, Signal::LevelShift),
             (dist, Signal::Distribution),
             (flat, Signal::Flatline),
+            (if novel { NOVEL_SURPRISE } else { 0.0 }, Signal::Novelty),
         ] {
             if s >= a {
                 signals.set(sig);
             }
         }
-        let w = &cfg.weights;
-        let surprise = (w.spike * spike).max(w.level_shift * shift).max(w.distribution * dist).max(w.flatline * flat);
-        let value = if self.n <= cfg.warmup { 0.0 } else { self.gate.score(surprise, cfg) };
+        let residual = (w.spike * spike).max(w.level_shift * shift).max(w.distribution * dist).max(w.flatline * flat);
+        let value = if self.n <= cfg.warmup {
+            0.0
+        } else {
+            let r = self.gate.score(residual, cfg, cfg.refractory);
+            let n = self.novelty_gate.score(novelty, cfg, cfg.novelty_refractory);
+            r.max(n)
+        };
+        let surprise = residual.max(novelty);
         Score {
             value: value as f64,
             signals,

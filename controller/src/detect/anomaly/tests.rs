@@ -222,3 +222,21 @@ fn the_detector_map_keeps_series_apart() {
     assert!(det.observe(2, T0 + 200 * STEP_MS, 502.0, Kind::Gauge).value < ALERT);
     assert!(det.remove(1) && !det.remove(1));
 }
+
+#[test]
+fn a_move_to_a_level_never_visited_is_caught_even_right_after_another_incident() {
+    // The spike holds the residual evidence's gate for hundreds of samples (one report per
+    // incident). The novelty evidence has a gate of its own, so the series settling where it
+    // has never been, 100 samples later, is still reported at once.
+    let spike_at = WARM + 100;
+    let at = spike_at + 100;
+    let s = run(at + 50, 13, |i, e| {
+        100.0 + season(i) + e + if i == spike_at { 40.0 } else { 0.0 } + if i >= at { 20.0 } else { 0.0 }
+    });
+    assert!(max_score(&s, WARM, spike_at) < ALERT);
+    assert!(s[spike_at].value >= ALERT, "spike {:?}", s[spike_at]);
+    assert!(max_score(&s, spike_at + 1, at) < ALERT);
+    let k = first_alert(&s, at).expect("move not caught");
+    assert!(k <= 3, "caught {k} samples late");
+    assert!(s[at + k].signals.contains(Signal::Novelty), "{:?}", s[at + k]);
+}
