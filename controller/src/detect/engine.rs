@@ -94,7 +94,7 @@ pub struct AnomalyView {
     pub score: f64,
     pub observed: f64,
     pub baseline: f64,
-    /// The evidence that fired: spike, level_shift, distribution, flatline.
+    /// The evidence that fired: spike, levelshift, distribution, flatline, novelty.
     pub signals: Vec<String>,
 }
 

@@ -14,6 +14,13 @@ pub(crate) struct Gate {
 }
 
 impl Gate {
+    /// A sample without evidence: the peak only decays (its score would be the constant
+    /// logistic of 0, below every other score).
+    #[inline]
+    pub fn idle(&mut self, cfg: &Config, refractory: f32) {
+        self.peak -= cfg.alert_surprise / refractory;
+    }
+
     #[inline]
     pub fn score(&mut self, surprise: f32, cfg: &Config, refractory: f32) -> f32 {
         // Beyond this the score is saturated anyway; capping keeps one enormous spike from

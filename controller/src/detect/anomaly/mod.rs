@@ -406,8 +406,12 @@ impl SeriesDetector {
             0.0
         } else {
             let r = self.gate.score(residual, cfg, cfg.refractory);
-            let n = self.novelty_gate.score(novelty, cfg, cfg.novelty_refractory);
-            r.max(n)
+            if novelty > 0.0 {
+                r.max(self.novelty_gate.score(novelty, cfg, cfg.novelty_refractory))
+            } else {
+                self.novelty_gate.idle(cfg, cfg.novelty_refractory);
+                r
+            }
         };
         let surprise = residual.max(novelty);
         Score {

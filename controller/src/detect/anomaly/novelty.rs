@@ -29,43 +29,18 @@
 //! Measured on NAB (see `NAB.md`): without this evidence the detector scores 40.5; the value
 //! views alone bring it to about 65, the residual views to about 67.
 
-use super::robust::EwRobust;
+use super::robust::update_lanes;
 
 /// Smoothing rates of the two averaged horizons (the sample itself is the third).
 const SMOOTHING: [f32; 2] = [1.0 / 4.0, 1.0 / 16.0];
 const HORIZONS: usize = 1 + SMOOTHING.len();
+/// Value and residual, each on every horizon.
+const VIEWS: usize = 2 * HORIZONS;
+/// Views padded to a SIMD-friendly width; the padding lanes stay at 0 and are never far.
+const LANES: usize = 8;
 /// Nearer than this many long-run scales is the everyday range.
 const NEAR: f32 = 6.0;
 const OCTAVES: usize = 3;
-
-/// One signal at one horizon: its long-run range and when each far octave was last visited.
-#[derive(Debug, Clone, Copy, Default)]
-struct View {
-    range: EwRobust,
-    /// Sample index of the last visit per octave (above, then below); 0 = never.
-    last: [u32; 2 * OCTAVES],
-}
-
-impl View {
-    /// The far octave `y` falls in, measured against the range learnt before `y`.
-    #[inline]
-    fn octave(&self, y: f32, floor: f32) -> Option<usize> {
-        let d = (y - self.range.center) / self.range.scale.max(floor);
-        let a = d.abs();
-        // Also false for NaN, which cannot arrive here but must not index anything.
-        if !(a >= NEAR) {
-            return None;
-        }
-        let o = if a < 2.0 * NEAR {
-            0
-        } else if a < 4.0 * NEAR {
-            1
-        } else {
-            2
-        };
-        Some(if d < 0.0 { OCTAVES + o } else { o })
-    }
-}
 
 /// The horizon on which a sample was novel.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -85,60 +60,42 @@ pub(crate) struct Novel {
     pub horizon: Horizon,
 }
 
-/// One signal (the value, or its residual) followed on every horizon.
-#[derive(Debug, Clone, Copy, Default)]
-struct Track {
-    smooth: [f32; SMOOTHING.len()],
-    views: [View; HORIZONS],
-}
-
-impl Track {
-    fn init(&mut self, y: f32, scale: f32) {
-        self.smooth = [y; SMOOTHING.len()];
-        for v in &mut self.views {
-            v.range = EwRobust { center: y, scale };
-        }
-    }
-
-    /// Learn `y` at sample `t`; returns the first novel horizon.
-    #[inline]
-    fn observe(&mut self, y: f32, t: u32, alpha: f32, memory: u32, floor: f32) -> Option<Horizon> {
-        for (m, a) in self.smooth.iter_mut().zip(SMOOTHING) {
-            *m += a * (y - *m);
-        }
-        let ys = [y, self.smooth[0], self.smooth[1]];
-        let mut found = None;
-        for ((view, y), h) in self.views.iter_mut().zip(ys).zip([Horizon::Sample, Horizon::Short, Horizon::Long]) {
-            if let Some(o) = view.octave(y, floor) {
-                let last = view.last[o];
-                if found.is_none() && (last == 0 || t.wrapping_sub(last) > memory) {
-                    found = Some(h);
-                }
-                view.last[o] = t;
-            }
-            view.range.update(y, alpha, alpha, floor);
-        }
-        found
+impl Novel {
+    fn of_view(i: usize) -> Self {
+        let horizon = [Horizon::Sample, Horizon::Short, Horizon::Long][i % HORIZONS];
+        Self { residual: i >= HORIZONS, horizon }
     }
 }
 
+/// Views in the order value, value short, value long, residual, residual short, residual long.
 #[derive(Debug, Clone, Copy, Default)]
 pub(crate) struct Novelty {
-    value: Track,
-    residual: Track,
-    /// Samples learnt: the clock of `View::last` (never 0 once started).
+    /// EW means of the value, then of the residual.
+    smooth: [f32; 2 * SMOOTHING.len()],
+    /// Long-run robust centre and scale of every view (EW median/MAD-like, see `robust`).
+    center: [f32; LANES],
+    scale: [f32; LANES],
+    /// Per view, the sample index of the last visit of each far octave (above, then below);
+    /// 0 = never.
+    last: [[u32; 2 * OCTAVES]; VIEWS],
+    /// The clock of `last`: wraps, and is never 0 once started.
     t: u32,
+    /// Samples learnt (saturating).
+    n: u32,
 }
 
 impl Novelty {
     /// Start from the first value and a first guess of the scale (residuals start at 0).
     pub fn init(&mut self, x: f32, scale: f32) {
-        self.value.init(x, scale);
-        self.residual.init(0.0, scale);
+        self.smooth = [x, x, 0.0, 0.0];
+        for i in 0..VIEWS {
+            self.center[i] = if i < HORIZONS { x } else { 0.0 };
+            self.scale[i] = scale;
+        }
     }
 
     pub fn samples(&self) -> u32 {
-        self.t
+        self.n
     }
 
     /// Learn the value `x` and its residual `r` against the baseline's prediction; returns what
@@ -147,11 +104,55 @@ impl Novelty {
     #[inline]
     pub fn observe(&mut self, x: f32, r: f32, horizon: f32, memory: u32, floor: f32) -> Option<Novel> {
         self.t = self.t.wrapping_add(1).max(1);
+        self.n = self.n.saturating_add(1);
+        let [a, b] = SMOOTHING;
+        let m = &mut self.smooth;
+        m[0] += a * (x - m[0]);
+        m[1] += b * (x - m[1]);
+        m[2] += a * (r - m[2]);
+        m[3] += b * (r - m[3]);
+        let ys = [x, m[0], m[1], r, m[2], m[3], 0.0, 0.0];
+        // Far from the long-run range, before learning the sample (branch-free; a far view is
+        // rare, and looked at below).
+        let mut far = false;
+        #[allow(clippy::needless_range_loop)] // indexed lanes: this form vectorises
+        for i in 0..LANES {
+            far |= (ys[i] - self.center[i]).abs() >= NEAR * self.scale[i].max(floor);
+        }
+        let found = if far { self.visit(&ys, memory, floor) } else { None };
         // 1/n at first, so the ranges settle quickly on a young series.
-        let alpha = (1.0 / horizon).max(1.0 / (self.t as f32 + 1.0));
-        let v = self.value.observe(x, self.t, alpha, memory, floor);
-        let r = self.residual.observe(r, self.t, alpha, memory, floor);
-        v.map(|horizon| Novel { residual: false, horizon }).or(r.map(|horizon| Novel { residual: true, horizon }))
+        let alpha = (1.0 / horizon).max(1.0 / (self.n as f32 + 1.0));
+        update_lanes(&mut self.center, &mut self.scale, &ys, alpha, floor);
+        found
+    }
+
+    /// Record the far octaves visited now; the first view whose octave was not visited within
+    /// `memory` samples is the novelty.
+    #[cold]
+    fn visit(&mut self, ys: &[f32; LANES], memory: u32, floor: f32) -> Option<Novel> {
+        let mut found = None;
+        for (i, last) in self.last.iter_mut().enumerate() {
+            let d = ys[i] - self.center[i];
+            let near = NEAR * self.scale[i].max(floor);
+            let a = d.abs();
+            // NaN cannot arrive here, but must not index anything.
+            if a.is_nan() || a < near {
+                continue;
+            }
+            let o = if a < 2.0 * near {
+                0
+            } else if a < 4.0 * near {
+                1
+            } else {
+                2
+            };
+            let o = if d < 0.0 { OCTAVES + o } else { o };
+            if found.is_none() && (last[o] == 0 || self.t.wrapping_sub(last[o]) > memory) {
+                found = Some(Novel::of_view(i));
+            }
+            last[o] = self.t;
+        }
+        found
     }
 }
 

@@ -203,6 +203,8 @@ fn memory_per_series_is_small_and_fixed() {
     let size = std::mem::size_of::<SeriesDetector>();
     assert!(size <= 2048, "{size} bytes");
     assert!(std::mem::size_of::<likelihood::Likelihood>() <= 4 * likelihood::SHORT + 24);
+    // Pattern novelty: 8 centre/scale lanes, 4 running means, 36 visit timestamps, 2 counters.
+    assert!(std::mem::size_of::<novelty::Novelty>() <= 256);
     let mut d = detector();
     for i in 0..100_000 {
         d.observe(T0 + i * STEP_MS, (i % 17) as f64, Kind::Gauge);
