@@ -161,13 +161,20 @@ struct Inner {
     days: Mutex<HashMap<String, Keyspace>>,
 }
 
+/// Sample blocks and log records are large values written once and never updated: stored apart
+/// from the keys (key-value separation), compactions move only the keys instead of rewriting
+/// every block again and again.
+fn day_keyspace_options() -> KeyspaceCreateOptions {
+    KeyspaceCreateOptions::default().with_kv_separation(Some(fjall::KvSeparationOptions::default()))
+}
+
 impl Inner {
     fn day_keyspace(&self, name: &str) -> Result<Keyspace, StoreError> {
         let mut days = self.days.lock().map_err(|_| io("day keyspace lock poisoned"))?;
         if let Some(ks) = days.get(name) {
             return Ok(ks.clone());
         }
-        let ks = self.db.keyspace(name, KeyspaceCreateOptions::default).map_err(io)?;
+        let ks = self.db.keyspace(name, day_keyspace_options).map_err(io)?;
         days.insert(name.to_string(), ks.clone());
         Ok(ks)
     }
