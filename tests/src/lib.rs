@@ -378,6 +378,16 @@ pub mod bench;
 pub mod kube_api;
 
 /// Debian's Prometheus, on a free loopback port, with the given config and rule files.
+/// A Prometheus config scraping one agent (`job="medic-agent"`) and one controller
+/// (`job="medic-controller"`) every second, as the shipped rules and dashboards expect.
+pub fn fleet_scrape_config(agent_http: u16, controller_http: u16) -> String {
+    format!(
+        "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\n\
+         scrape_configs:\n  - job_name: medic-agent\n    static_configs:\n      - targets: ['127.0.0.1:{agent_http}']\n  \
+         - job_name: medic-controller\n    static_configs:\n      - targets: ['127.0.0.1:{controller_http}']\n"
+    )
+}
+
 pub struct PrometheusProc {
     pub proc: Proc,
     pub port: u16,

@@ -238,13 +238,8 @@ async fn every_alert_expression_runs_on_a_live_fleet_and_reads_series_that_exist
         &["--interval", "1s", "--clickhouse-url", &ch.url(), "--clickhouse-timeout", "1s"],
     )
     .await?;
-    let prom_cfg = format!(
-        "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\n\
-         scrape_configs:\n  - job_name: medic-agent\n    static_configs:\n      - targets: ['127.0.0.1:{}']\n  \
-         - job_name: medic-controller\n    static_configs:\n      - targets: ['127.0.0.1:{}']\n",
-        agent.http, controller.http
-    );
-    let prom = PrometheusProc::start(&dir.path().join("prom"), &prom_cfg).await?;
+    let prom =
+        PrometheusProc::start(&dir.path().join("prom"), &fleet_scrape_config(agent.http, controller.http)).await?;
 
     // Queries keep running, as on any live system, so the query-log quantiles have data.
     let ch_url = ch.url();

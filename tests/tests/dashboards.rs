@@ -397,13 +397,8 @@ async fn every_panel_query_returns_data_from_a_live_fleet() -> Result<()> {
         &["--interval", "1s", "--clickhouse-url", &ch.url(), "--clickhouse-timeout", "1s", "--process", "agentd"],
     )
     .await?;
-    let prom_cfg = format!(
-        "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\n\
-         scrape_configs:\n  - job_name: medic-agent\n    static_configs:\n      - targets: ['127.0.0.1:{}']\n  \
-         - job_name: medic-controller\n    static_configs:\n      - targets: ['127.0.0.1:{}']\n",
-        agent.http, controller.http
-    );
-    let prom = PrometheusProc::start(&dir.path().join("prom"), &prom_cfg).await?;
+    let prom =
+        PrometheusProc::start(&dir.path().join("prom"), &fleet_scrape_config(agent.http, controller.http)).await?;
     let instance = format!("127.0.0.1:{}", agent.http);
 
     // Keep ClickHouse busy enough that its query counters move, as in any live system.
