@@ -91,7 +91,7 @@ async fn collect_loop(
         ..Default::default()
     };
     let mut collectors: Vec<Box<dyn Collector>> = host::collectors(&opts);
-    collectors.push(Box::new(SelfCollector::new()));
+    collectors.push(Box::new(SelfCollector::new().with_log_records(shared.metrics.log_records_read.clone())));
     let collectors = Arc::new(Mutex::new(collectors));
     let mut period = interval_hint.borrow().unwrap_or(cfg.interval);
     let mut tick = tokio::time::interval(period);

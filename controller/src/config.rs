@@ -48,7 +48,8 @@ pub struct ControllerConfig {
     #[serde(with = "humantime_serde_compat")]
     pub unhandled_exhaustion_within: Duration,
     /// ClickHouse HTTP URL of each node for ClickHouse steps, `{node}` replaced by the node name
-    /// (e.g. http://{node}:8123). Credentials as for `clickhouse_url`.
+    /// (e.g. http://{node}:8123) and `{label:NAME}` by the node's label NAME. Credentials as for
+    /// `clickhouse_url`.
     pub clickhouse_node_url: Option<String>,
     /// ClickHouse HTTP URL (e.g. http://clickhouse:8123) to store telemetry in; unset uses the
     /// embedded store under `data_dir`.

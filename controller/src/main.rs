@@ -128,7 +128,8 @@ struct RunArgs {
     /// Directory of rule files; reloaded on change and on SIGHUP [default: no rules]
     #[arg(long)]
     rules_dir: Option<PathBuf>,
-    /// ClickHouse URL of each node for remediation steps, {node} replaced, e.g. http://{node}:8123
+    /// ClickHouse URL of each node for remediation steps, {node} replaced by the node name and
+    /// {label:NAME} by the node's label NAME, e.g. http://{node}:8123
     #[arg(long)]
     clickhouse_node_url: Option<String>,
     /// Alertmanager URL for the controller's own alerts (repeatable), e.g. http://alertmanager:9093

@@ -27,6 +27,12 @@ Memory table in the `system` database) and fills it, when a query names it, with
 (RSS, memory, load, uptime, disk space, MergeTree part/row/byte totals...). system.query_log,
 system.part_log and system.error_log are enabled through an engine config file.
 
+--log-file F: a server log in clickhouse-server.log's format (start, stop, and every failed query as
+`executeQuery` <Error> with its `Code: N.`), for agents that tail the server's log.
+--cold-disk DIR: a second disk "cold" at DIR and a storage policy "tiered" (default disk, then
+cold), with no space held back (the disks are as full as their filesystems) and move_factor 0
+(ClickHouse itself never moves parts between them: placement is left to whoever manages it).
+
 Usage: server.py --port N (0 = free port) --data-dir DIR [--host 127.0.0.1] [--ready-file F]
 Only needs chdb-core, lz4, zstandard and clickhouse-cityhash (see ./install).
 """
@@ -101,6 +107,26 @@ CONTENT_TYPES = {
 
 def log(*a):
     print("[chdb-http]", *a, file=sys.stderr, flush=True)
+
+
+class ServerLog:
+    """clickhouse-server.log's line format: `YYYY.MM.DD HH:MM:SS.ffffff [ tid ] {query_id} <Level> logger: text`."""
+
+    def __init__(self, path):
+        self.f = open(path, "a", buffering=1) if path else None
+        self.lock = threading.Lock()
+
+    def write(self, level, logger, text, query_id=""):
+        if not self.f:
+            return
+        t = time.time()
+        stamp = time.strftime("%Y.%m.%d %H:%M:%S", time.localtime(t)) + ".%06d" % int((t % 1) * 1e6)
+        line = f"{stamp} [ {threading.get_native_id()} ] {{{query_id}}} <{level}> {logger}: {text}\n"
+        with self.lock:
+            self.f.write(line)
+
+
+SERVER_LOG = ServerLog(None)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -382,7 +408,18 @@ class Engine:
             "  </storage_configuration>\n" % (keep, self.data_dir)
         )
 
-    def __init__(self, data_dir, max_queries, tiered=False):
+    def cold_disk_config(self, cold):
+        os.makedirs(cold, exist_ok=True)
+        return (
+            "  <storage_configuration>\n"
+            "    <disks><cold><path>%s/</path></cold></disks>\n"
+            "    <policies><tiered><volumes>"
+            "<hot><disk>default</disk></hot><cold><disk>cold</disk></cold>"
+            "</volumes><move_factor>0</move_factor></tiered></policies>\n"
+            "  </storage_configuration>\n" % os.path.abspath(cold)
+        )
+
+    def __init__(self, data_dir, max_queries, tiered=False, cold_disk=None):
         self.data_dir = os.path.abspath(data_dir)
         if any(ch in self.data_dir for ch in "?&#"):
             raise SystemExit("--data-dir must not contain ?, & or #")
@@ -399,7 +436,7 @@ class Engine:
                 "  <error_log><database>system</database><table>error_log</table>"
                 "<flush_interval_milliseconds>7500</flush_interval_milliseconds></error_log>\n"
                 "%s"
-                "</clickhouse>\n" % (ENGINE["display_name"], self.tiered_config() if tiered else ""))
+                "</clickhouse>\n" % (ENGINE["display_name"], self.tiered_config() if tiered else self.cold_disk_config(cold_disk) if cold_disk else ""))
         self.started = time.time()
         # The master connection starts the engine and keeps it alive for the server's lifetime.
         self.master = _chdb.connect(f"file:{self.data_dir}?config-file={cfg}")
@@ -652,6 +689,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
         try:
             self.run(params, body, query_id, fmt)
         except CHError as e:
+            SERVER_LOG.write("Error", "executeQuery", f"{e.text} (from {self.client_address[0]}:{self.client_address[1]})", query_id)
             if not body.drain():
                 self.close_connection = True
             self.send_error_response(e, query_id, fmt)
@@ -659,6 +697,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
             self.close_connection = True
         except Exception as e:  # engine errors and anything unexpected
             err = ch_error(e)
+            SERVER_LOG.write("Error", "executeQuery", f"{err.text} (from {self.client_address[0]}:{self.client_address[1]})", query_id)
             if not body.drain():
                 self.close_connection = True
             self.send_error_response(err, query_id, fmt)
@@ -827,12 +866,17 @@ def main():
     ap.add_argument("--ready-file", help="the port is written here once the server accepts connections")
     ap.add_argument("--max-queries", type=int, default=8, help="queries run at once (1 = serialised)")
     ap.add_argument("--tiered-disks", action="store_true", help="add a 'cold' disk and a 'tiered' storage policy")
+    ap.add_argument("--cold-disk", help="a second disk 'cold' at this directory and a 'tiered' policy, nothing held back")
+    ap.add_argument("--log-file", help="write a server log in clickhouse-server.log's format here")
     args = ap.parse_args()
     if args.host not in ("127.0.0.1", "localhost", "::1") and not args.host.startswith("127."):
         raise SystemExit("this test server binds loopback addresses only")
 
     t0 = time.time()
-    engine = Engine(args.data_dir, max(1, args.max_queries), tiered=args.tiered_disks)
+    global SERVER_LOG
+    SERVER_LOG = ServerLog(args.log_file)
+    SERVER_LOG.write("Information", "Application", f"Starting ClickHouse (chdb), data {args.data_dir}, PID {os.getpid()}")
+    engine = Engine(args.data_dir, max(1, args.max_queries), tiered=args.tiered_disks, cold_disk=args.cold_disk)
     Handler.engine = engine
     httpd = Server((args.host, args.port), Handler)
     port = httpd.server_address[1]
@@ -863,6 +907,7 @@ def main():
                 break
             time.sleep(0.1)
         engine.close()
+        SERVER_LOG.write("Information", "Application", "shutting down")
         log("stopped")
 
 

@@ -296,3 +296,71 @@ async fn a_shortened_ttl_is_restored_once_the_pressure_is_gone() -> Result<()> {
     assert_eq!(ttl_text(&ch).await?, original, "the previous TTL is back");
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_action_cut_short_by_a_controller_crash_is_verified_after_the_restart_not_run_again() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let rules = dir.path().join("rules");
+    std::fs::create_dir_all(&rules)?;
+    std::fs::write(
+        rules.join("r.yaml"),
+        "rules:
+  - name: slow-restart
+    when:
+      log: { signature: too_many_parts, count: 1, window: 3s }
+    do:
+      - restart: { how: service, service: dummy }
+    verify: { clears_within: 60s }
+",
+    )?;
+    let log = dir.path().join("clickhouse-server.log");
+    std::fs::write(&log, "")?;
+    let runs = dir.path().join("runs");
+    // A restart that takes a while: the controller is killed while it runs.
+    let svc = format!("dummy=echo run >> {}; sleep 3", runs.display());
+    let r = rules.to_string_lossy().to_string();
+    let args = ["--rules-dir", &r, "--remediation-interval", "500ms"];
+    let (grpc, http) = (free_port(), free_port());
+    let mut c = ControllerProc::start(&dir.path().join("c"), grpc, http, &args).await?;
+    let l = log.to_string_lossy().to_string();
+    let _agent = AgentProc::start(
+        &c.grpc_url(),
+        "ch-1",
+        &dir.path().join("spool"),
+        free_port(),
+        &["--interval", "500ms", "--log-file", &l, "--service-restart", &svc],
+    )
+    .await?;
+    // The problem goes on through the crash and the restart, so a controller that forgot the
+    // action would start it again.
+    let storm = {
+        let log = log.clone();
+        tokio::spawn(async move {
+            for _ in 0..30 {
+                if let Ok(mut f) = std::fs::OpenOptions::new().append(true).open(&log) {
+                    let _ = writeln!(
+                        f,
+                        "2026.11.24 06:00:00.000000 [ 7 ] {{}} <Error> executeQuery: Code: 252. DB::Exception: Too many parts (300). (TOO_MANY_PARTS)"
+                    );
+                }
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        })
+    };
+    eventually(Duration::from_secs(20), || async {
+        Ok(std::fs::read_to_string(&runs).is_ok_and(|s| s.lines().count() == 1).then_some(()))
+    })
+    .await?;
+    c.proc.kill9();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let c = ControllerProc::start(&dir.path().join("c"), grpc, http, &args).await?;
+    wait_outcome(&c, "slow-restart", "verified", 40).await?;
+    storm.await?;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let a = audit(&c, "slow-restart").await?;
+    assert_eq!(outcomes(&a), ["started", "verified"], "one action, verified after the restart: {a:#?}");
+    let ids: std::collections::BTreeSet<&str> = a.iter().filter_map(|e| e["action_id"].as_str()).collect();
+    assert_eq!(ids.len(), 1, "{a:#?}");
+    assert_eq!(std::fs::read_to_string(&runs)?.lines().count(), 1, "the restart ran exactly once");
+    Ok(())
+}

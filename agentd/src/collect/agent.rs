@@ -5,6 +5,8 @@ use super::{CollectError, Collector, counter, gauge};
 use std::path::PathBuf;
 
 pub struct SelfCollector {
+    /// Log records the tailer has read: a storm of log lines shows as a jump in its rate.
+    log_records: Option<prometheus_client::metrics::counter::Counter>,
     stat_path: PathBuf,
     statm_path: PathBuf,
     ticks_per_second: f64,
@@ -17,12 +19,19 @@ impl SelfCollector {
         // SAFETY: sysconf has no preconditions; it only reads configuration values.
         let (ticks, page) = unsafe { (libc::sysconf(libc::_SC_CLK_TCK), libc::sysconf(libc::_SC_PAGESIZE)) };
         Self {
+            log_records: None,
             stat_path: "/proc/self/stat".into(),
             statm_path: "/proc/self/statm".into(),
             ticks_per_second: if ticks > 0 { ticks as f64 } else { 100.0 },
             page_size: if page > 0 { page as f64 } else { 4096.0 },
             buf: String::new(),
         }
+    }
+
+    /// Also reports `medic_agent_log_records_total` from the tailer's counter.
+    pub fn with_log_records(mut self, c: prometheus_client::metrics::counter::Counter) -> Self {
+        self.log_records = Some(c);
+        self
     }
 
     fn read(&mut self, path: &std::path::Path) -> Result<(), CollectError> {
@@ -58,6 +67,9 @@ impl Collector for SelfCollector {
             _ => return Err(CollectError::parse(stat_path.display().to_string(), "missing utime/stime")),
         };
         out.push(counter("medic_agent_cpu_seconds_total", &[], now_ms, (utime + stime) / self.ticks_per_second));
+        if let Some(c) = &self.log_records {
+            out.push(counter("medic_agent_log_records_total", &[], now_ms, c.get() as f64));
+        }
         let statm_path = self.statm_path.clone();
         self.read(&statm_path)?;
         let rss_pages = self

@@ -25,7 +25,7 @@ pub struct Target<'a> {
 /// Something a step changed that can be put back, and the executor that knows how.
 #[derive(Debug, Clone)]
 pub enum Undo {
-    Ttl { node: String, step: TtlStep, change: chx::TtlChange },
+    Ttl { node: String, labels: BTreeMap<String, String>, step: TtlStep, change: chx::TtlChange },
     Scale(k8s::ScaleChange),
 }
 
@@ -64,6 +64,19 @@ fn table_of(target: &str) -> Option<(String, String)> {
     Some((get("database")?, get("table")?))
 }
 
+/// `{node}` and `{label:NAME}` filled in; a label the node does not have becomes empty, which
+/// makes a URL that fails loudly rather than one that reaches another node.
+fn node_url(template: &str, node: &str, labels: &BTreeMap<String, String>) -> String {
+    let mut url = template.replace("{node}", node);
+    while let Some(start) = url.find("{label:") {
+        let Some(len) = url[start..].find('}') else { break };
+        let name = &url[start + 7..start + len];
+        let value = labels.get(name).cloned().unwrap_or_default();
+        url.replace_range(start..start + len + 1, &value);
+    }
+    url
+}
+
 /// Service restarts through the node's own agent (bare metal, VMs, local mode).
 pub struct AgentExecutor {
     pub nodes: NodeTable,
@@ -89,7 +102,8 @@ impl Executor for AgentExecutor {
 
 /// ClickHouse statements on the node's server.
 pub struct ClickHouseExecutor {
-    /// The node's ClickHouse HTTP URL, `{node}` replaced by its name.
+    /// The node's ClickHouse HTTP URL, `{node}` replaced by its name and `{label:NAME}` by the
+    /// value of the node's label NAME (e.g. a port when several servers share a host).
     pub url_template: String,
     pub user: Option<String>,
     pub password: Option<String>,
@@ -97,8 +111,8 @@ pub struct ClickHouseExecutor {
 }
 
 impl ClickHouseExecutor {
-    fn client(&self, node: &str) -> clickhouse::Client {
-        let mut c = clickhouse::Client::default().with_url(self.url_template.replace("{node}", node));
+    fn client(&self, node: &str, labels: &BTreeMap<String, String>) -> clickhouse::Client {
+        let mut c = clickhouse::Client::default().with_url(node_url(&self.url_template, node, labels));
         if let Some(u) = &self.user {
             c = c.with_user(u);
         }
@@ -122,7 +136,7 @@ impl Executor for ClickHouseExecutor {
         }
     }
     async fn run(&self, step: &Step, t: &Target<'_>) -> Result<Done, ActError> {
-        let c = self.client(t.node);
+        let c = self.client(t.node, t.labels);
         let to = self.timeout;
         match step {
             Step::Restart(_) => {
@@ -138,7 +152,15 @@ impl Executor for ClickHouseExecutor {
                     "TTL of {}.{} {:?} s → {} s",
                     s.database, s.table, change.previous.seconds, change.new_seconds
                 );
-                Ok(Done { message, undo: Some(Undo::Ttl { node: t.node.to_string(), step: s.clone(), change }) })
+                Ok(Done {
+                    message,
+                    undo: Some(Undo::Ttl {
+                        node: t.node.to_string(),
+                        labels: t.labels.clone(),
+                        step: s.clone(),
+                        change,
+                    }),
+                })
             }
             Step::Sql(s) => {
                 within(to, chx::run_sql(&c, &s.statement)).await?;
@@ -160,8 +182,8 @@ impl Executor for ClickHouseExecutor {
         }
     }
     async fn undo(&self, u: &Undo) -> Option<Result<String, ActError>> {
-        let Undo::Ttl { node, step, change } = u else { return None };
-        let r = chx::restore_ttl(&self.client(node), step, change).await;
+        let Undo::Ttl { node, labels, step, change } = u else { return None };
+        let r = chx::restore_ttl(&self.client(node, labels), step, change).await;
         Some(r.map(|_| format!("TTL of {}.{} restored to {}", step.database, step.table, change.previous.expression)))
     }
 }
@@ -263,6 +285,14 @@ impl Executors {
 mod tests {
     use super::*;
     use crate::rules::model::{NotifyStep, RestartStep, SqlStep};
+
+    #[test]
+    fn a_node_url_is_filled_from_the_node_name_and_its_labels() {
+        let labels: BTreeMap<String, String> = [("ch_port".to_string(), "18123".to_string())].into();
+        assert_eq!(node_url("http://{node}:8123", "ch-1", &labels), "http://ch-1:8123");
+        assert_eq!(node_url("http://127.0.0.1:{label:ch_port}", "ch-1", &labels), "http://127.0.0.1:18123");
+        assert_eq!(node_url("http://{node}:{label:missing}", "ch-1", &labels), "http://ch-1:");
+    }
 
     fn restart(how: RestartHow) -> Step {
         Step::Restart(RestartStep { how, service: "clickhouse-server".into() })

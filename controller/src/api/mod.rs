@@ -36,6 +36,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/api/v1/logs", get(logs))
         .route("/api/v1/rules", get(rules))
         .route("/api/v1/actions", get(actions))
+        .route("/api/v1/conditions", get(conditions))
         .route("/api/v1/actions/{id}/approve", axum::routing::post(approve))
         .route("/api/v1/anomalies", get(anomalies))
         .route("/api/v1/anomalies/open", get(open_anomalies))
@@ -319,6 +320,11 @@ struct ActionParams {
 
 /// The audit log, newest first: every decision (acted, skipped and by which guard, dry-run,
 /// waiting for approval, approved, verified, rolled back, escalated) with its evidence.
+/// Rule conditions that hold now, pending (not yet held for `for`) or firing.
+async fn conditions(State(s): State<ApiState>) -> Json<Vec<crate::decide::runner::ConditionView>> {
+    Json(s.remediation.conditions.lock().map(|c| c.clone()).unwrap_or_default())
+}
+
 async fn actions(State(s): State<ApiState>, Query(q): Query<ActionParams>) -> Json<Vec<AuditEntry>> {
     Json(s.remediation.audit.list(q.rule.as_deref(), q.limit.unwrap_or(200).min(10_000)))
 }

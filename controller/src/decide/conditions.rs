@@ -146,6 +146,16 @@ pub fn evaluate(
     }
 }
 
+/// Whether the node has sent, since `since_ms`, what the condition is judged on — so that "it
+/// does not hold" means it was looked at again, not that nothing has arrived yet (a controller
+/// that just started knows nothing about the node).
+pub fn observed_since(cond: &Condition, nf: &NodeFacts, since_ms: i64) -> bool {
+    match cond {
+        Condition::Threshold(t) => nf.last_seen.get(&t.metric).is_some_and(|ts| *ts >= since_ms),
+        _ => nf.last_batch_ms >= since_ms,
+    }
+}
+
 /// Since-when bookkeeping across evaluation rounds.
 #[derive(Debug, Default)]
 pub struct ConditionTracker {
@@ -155,6 +165,9 @@ pub struct ConditionTracker {
 #[derive(Debug, Default, PartialEq)]
 pub struct Round {
     pub firing: Vec<Firing>,
+    /// Every match that holds now, whether or not it has held for the rule's `for` yet
+    /// (`since_ms` says since when): what Medic has noticed and may act on.
+    pub holding: Vec<Firing>,
     /// (rule, node, target) whose condition no longer holds.
     pub resolved: Vec<(String, String, String)>,
 }
@@ -182,6 +195,13 @@ impl ConditionTracker {
                     let key = (rule.name.clone(), node.clone(), m.target.clone());
                     let since = *self.since.entry(key.clone()).or_insert(now_ms);
                     seen.insert(key);
+                    out.holding.push(Firing {
+                        rule: rule.name.clone(),
+                        node: node.clone(),
+                        target: m.target.clone(),
+                        evidence: m.evidence.clone(),
+                        since_ms: since,
+                    });
                     if now_ms - since >= hold_ms {
                         out.firing.push(Firing {
                             rule: rule.name.clone(),

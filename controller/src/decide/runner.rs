@@ -30,6 +30,9 @@ struct Verifying {
     undo: Vec<Undo>,
     evidence: String,
     action: String,
+    /// Taken over from before a controller restart: the condition tracker has not seen it hold,
+    /// so "cleared" means it does not hold once the node has reported again.
+    recovered: bool,
 }
 
 /// A temporary change to undo once its condition has stayed clear long enough.
@@ -58,10 +61,24 @@ struct Executed {
     messages: Vec<String>,
 }
 
-/// Shared with the API: the audit log and approvals.
+/// A rule's condition that holds on a node now: `pending` until it has held for the rule's
+/// `for`, then `firing`.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ConditionView {
+    pub rule: String,
+    pub node: String,
+    pub target: String,
+    pub state: &'static str,
+    pub since: String,
+    pub since_ms: i64,
+    pub evidence: String,
+}
+
+/// Shared with the API: the audit log, approvals and the conditions that hold.
 #[derive(Clone, Default)]
 pub struct Remediation {
     pub audit: Audit,
+    pub conditions: Arc<Mutex<Vec<ConditionView>>>,
     approvals: Arc<Mutex<HashSet<String>>>,
     pending_ids: Arc<Mutex<HashSet<String>>>,
 }
@@ -163,6 +180,8 @@ impl Runner {
         // failover) still counts: cooldowns, rate limits, actions that may still be running.
         guards.restore(&self.remediation.audit.history(), now_ms(), |rule| in_flight_window(&self.rules, rule));
         let mut verifying: Vec<Verifying> = Vec::new();
+        let started_ms = now_ms();
+        self.recover(&guards, &mut verifying);
         let mut pending: HashMap<String, Pending> = HashMap::new();
         let mut restorations: Vec<Restoration> = Vec::new();
         // The last decision recorded per key, so a blocked rule is audited once, not every round.
@@ -206,6 +225,7 @@ impl Runner {
                             undo,
                             evidence: ex.firing.evidence,
                             action,
+                            recovered: false,
                         });
                     }
                     Err((e, undo)) => {
@@ -230,6 +250,7 @@ impl Runner {
                 let signals = self.signals();
                 tracker.round(set.rules.iter().map(|r| &r.rule), &facts, &signals, now)
             };
+            self.publish_conditions(&round.holding, &round.firing);
             let resolved: HashSet<Key> = round.resolved.into_iter().collect();
             for k in &resolved {
                 last_decision.remove(k);
@@ -238,6 +259,8 @@ impl Runner {
             }
 
             // Verification: cleared in time, or not.
+            let holding: HashSet<Key> =
+                round.holding.iter().map(|f| (f.rule.clone(), f.node.clone(), f.target.clone())).collect();
             let mut still = Vec::new();
             for v in verifying.drain(..) {
                 let firing = Firing {
@@ -247,7 +270,9 @@ impl Runner {
                     evidence: v.evidence.clone(),
                     since_ms: 0,
                 };
-                if resolved.contains(&v.key) {
+                let cleared = resolved.contains(&v.key)
+                    || (v.recovered && !holding.contains(&v.key) && self.observed_since(&by_name, &v.key, started_ms));
+                if cleared {
                     self.entry(&v.id, &firing, &v.action, Outcome::Verified, None, "the condition cleared".into());
                     guards.finished(&v.id, true);
                     for u in &v.undo {
@@ -485,6 +510,30 @@ impl Runner {
         }
     }
 
+    fn publish_conditions(&self, holding: &[Firing], firing: &[Firing]) {
+        let fired: HashSet<(&str, &str, &str)> =
+            firing.iter().map(|f| (f.rule.as_str(), f.node.as_str(), f.target.as_str())).collect();
+        let views = holding
+            .iter()
+            .map(|h| ConditionView {
+                rule: h.rule.clone(),
+                node: h.node.clone(),
+                target: h.target.clone(),
+                state: if fired.contains(&(h.rule.as_str(), h.node.as_str(), h.target.as_str())) {
+                    "firing"
+                } else {
+                    "pending"
+                },
+                since: rfc3339(h.since_ms),
+                since_ms: h.since_ms,
+                evidence: h.evidence.clone(),
+            })
+            .collect();
+        if let Ok(mut c) = self.remediation.conditions.lock() {
+            *c = views;
+        }
+    }
+
     fn signals(&self) -> Signals {
         match self.detection.read() {
             Ok(d) => Signals {
@@ -494,6 +543,48 @@ impl Runner {
             },
             Err(_) => Signals::default(),
         }
+    }
+
+    /// Actions a stop interrupted (started or acted, never verified nor failed, still in progress
+    /// for the guards after `restore`) are verified by this controller, so each gets an outcome:
+    /// `verified` once the condition no longer holds after the node reported again, `failed` and
+    /// escalated at the end of their window. They are never run again.
+    fn recover(&self, guards: &GuardState, verifying: &mut Vec<Verifying>) {
+        let history = self.remediation.audit.history();
+        let mut last: HashMap<&str, Outcome> = HashMap::new();
+        let mut first: Vec<&AuditEntry> = Vec::new();
+        for e in &history {
+            if matches!(e.outcome, Outcome::Started | Outcome::Acted) && !last.contains_key(e.action_id.as_str()) {
+                first.push(e);
+            }
+            if e.outcome != Outcome::Restored {
+                last.insert(e.action_id.as_str(), e.outcome);
+            }
+        }
+        for e in first {
+            let open = matches!(last.get(e.action_id.as_str()), Some(Outcome::Started | Outcome::Acted));
+            if !open || !guards.in_progress(&e.action_id) {
+                continue;
+            }
+            tracing::warn!(action_id = %e.action_id, rule = %e.rule, node = %e.node, "an action was interrupted by a controller stop; verifying it, not running it again");
+            verifying.push(Verifying {
+                id: e.action_id.clone(),
+                key: (e.rule.clone(), e.node.clone(), e.target.clone()),
+                deadline_ms: e.at_ms + in_flight_window(&self.rules, &e.rule).as_millis() as i64,
+                undo: Vec::new(),
+                evidence: e.evidence.clone(),
+                action: e.action.clone(),
+                recovered: true,
+            });
+        }
+    }
+
+    fn observed_since(&self, rules: &HashMap<&str, &LoadedRule>, key: &Key, since_ms: i64) -> bool {
+        let Some(cond) = rules.get(key.0.as_str()).and_then(|r| r.rule.when.condition()) else { return false };
+        self.facts
+            .read()
+            .map(|f| f.nodes.get(&key.1).is_some_and(|nf| super::conditions::observed_since(&cond, nf, since_ms)))
+            .unwrap_or(false)
     }
 
     fn entry(&self, id: &str, f: &Firing, action: &str, outcome: Outcome, guard: Option<&str>, message: String) {

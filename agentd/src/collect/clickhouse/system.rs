@@ -127,6 +127,10 @@ pub fn disk_samples(row: &DiskRow<'_>, now_ms: i64, out: &mut Vec<Sample>) {
     out.push(gauge("clickhouse_disk_free_bytes", &l, now_ms, row.free));
     out.push(gauge("clickhouse_disk_total_bytes", &l, now_ms, row.total));
     out.push(gauge("clickhouse_disk_unreserved_bytes", &l, now_ms, row.unreserved));
+    // A ratio is what a rule can compare with one fixed value on disks of every size.
+    if row.total > 0.0 {
+        out.push(gauge("clickhouse_disk_free_ratio", &l, now_ms, row.free / row.total));
+    }
 }
 
 pub async fn disks(
@@ -233,6 +237,7 @@ mod tests {
         assert_eq!(find(&out, "clickhouse_disk_free_bytes").map(|s| s.value), Some(10.0));
         assert_eq!(find(&out, "clickhouse_disk_total_bytes").map(|s| s.value), Some(100.0));
         assert_eq!(find(&out, "clickhouse_disk_unreserved_bytes").map(|s| s.value), Some(9.0));
+        assert_eq!(find(&out, "clickhouse_disk_free_ratio").map(|s| s.value), Some(0.1));
         assert!(
             out.iter().all(|s| s.labels.len() == 1 && s.labels[0].name == "disk" && s.labels[0].value == "default")
         );
