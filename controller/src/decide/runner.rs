@@ -384,6 +384,8 @@ impl Runner {
                 .unwrap_or_default();
             let busy: HashSet<Key> = verifying
                 .iter()
+                // A recovered action is left to the guards, which say it is in progress (audited).
+                .filter(|v| !v.recovered)
                 .map(|v| v.key.clone())
                 .chain(
                     pending.values().map(|p| (p.firing.rule.clone(), p.firing.node.clone(), p.firing.target.clone())),

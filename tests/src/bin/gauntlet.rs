@@ -926,17 +926,12 @@ async fn controller_crash(fleet: &mut Fleet, w: &mut Watch, out: &mut Outcome, b
     tokio::time::sleep(Duration::from_secs(5)).await;
     let restarts = fleet.node(FAULTY).restarts() - before;
     let actions = fleet.actions().await?;
-    let ids: std::collections::BTreeSet<&str> = actions
-        .iter()
-        .filter(|e| e["rule"] == "clickhouse-down" && e["node"] == FAULTY)
-        .filter_map(|e| e["action_id"].as_str())
-        .collect();
-    let outcomes: Vec<String> = actions
-        .iter()
-        .rev()
-        .filter(|e| e["rule"] == "clickhouse-down" && e["node"] == FAULTY)
-        .map(|e| e["outcome"].as_str().unwrap_or("").to_string())
-        .collect();
+    // Decisions the guards held back ("skipped": in progress) are not actions.
+    let ran = |e: &&Value| e["rule"] == "clickhouse-down" && e["node"] == FAULTY && e["outcome"] != "skipped";
+    let ids: std::collections::BTreeSet<&str> =
+        actions.iter().filter(ran).filter_map(|e| e["action_id"].as_str()).collect();
+    let outcomes: Vec<String> =
+        actions.iter().rev().filter(ran).map(|e| e["outcome"].as_str().unwrap_or("").to_string()).collect();
     out.note.push_str(&format!(
         "restart ran {restarts}×; clickhouse-down actions recorded {} ({}); ",
         ids.len(),
