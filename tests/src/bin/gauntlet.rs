@@ -869,7 +869,9 @@ async fn run_fault(s: &Shared, base: &Path, fault: Fault) -> Result<Outcome> {
     out.escalations = escalations_since(&s.pagerduty, pd_before).len();
     let alerts = alerts_since(&s.alertmanager, w.t0_ms.min(healthy_since_ms)).await;
     if !alerts.is_empty() {
-        out.note.push_str(&format!("alerts: {}; ", alerts.join(", ")));
+        let shown = alerts.iter().take(6).cloned().collect::<Vec<_>>().join(", ");
+        let more = if alerts.len() > 6 { format!(" and {} more", alerts.len() - 6) } else { String::new() };
+        out.note.push_str(&format!("{} alerts: {shown}{more}; ", alerts.len()));
     }
     fleet.stop();
     Ok(out)
