@@ -566,7 +566,10 @@ impl Engine {
                         let ep = e.get_mut();
                         ep.last_ms = s.ts;
                         ep.latest = sc.observed;
-                        let back = (sc.observed - ep.baseline).abs() < 0.5 * (ep.observed - ep.baseline).abs();
+                        // Over once the series is back near the detector's current expectation: it
+                        // came back, or the detector has learned its new level or trend (a series that
+                        // only moved on, like an uptime, is not an anomaly that lasts).
+                        let back = (sc.observed - sc.baseline).abs() < 0.5 * (ep.observed - ep.baseline).abs();
                         if back || s.ts - ep.since_ms > MAX_EPISODE_MS {
                             e.remove();
                         }
@@ -898,10 +901,16 @@ mod tests {
     }
 
     #[test]
-    fn a_level_shift_opens_an_episode_that_lasts_while_the_series_stays_away_and_closes_when_it_is_back() {
-        let mut engine = Engine::new(EngineConfig::default(), Arc::new(RwLock::new(DetectionState::default())));
+    fn an_episode_lasts_while_the_series_stays_away_and_ends_when_it_is_back_or_its_new_level_is_learned() {
         let t0: i64 = 1_795_000_000_000;
-        let mut feed = |i: i64, v: f64| {
+        let engine = |first: f64| {
+            let mut e = Engine::new(EngineConfig::default(), Arc::new(RwLock::new(DetectionState::default())));
+            for i in 0..600i64 {
+                feed(&mut e, t0, i, first + ((i * 7919) % 13) as f64 * 0.1);
+            }
+            e
+        };
+        fn feed(engine: &mut Engine, t0: i64, i: i64, v: f64) -> Vec<i64> {
             let batch = Batch {
                 seq: 1,
                 created_unix_ms: t0 + i * 1000,
@@ -910,19 +919,26 @@ mod tests {
                 series: vec![],
             };
             engine.observe(&StoredBatch { node: "n1".into(), labels: vec![], batch: Arc::new(batch) });
-            engine.state.read().unwrap().episodes.values().map(|e| (e.since_ms, e.latest)).collect::<Vec<_>>()
-        };
-        for i in 0..600i64 {
-            feed(i, 10.0 + ((i * 7919) % 13) as f64 * 0.1);
+            engine.state.read().unwrap().episodes.values().map(|e| e.since_ms).collect()
         }
-        let opened = feed(600, 100.0);
-        assert_eq!(opened.len(), 1, "the jump opens an episode");
-        for i in 601..640 {
-            let open = feed(i, 100.0 + (i % 3) as f64);
-            assert_eq!(open.len(), 1, "still far from the baseline at sample {i}");
-            assert_eq!(open[0].0, t0 + 600_000, "one episode, from the jump");
+
+        // A jump that stays: open from the jump until the detector has learned the new level.
+        let mut e = engine(10.0);
+        assert_eq!(feed(&mut e, t0, 600, 100.0), [t0 + 600_000], "the jump opens an episode");
+        let lasted = (601..2000).take_while(|&i| !feed(&mut e, t0, i, 100.0 + (i % 3) as f64).is_empty()).count();
+        assert!((20..500).contains(&lasted), "open while the shift is news, over once learned: {lasted} samples");
+
+        // A burst that goes away: over as soon as the series is back.
+        let mut e = engine(10.0);
+        for i in 600..603 {
+            assert_eq!(feed(&mut e, t0, i, 100.0), [t0 + 600_000]);
         }
-        assert!(feed(640, 10.5).is_empty(), "back near the baseline: the episode is over");
+        assert!(feed(&mut e, t0, 603, 10.5).is_empty(), "back near the baseline: the episode is over");
+
+        // A series that only moves on (an uptime) has no lasting episode.
+        let mut e = Engine::new(EngineConfig::default(), Arc::new(RwLock::new(DetectionState::default())));
+        let open: usize = (0..3000i64).map(|i| feed(&mut e, t0, i, 1000.0 + i as f64).len()).sum();
+        assert!(open < 30, "a steady climb is no anomaly that lasts: open in {open} samples");
     }
 
     #[test]
