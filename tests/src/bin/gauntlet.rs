@@ -432,8 +432,10 @@ impl Fleet {
                     &interval,
                     "--clickhouse-url",
                     &ch,
+                    // Half the interval: a server that hangs is reported down within the round
+                    // that found it, so detection stays within two intervals.
                     "--clickhouse-timeout",
-                    "1s",
+                    "500ms",
                     "--log-file",
                     &log,
                     "--label",
