@@ -29,6 +29,25 @@ fn alive(pid: i32) -> bool {
     unsafe { libc::kill(pid, 0) == 0 }
 }
 
+/// A controller on the rules in `rules` (evaluated every 500 ms) and one agent named `node`
+/// (collecting every 500 ms) streaming to it, each with its extra flags.
+async fn fleet(
+    dir: &std::path::Path,
+    rules: &std::path::Path,
+    controller_extra: &[&str],
+    node: &str,
+    agent_extra: &[&str],
+) -> Result<(ControllerProc, AgentProc)> {
+    let r = rules.to_string_lossy().to_string();
+    let mut args = vec!["--rules-dir", &r, "--remediation-interval", "500ms"];
+    args.extend_from_slice(controller_extra);
+    let c = ControllerProc::start(&dir.join("c"), free_port(), free_port(), &args).await?;
+    let mut agent_args = vec!["--interval", "500ms"];
+    agent_args.extend_from_slice(agent_extra);
+    let agent = AgentProc::start(&c.grpc_url(), node, &dir.join("spool"), free_port(), &agent_args).await?;
+    Ok((c, agent))
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_log_signature_restarts_the_service_and_the_fix_is_verified() -> Result<()> {
     let dir = tempfile::tempdir()?;
@@ -53,24 +72,9 @@ async fn a_log_signature_restarts_the_service_and_the_fix_is_verified() -> Resul
     let log = dir.path().join("clickhouse-server.log");
     std::fs::write(&log, "")?;
 
-    let r = rules.to_string_lossy().to_string();
-    let c = ControllerProc::start(
-        &dir.path().join("c"),
-        free_port(),
-        free_port(),
-        &["--rules-dir", &r, "--remediation-interval", "500ms"],
-    )
-    .await?;
     let svc = format!("dummy=kill $(cat {p}); {start}", p = pidfile.display());
     let l = log.to_string_lossy().to_string();
-    let _agent = AgentProc::start(
-        &c.grpc_url(),
-        "ch-1",
-        &dir.path().join("spool"),
-        free_port(),
-        &["--interval", "500ms", "--log-file", &l, "--service-restart", &svc],
-    )
-    .await?;
+    let (c, _agent) = fleet(dir.path(), &rules, &[], "ch-1", &["--log-file", &l, "--service-restart", &svc]).await?;
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert!(audit(&c, "restart-on-too-many-parts").await?.is_empty(), "nothing fires while healthy");
 
@@ -140,22 +144,9 @@ async fn an_action_that_does_not_help_is_rolled_back_escalated_and_stops_and_dry
 
     // Dry run first: decided and recorded, nothing changed.
     ttl_rules(&rules, true)?;
-    let (r, url) = (rules.to_string_lossy().to_string(), ch.url());
-    let c = ControllerProc::start(
-        &dir.path().join("c"),
-        free_port(),
-        free_port(),
-        &["--rules-dir", &r, "--remediation-interval", "500ms", "--clickhouse-node-url", &url],
-    )
-    .await?;
-    let _agent = AgentProc::start(
-        &c.grpc_url(),
-        "ch-1",
-        &dir.path().join("spool"),
-        free_port(),
-        &["--interval", "500ms", "--clickhouse-url", &url],
-    )
-    .await?;
+    let url = ch.url();
+    let (c, _agent) =
+        fleet(dir.path(), &rules, &["--clickhouse-node-url", &url], "ch-1", &["--clickhouse-url", &url]).await?;
     wait_outcome(&c, "ttl-that-cannot-help", "dry_run", 20).await?;
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert_eq!(ttl_text(&ch).await?, original, "dry-run changes nothing");
@@ -199,16 +190,7 @@ async fn an_action_waits_for_approval_runs_once_approved_from_the_cli_and_expire
     guards: { approval: { expires_after: 2s }, cooldown: 1h }
 ",
     )?;
-    let r = rules.to_string_lossy().to_string();
-    let c = ControllerProc::start(
-        &dir.path().join("c"),
-        free_port(),
-        free_port(),
-        &["--rules-dir", &r, "--remediation-interval", "500ms"],
-    )
-    .await?;
-    let _agent =
-        AgentProc::start(&c.grpc_url(), "n1", &dir.path().join("spool"), free_port(), &["--interval", "500ms"]).await?;
+    let (c, _agent) = fleet(dir.path(), &rules, &[], "n1", &[]).await?;
 
     let waiting = wait_outcome(&c, "needs-a-human", "awaiting_approval", 20).await?;
     let id = waiting[0]["action_id"].as_str().unwrap_or_default().to_string();
@@ -236,6 +218,7 @@ async fn an_action_waits_for_approval_runs_once_approved_from_the_cli_and_expire
     let (grpc, http) = (c.grpc, c.http);
     let mut c = c;
     c.proc.terminate()?;
+    let r = rules.to_string_lossy().to_string();
     let c =
         ControllerProc::start(&dir.path().join("c"), grpc, http, &["--rules-dir", &r, "--remediation-interval", "1h"])
             .await?;
@@ -265,22 +248,8 @@ async fn a_shortened_ttl_is_restored_once_the_pressure_is_gone() -> Result<()> {
     )?;
     let log = dir.path().join("ch.log");
     std::fs::write(&log, "")?;
-    let (r, url, l) = (rules.to_string_lossy().to_string(), ch.url(), log.to_string_lossy().to_string());
-    let c = ControllerProc::start(
-        &dir.path().join("c"),
-        free_port(),
-        free_port(),
-        &["--rules-dir", &r, "--remediation-interval", "500ms", "--clickhouse-node-url", &url],
-    )
-    .await?;
-    let _agent = AgentProc::start(
-        &c.grpc_url(),
-        "ch-1",
-        &dir.path().join("spool"),
-        free_port(),
-        &["--interval", "500ms", "--log-file", &l],
-    )
-    .await?;
+    let (url, l) = (ch.url(), log.to_string_lossy().to_string());
+    let (c, _agent) = fleet(dir.path(), &rules, &["--clickhouse-node-url", &url], "ch-1", &["--log-file", &l]).await?;
     tokio::time::sleep(Duration::from_secs(1)).await;
     let mut f = std::fs::OpenOptions::new().append(true).open(&log)?;
     writeln!(
