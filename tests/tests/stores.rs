@@ -199,13 +199,23 @@ async fn the_clickhouse_schema_is_created_migrated_once_and_carries_the_retentio
         ch.query("SELECT groupArray(version) FROM (SELECT version FROM medic.schema_migrations ORDER BY version)")
             .await?
             .trim(),
-        "[1,2]",
+        "[1,2,3]",
         "each applied exactly once"
     );
     let tables = ch.query("SELECT name FROM system.tables WHERE database = 'medic' ORDER BY name").await?;
     assert_eq!(
         tables.split_whitespace().collect::<Vec<_>>(),
-        ["events", "logs", "nodes", "samples", "schema_migrations"]
+        [
+            "actions",
+            "anomalies",
+            "changepoints",
+            "forecasts",
+            "logs",
+            "nodes",
+            "outliers",
+            "samples",
+            "schema_migrations"
+        ]
     );
     let ddl =
         ch.query("SELECT create_table_query FROM system.tables WHERE database = 'medic' AND name = 'samples'").await?;
@@ -225,7 +235,117 @@ async fn the_clickhouse_schema_is_created_migrated_once_and_carries_the_retentio
     let ttls = ch
         .query("SELECT name FROM system.tables WHERE database = 'medic' AND engine_full LIKE '%toIntervalSecond(172800)%' ORDER BY name")
         .await?;
-    assert_eq!(ttls.split_whitespace().collect::<Vec<_>>(), ["events", "logs", "samples"]);
+    assert_eq!(
+        ttls.split_whitespace().collect::<Vec<_>>(),
+        ["actions", "anomalies", "changepoints", "forecasts", "logs", "outliers", "samples"]
+    );
+    Ok(())
+}
+
+/// What detection and remediation record can be queried by column in ClickHouse: the audit log
+/// by rule and outcome, anomalies by metric and score, forecasts by resource and time left.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_audit_log_anomalies_and_forecasts_have_tables_with_typed_columns() -> Result<()> {
+    use controller::store::{EventKind, EventRecord};
+    let dir = tempfile::tempdir()?;
+    let ch = ClickHouseProc::start(dir.path()).await?;
+    let store = clickhouse_opener(ch.url(), Duration::from_secs(7 * 86400))().await?;
+    let ev = |kind, body: serde_json::Value| EventRecord { kind, ts_ms: T0, node: "ch-1".into(), body };
+    store
+        .write_events(vec![
+            ev(
+                EventKind::Action,
+                serde_json::json!({"action_id": "a-1", "rule": "clickhouse-down", "target": "ch-1",
+                    "action": "restart", "outcome": "skipped", "guard": "cooldown",
+                    "evidence": "clickhouse_up = 0 for 30s", "message": "in cooldown"}),
+            ),
+            ev(
+                EventKind::Anomaly,
+                serde_json::json!({"metric": "clickhouse_parts_active", "labels": {"table": "hits"},
+                    "score": 0.97, "observed": 310.0, "baseline": 40.0, "signals": ["spike", "novelty"]}),
+            ),
+            ev(
+                EventKind::Forecast,
+                serde_json::json!({"resource": "disk:/var/lib/clickhouse", "exhaustion_seconds": 7200.0,
+                    "pessimistic_seconds": null, "model": "mstl", "explanation": "fills in 2h"}),
+            ),
+            ev(
+                EventKind::Outlier,
+                serde_json::json!({"role": "clickhouse", "metrics": [
+                    {"metric": "cpu", "value": 0.9, "peer_median": 0.2, "outlying_fraction": 1.0, "flagged_by": []}]}),
+            ),
+            ev(
+                EventKind::Changepoint,
+                serde_json::json!({"metric": "mem", "labels": {}, "before_mean": 1.0, "after_mean": 2.0}),
+            ),
+        ])
+        .await?;
+    let q = |sql: &'static str| ch.query(sql);
+    assert_eq!(
+        q("SELECT action_id, rule, action, outcome, guard, evidence FROM medic.actions FORMAT TSV").await?.trim(),
+        "a-1\tclickhouse-down\trestart\tskipped\tcooldown\tclickhouse_up = 0 for 30s"
+    );
+    assert_eq!(
+        q("SELECT node, metric, labels['table'], score, observed, baseline, signals FROM medic.anomalies FORMAT TSV")
+            .await?
+            .trim(),
+        "ch-1\tclickhouse_parts_active\thits\t0.97\t310\t40\t['spike','novelty']"
+    );
+    assert_eq!(
+        q("SELECT resource, exhaustion_seconds, pessimistic_seconds, model FROM medic.forecasts FORMAT TSV")
+            .await?
+            .trim(),
+        "disk:/var/lib/clickhouse\t7200\t\\N\tmstl"
+    );
+    assert_eq!(
+        q("SELECT role, metrics, peer_medians FROM medic.outliers FORMAT TSV").await?.trim(),
+        "clickhouse\t['cpu']\t[0.2]"
+    );
+    assert_eq!(
+        q("SELECT metric, before_mean, after_mean FROM medic.changepoints FORMAT TSV").await?.trim(),
+        "mem\t1\t2"
+    );
+    // The API reads the records back whole.
+    let actions = store.events(EventKind::Action, 10).await?;
+    assert_eq!(actions.len(), 1);
+    assert_eq!(actions[0].body["guard"], "cooldown");
+    Ok(())
+}
+
+/// A store created by an earlier version (one `events` table for every kind) is migrated in
+/// place: each event moves to the table of its kind and the audit log survives the upgrade.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_stored_by_schema_version_2_move_to_the_table_of_their_kind() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let ch = ClickHouseProc::start(dir.path()).await?;
+    drop(clickhouse_opener(ch.url(), Duration::from_secs(7 * 86400))().await?);
+    // Back to what version 2 left behind.
+    for sql in [
+        "DROP TABLE medic.actions",
+        "DROP TABLE medic.anomalies",
+        "DROP TABLE medic.outliers",
+        "DROP TABLE medic.changepoints",
+        "DROP TABLE medic.forecasts",
+        "ALTER TABLE medic.schema_migrations DELETE WHERE version = 3 SETTINGS mutations_sync = 2",
+        "CREATE TABLE medic.events (ts DateTime64(3, 'UTC'), kind LowCardinality(String),
+             node LowCardinality(String), body String) ENGINE = MergeTree PARTITION BY toDate(ts) ORDER BY (kind, ts, node)",
+        r#"INSERT INTO medic.events VALUES
+             ('2026-11-24 00:00:00.000', 'action', 'ch-1', '{"action_id":"a-7","rule":"r","outcome":"verified"}'),
+             ('2026-11-24 00:00:01.000', 'action', 'ch-2', '{"action_id":"a-8","rule":"r","outcome":"escalated"}'),
+             ('2026-11-24 00:00:02.000', 'anomaly', 'ch-1', '{"metric":"m","score":0.9}')"#,
+    ] {
+        ch.query(sql).await?;
+    }
+    let store = clickhouse_opener(ch.url(), Duration::from_secs(7 * 86400))().await?;
+    assert_eq!(
+        ch.query("SELECT groupArray(action_id) FROM (SELECT action_id FROM medic.actions ORDER BY ts)").await?.trim(),
+        "['a-7','a-8']"
+    );
+    assert_eq!(ch.query("SELECT metric, score FROM medic.anomalies FORMAT TSV").await?.trim(), "m\t0.9");
+    assert_eq!(ch.query("EXISTS TABLE medic.events").await?.trim(), "0");
+    use controller::store::EventKind;
+    let actions = store.events(EventKind::Action, 10).await?;
+    assert_eq!(actions.iter().map(|e| e.node.as_str()).collect::<Vec<_>>(), ["ch-2", "ch-1"]);
     Ok(())
 }
 

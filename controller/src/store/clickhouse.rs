@@ -266,6 +266,21 @@ impl ClickHouseStore {
                 format!("DROP TABLE IF EXISTS {db}.actions"),
             ],
         ));
+        // v3: a table per kind of event, so the audit log, anomalies and forecasts can be queried
+        // by column (`SELECT rule, outcome, count() FROM medic.actions GROUP BY …`). The typed
+        // columns are DEFAULT expressions over `body`, the full record as the API shows it: the
+        // controller writes (ts, node, body) only, so adding a field to a record never breaks an
+        // insert, and the rows of v2's `events` are copied over by the same expressions.
+        let mut v3: Vec<String> =
+            EVENT_TABLES.iter().map(|(_, table, columns, order)| event_table_ddl(db, table, columns, order)).collect();
+        for (kind, table, _, _) in EVENT_TABLES {
+            v3.push(format!(
+                "INSERT INTO {db}.{table} (ts, node, body) SELECT ts, node, body FROM {db}.events WHERE kind = '{}'",
+                kind.as_str()
+            ));
+        }
+        v3.push(format!("DROP TABLE IF EXISTS {db}.events"));
+        v.push((3, v3));
         v
     }
 
@@ -361,8 +376,10 @@ impl ClickHouseStore {
     }
 
     /// Tables whose rows expire with the retention, and the time column that decides.
-    fn ttl_tables(&self) -> [(&'static str, &'static str); 3] {
-        [("samples", "ts"), ("logs", "ts"), ("events", "ts")]
+    fn ttl_tables(&self) -> Vec<(&'static str, &'static str)> {
+        let mut t = vec![("samples", "ts"), ("logs", "ts")];
+        t.extend(EVENT_TABLES.iter().map(|(_, table, _, _)| (*table, "ts")));
+        t
     }
 
     async fn migrate(&self) -> Result<(), StoreError> {
@@ -764,25 +781,29 @@ impl Store for ClickHouseStore {
     }
 
     async fn write_events(&self, events: Vec<EventRecord>) -> Result<(), StoreError> {
-        if events.is_empty() {
-            return Ok(());
-        }
         #[derive(Row, Serialize)]
         struct E<'a> {
             ts: i64,
-            kind: &'a str,
             node: &'a str,
             body: &'a str,
         }
-        let mut insert = self.data.insert::<E<'static>>("events").await.map_err(|e| ch_err("recording events", e))?;
-        for ev in &events {
-            let body = ev.body.to_string();
-            insert
-                .write(&E { ts: ev.ts_ms, kind: ev.kind.as_str(), node: &ev.node, body: &body })
-                .await
-                .map_err(|e| ch_err("recording events", e))?;
+        for (kind, _, _, _) in EVENT_TABLES {
+            let table = event_table(kind);
+            let of_kind: Vec<&EventRecord> = events.iter().filter(|e| e.kind == kind).collect();
+            if of_kind.is_empty() {
+                continue;
+            }
+            let mut insert = self.data.insert::<E<'static>>(table).await.map_err(|e| ch_err("recording events", e))?;
+            for ev in of_kind {
+                let body = ev.body.to_string();
+                insert
+                    .write(&E { ts: ev.ts_ms, node: &ev.node, body: &body })
+                    .await
+                    .map_err(|e| ch_err("recording events", e))?;
+            }
+            insert.end().await.map_err(|e| ch_err("recording events", e))?;
         }
-        insert.end().await.map_err(|e| ch_err("recording events", e))
+        Ok(())
     }
 
     async fn events(&self, kind: EventKind, limit: usize) -> Result<Vec<EventRecord>, StoreError> {
@@ -793,12 +814,12 @@ impl Store for ClickHouseStore {
             body: String,
         }
         let db = self.db().to_string();
+        let table = event_table(kind);
         let q = self
             .client
             .query(&format!(
-                "SELECT toUnixTimestamp64Milli(ts) AS ts_ms, node, body FROM {db}.events WHERE kind = ? ORDER BY ts DESC LIMIT ?"
+                "SELECT toUnixTimestamp64Milli(ts) AS ts_ms, node, body FROM {db}.{table} ORDER BY ts DESC LIMIT ?"
             ))
-            .bind(kind.as_str())
             .bind(limit as u64);
         let rows = self.fetch::<E>(q, "reading events").await?;
         rows.into_iter()
@@ -809,6 +830,91 @@ impl Store for ClickHouseStore {
             })
             .collect()
     }
+}
+
+/// The table of each kind of event: (kind, table, typed columns, ORDER BY). Every typed column is
+/// a DEFAULT over `body`, the record as `/api/v1/…` shows it (field names are those of
+/// `AuditEntry`, `AnomalyView`, `OutlierView`, `ChangepointView` and `ForecastView`).
+/// `event_table` must name the same tables.
+const EVENT_TABLES: [(EventKind, &str, &str, &str); 5] = [
+    (
+        EventKind::Action,
+        "actions",
+        "action_id String DEFAULT JSONExtractString(body, 'action_id'),
+         rule LowCardinality(String) DEFAULT JSONExtractString(body, 'rule'),
+         target String DEFAULT JSONExtractString(body, 'target'),
+         action LowCardinality(String) DEFAULT JSONExtractString(body, 'action'),
+         outcome LowCardinality(String) DEFAULT JSONExtractString(body, 'outcome'),
+         guard LowCardinality(String) DEFAULT JSONExtractString(body, 'guard'),
+         message String DEFAULT JSONExtractString(body, 'message') CODEC(ZSTD(3)),
+         evidence String DEFAULT JSONExtractString(body, 'evidence') CODEC(ZSTD(3))",
+        "ts, action_id",
+    ),
+    (
+        EventKind::Anomaly,
+        "anomalies",
+        "metric LowCardinality(String) DEFAULT JSONExtractString(body, 'metric'),
+         labels Map(LowCardinality(String), String) DEFAULT JSONExtract(body, 'labels', 'Map(String, String)'),
+         score Float64 DEFAULT JSONExtractFloat(body, 'score'),
+         observed Float64 DEFAULT JSONExtractFloat(body, 'observed'),
+         baseline Float64 DEFAULT JSONExtractFloat(body, 'baseline'),
+         signals Array(LowCardinality(String)) DEFAULT JSONExtract(body, 'signals', 'Array(String)')",
+        "node, metric, ts",
+    ),
+    (
+        EventKind::Outlier,
+        "outliers",
+        "role LowCardinality(String) DEFAULT JSONExtractString(body, 'role'),
+         metrics Array(LowCardinality(String))
+             DEFAULT arrayMap(m -> JSONExtractString(m, 'metric'), JSONExtractArrayRaw(body, 'metrics')),
+         values Array(Float64)
+             DEFAULT arrayMap(m -> JSONExtractFloat(m, 'value'), JSONExtractArrayRaw(body, 'metrics')),
+         peer_medians Array(Float64)
+             DEFAULT arrayMap(m -> JSONExtractFloat(m, 'peer_median'), JSONExtractArrayRaw(body, 'metrics'))",
+        "node, ts",
+    ),
+    (
+        EventKind::Changepoint,
+        "changepoints",
+        "metric LowCardinality(String) DEFAULT JSONExtractString(body, 'metric'),
+         labels Map(LowCardinality(String), String) DEFAULT JSONExtract(body, 'labels', 'Map(String, String)'),
+         before_mean Float64 DEFAULT JSONExtractFloat(body, 'before_mean'),
+         after_mean Float64 DEFAULT JSONExtractFloat(body, 'after_mean')",
+        "node, metric, ts",
+    ),
+    (
+        EventKind::Forecast,
+        "forecasts",
+        "resource LowCardinality(String) DEFAULT JSONExtractString(body, 'resource'),
+         exhaustion_seconds Nullable(Float64) DEFAULT JSONExtract(body, 'exhaustion_seconds', 'Nullable(Float64)'),
+         pessimistic_seconds Nullable(Float64) DEFAULT JSONExtract(body, 'pessimistic_seconds', 'Nullable(Float64)'),
+         model LowCardinality(String) DEFAULT JSONExtractString(body, 'model'),
+         explanation String DEFAULT JSONExtractString(body, 'explanation') CODEC(ZSTD(3))",
+        "node, resource, ts",
+    ),
+];
+
+fn event_table(kind: EventKind) -> &'static str {
+    match kind {
+        EventKind::Action => "actions",
+        EventKind::Anomaly => "anomalies",
+        EventKind::Outlier => "outliers",
+        EventKind::Changepoint => "changepoints",
+        EventKind::Forecast => "forecasts",
+    }
+}
+
+fn event_table_ddl(db: &str, table: &str, columns: &str, order: &str) -> String {
+    format!(
+        "CREATE TABLE IF NOT EXISTS {db}.{table} (
+            ts DateTime64(3, 'UTC') CODEC(DoubleDelta, ZSTD(1)),
+            node LowCardinality(String),
+            {columns},
+            body String CODEC(ZSTD(3))
+        ) ENGINE = MergeTree
+        PARTITION BY toDate(ts)
+        ORDER BY ({order})"
+    )
 }
 
 #[cfg(test)]
