@@ -33,6 +33,12 @@ pub struct ControllerConfig {
     /// How often rules are evaluated. Default 10s.
     #[serde(with = "humantime_serde_compat")]
     pub remediation_interval: Duration,
+    /// Controller-wide rate limit: at most this many actions, across all rules, within
+    /// `max_actions_window`. Default 10.
+    pub max_actions: u32,
+    /// The window of `max_actions`. Default 10m.
+    #[serde(with = "humantime_serde_compat")]
+    pub max_actions_window: Duration,
     /// Alertmanager base URLs the controller posts its own alerts to (escalations, approvals,
     /// notify steps); empty: they are only logged and audited.
     pub alertmanager_urls: Vec<String>,
@@ -117,6 +123,8 @@ impl Default for ControllerConfig {
             agent_interval: None,
             rules_dir: None,
             remediation_interval: Duration::from_secs(10),
+            max_actions: 10,
+            max_actions_window: Duration::from_secs(600),
             kubernetes: std::env::var_os("KUBERNETES_SERVICE_HOST").is_some(),
             clickhouse_node_url: None,
             alertmanager_urls: Vec::new(),

@@ -144,6 +144,12 @@ struct RunArgs {
     /// Forecast exhaustions closer than this, with no rule that would act, raise MedicExhaustionUnhandled [default: 72h]
     #[arg(long, value_parser = humantime::parse_duration)]
     unhandled_exhaustion_within: Option<Duration>,
+    /// Controller-wide rate limit: at most this many actions across all rules within --max-actions-window [default: 10]
+    #[arg(long)]
+    max_actions: Option<u32>,
+    /// The window of --max-actions, e.g. 10m [default: 10m]
+    #[arg(long, value_parser = humantime::parse_duration)]
+    max_actions_window: Option<Duration>,
     /// Use the Kubernetes API (kubeconfig or in-cluster) for pod restarts and scaling [default: on in a cluster]
     #[arg(long)]
     kubernetes: bool,
@@ -315,6 +321,12 @@ fn config(args: &RunArgs) -> anyhow::Result<ControllerConfig> {
     }
     if let Some(v) = args.unhandled_exhaustion_within {
         cfg.unhandled_exhaustion_within = v;
+    }
+    if let Some(v) = args.max_actions {
+        cfg.max_actions = v;
+    }
+    if let Some(v) = args.max_actions_window {
+        cfg.max_actions_window = v;
     }
     cfg.kubernetes |= args.kubernetes;
     if let Some(v) = args.remediation_interval {

@@ -117,6 +117,7 @@ pub async fn run(cfg: ControllerConfig, shutdown: impl Future<Output = ()> + Sen
         let (facts, detection, nodes, remediation, alerts) =
             (engine.facts.clone(), engine.state.clone(), nodes.clone(), remediation.clone(), alerts.clone());
         let every = cfg.remediation_interval;
+        let (max_actions, max_actions_window) = (cfg.max_actions, cfg.max_actions_window);
         let (store, election) = (store.clone(), cfg.leader_election);
         let (audit, state) = (remediation.audit.clone(), engine.state.clone());
         tokio::spawn(crate::ha::while_leading(
@@ -143,7 +144,7 @@ pub async fn run(cfg: ControllerConfig, shutdown: impl Future<Output = ()> + Sen
                     nodes: nodes.clone(),
                     exec: exec.clone(),
                     remediation: remediation.clone(),
-                    global: Default::default(),
+                    global: crate::decide::guards::GlobalLimit { max: max_actions, per: max_actions_window },
                     every,
                     alerts: alerts.clone(),
                 }
