@@ -25,7 +25,8 @@ enum Command {
     Bench(BenchCmd),
     /// Offline checks of rule files, like promtool's.
     Rules(RulesArgs),
-    /// List remediation actions, or approve one that waits, on a running controller.
+    /// List remediation actions, approve one that waits, or re-enable a stopped rule, on a
+    /// running controller.
     Actions(ActionsArgs),
 }
 
@@ -49,6 +50,8 @@ enum ActionsCmd {
     },
     /// Release an action that waits for approval.
     Approve { id: String },
+    /// Let a rule act again after a failed verification stopped it.
+    Reenable { rule: String },
 }
 
 #[derive(Args, Debug)]
@@ -527,6 +530,19 @@ async fn main() -> anyhow::Result<()> {
                     let body = resp.text().await?;
                     anyhow::ensure!(status.is_success(), "{status}: {body}");
                     println!("approved {id}; it runs at the next remediation round");
+                    Ok(())
+                }
+                ActionsCmd::Reenable { rule } => {
+                    let mut req = http.post(format!("{base}/api/v1/rules/{rule}/reenable"));
+                    if let Some(token) = controller::security::api::client_token(cfg.api_token_file.as_deref())? {
+                        use secrecy::ExposeSecret;
+                        req = req.bearer_auth(token.expose_secret());
+                    }
+                    let resp = req.send().await?;
+                    let status = resp.status();
+                    let body = resp.text().await?;
+                    anyhow::ensure!(status.is_success(), "{status}: {body}");
+                    println!("re-enabled rule {rule}; it acts again from the next remediation round");
                     Ok(())
                 }
             }

@@ -94,6 +94,7 @@ pub async fn run(cfg: ControllerConfig, shutdown: impl Future<Output = ()> + Sen
     );
     let alerts_task = tokio::spawn(alerts.clone().run());
     metrics.register_unprefixed(|r| remediation.audit.register(r));
+    metrics.register_unprefixed(|r| remediation.register(r));
     let runner_task = rules.clone().map(|rules| {
         // The executors this controller can use, Kubernetes first for pods that have one.
         let step_timeout = std::time::Duration::from_secs(120);

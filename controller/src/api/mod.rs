@@ -38,6 +38,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/api/v1/actions", get(actions))
         .route("/api/v1/conditions", get(conditions))
         .route("/api/v1/actions/{id}/approve", axum::routing::post(approve))
+        .route("/api/v1/rules/{name}/reenable", axum::routing::post(reenable))
         .route("/api/v1/anomalies", get(anomalies))
         .route("/api/v1/anomalies/open", get(open_anomalies))
         .route("/api/v1/forecasts", get(forecasts))
@@ -297,6 +298,7 @@ async fn rules(State(s): State<ApiState>) -> Json<serde_json::Value> {
         return Json(serde_json::json!({"rules_dir": null, "rules": [], "errors": []}));
     };
     let set = active.get();
+    let failing = s.remediation.failing_rules();
     let rules: Vec<serde_json::Value> = set
         .rules
         .iter()
@@ -306,6 +308,7 @@ async fn rules(State(s): State<ApiState>) -> Json<serde_json::Value> {
                 "description": r.rule.description,
                 "file": format!("{}:{}", r.file.display(), r.line),
                 "dry_run": r.rule.guards.dry_run,
+                "failing": failing.contains(&r.rule.name),
             })
         })
         .collect();
@@ -338,6 +341,18 @@ async fn approve(
         Ok(Json(serde_json::json!({"approved": id, "note": "it runs at the next remediation round"})))
     } else {
         Err(ApiError(StatusCode::NOT_FOUND, format!("no action {id} is waiting for approval")))
+    }
+}
+
+/// Lets a rule that stopped after a failed verification act again.
+async fn reenable(
+    State(s): State<ApiState>,
+    axum::extract::Path(name): axum::extract::Path<String>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    if s.remediation.reenable(&name) {
+        Ok(Json(serde_json::json!({"reenabled": name, "note": "it acts again from the next remediation round"})))
+    } else {
+        Err(ApiError(StatusCode::NOT_FOUND, format!("rule {name} is not stopped (GET /api/v1/rules shows which are)")))
     }
 }
 

@@ -36,6 +36,11 @@ pub enum Outcome {
     Escalated,
     /// A temporary change (a shortened TTL) was undone once the pressure was gone.
     Restored,
+    /// The executor found nothing it could do on this target (no disk with more room, a TTL
+    /// already at its minimum, a scale at its bound): people are told, the rule stays active.
+    NothingToDo,
+    /// A rule stopped by a failed verification was re-enabled by a person.
+    Reenabled,
 }
 
 impl Outcome {
@@ -53,6 +58,8 @@ impl Outcome {
             Outcome::RolledBack => "rolled_back",
             Outcome::Escalated => "escalated",
             Outcome::Restored => "restored",
+            Outcome::NothingToDo => "nothing_to_do",
+            Outcome::Reenabled => "reenabled",
         }
     }
 }

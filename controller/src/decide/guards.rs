@@ -157,6 +157,14 @@ impl GuardState {
         Decision::Act
     }
 
+    /// The decision for an action a person approved: every guard still applies (what was true
+    /// when it was proposed may not be now: another replica of its shard may be under action),
+    /// but not the approval itself, nor dry-run (which never asks for one).
+    pub fn decide_approved(&self, f: &Firing, g: &Guards, fleet: &Fleet, now_ms: i64) -> Decision {
+        let g = Guards { approval: None, dry_run: false, ..g.clone() };
+        self.decide(f, &g, fleet, now_ms)
+    }
+
     /// An action started (after approval, if one was needed).
     pub fn started(&mut self, id: &str, f: &Firing, now_ms: i64) {
         self.last_action.insert((f.rule.clone(), f.node.clone(), f.target.clone()), now_ms);
@@ -206,7 +214,9 @@ impl GuardState {
                     self.started(&e.action_id, &f, e.at_ms);
                     started_at.insert(&e.action_id, (e.at_ms, &e.rule));
                 }
-                Outcome::Verified => self.finished(&e.action_id, true),
+                // Nothing could be done: not the rule's failure (it stays active).
+                Outcome::Verified | Outcome::NothingToDo => self.finished(&e.action_id, true),
+                Outcome::Reenabled => self.reenable(&e.rule),
                 Outcome::Failed | Outcome::Escalated => self.finished(&e.action_id, false),
                 _ => {}
             }

@@ -16,7 +16,9 @@ use crate::publish::unhandled;
 use crate::rules::load::LoadedRule;
 use crate::rules::model::{Rule, Step};
 use crate::rules::watch::ActiveRules;
-use std::collections::{HashMap, HashSet};
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 use tokio::sync::mpsc;
@@ -30,8 +32,9 @@ struct Verifying {
     undo: Vec<Undo>,
     evidence: String,
     action: String,
-    /// Taken over from before a controller restart: the condition tracker has not seen it hold,
-    /// so "cleared" means it does not hold once the node has reported again.
+    /// When the steps finished: the condition is judged on what the node reported after.
+    since_ms: i64,
+    /// Taken over from before a controller restart (its steps ran under another controller).
     recovered: bool,
 }
 
@@ -50,6 +53,12 @@ struct Pending {
     rule: Rule,
     expires_ms: i64,
     approved: bool,
+}
+
+impl Pending {
+    fn key(&self) -> Key {
+        (self.firing.rule.clone(), self.firing.node.clone(), self.firing.target.clone())
+    }
 }
 
 /// What an execution task reports back to the loop.
@@ -74,13 +83,22 @@ pub struct ConditionView {
     pub evidence: String,
 }
 
-/// Shared with the API: the audit log, approvals and the conditions that hold.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, prometheus_client::encoding::EncodeLabelSet)]
+struct RuleLabel {
+    rule: String,
+}
+
+/// Shared with the API: the audit log, approvals, failing rules and the conditions that hold.
 #[derive(Clone, Default)]
 pub struct Remediation {
     pub audit: Audit,
     pub conditions: Arc<Mutex<Vec<ConditionView>>>,
     approvals: Arc<Mutex<HashSet<String>>>,
     pending_ids: Arc<Mutex<HashSet<String>>>,
+    /// Rules stopped by a failed verification, as of the last round.
+    failing: Arc<Mutex<BTreeSet<String>>>,
+    reenable: Arc<Mutex<HashSet<String>>>,
+    failing_gauge: Family<RuleLabel, Gauge>,
 }
 
 impl Remediation {
@@ -95,6 +113,39 @@ impl Remediation {
             a.insert(id.to_string());
         }
         waiting
+    }
+
+    /// Rules that stopped acting after a failed verification and wait for a person.
+    pub fn failing_rules(&self) -> BTreeSet<String> {
+        self.failing.lock().map(|f| f.clone()).unwrap_or_default()
+    }
+
+    /// Lets a stopped rule act again from the next round; false when the rule is not stopped.
+    pub fn reenable(&self, rule: &str) -> bool {
+        let stopped = self.failing.lock().map(|f| f.contains(rule)).unwrap_or(false);
+        if stopped && let Ok(mut r) = self.reenable.lock() {
+            r.insert(rule.to_string());
+        }
+        stopped
+    }
+
+    pub fn register(&self, r: &mut prometheus_client::registry::Registry) {
+        r.register(
+            "medic_rule_failing",
+            "1 while a rule is stopped after a failed verification (re-enable it with `controller actions reenable RULE`)",
+            self.failing_gauge.clone(),
+        );
+    }
+
+    fn publish_failing(&self, now: BTreeSet<String>) {
+        let Ok(mut f) = self.failing.lock() else { return };
+        for gone in f.difference(&now) {
+            self.failing_gauge.get_or_create(&RuleLabel { rule: gone.clone() }).set(0);
+        }
+        for rule in &now {
+            self.failing_gauge.get_or_create(&RuleLabel { rule: rule.clone() }).set(1);
+        }
+        *f = now;
     }
 }
 
@@ -186,6 +237,8 @@ impl Runner {
         let mut restorations: Vec<Restoration> = Vec::new();
         // The last decision recorded per key, so a blocked rule is audited once, not every round.
         let mut last_decision: HashMap<Key, String> = HashMap::new();
+        // Actions whose steps are running now.
+        let mut running: HashSet<Key> = HashSet::new();
         let (done_tx, mut done_rx) = mpsc::channel::<Executed>(64);
         let mut tick = tokio::time::interval(self.every);
         loop {
@@ -197,6 +250,7 @@ impl Runner {
             // Executions that finished since the last round.
             while let Ok(ex) = done_rx.try_recv() {
                 let key: Key = (ex.firing.rule.clone(), ex.firing.node.clone(), ex.firing.target.clone());
+                running.remove(&key);
                 let action = action_name(&ex.rule);
                 match ex.result {
                     Ok(undo) => {
@@ -225,8 +279,12 @@ impl Runner {
                             undo,
                             evidence: ex.firing.evidence,
                             action,
+                            since_ms: now,
                             recovered: false,
                         });
+                    }
+                    Err((ActError::NothingToDo(why), undo)) => {
+                        self.nothing_to_do(&ex.id, &ex.rule, &action, &ex.firing, &undo, &why, &mut guards).await;
                     }
                     Err((e, undo)) => {
                         self.entry(
@@ -239,6 +297,26 @@ impl Runner {
                         );
                         self.fail(&ex.id, &ex.rule, &action, &ex.firing, &undo, &mut guards).await;
                     }
+                }
+            }
+
+            // Stopped rules a person re-enabled.
+            let reenable: HashSet<String> =
+                self.remediation.reenable.lock().map(|mut r| std::mem::take(&mut *r)).unwrap_or_default();
+            for rule in reenable {
+                if guards.failing_rules().any(|r| *r == rule) {
+                    guards.reenable(&rule);
+                    let f = Firing {
+                        rule: rule.clone(),
+                        node: String::new(),
+                        target: String::new(),
+                        evidence: String::new(),
+                        since_ms: 0,
+                    };
+                    let id = uuid::Uuid::new_v4().to_string();
+                    let action = by_name.get(rule.as_str()).map(|r| action_name(&r.rule)).unwrap_or_default();
+                    self.entry(&id, &f, &action, Outcome::Reenabled, None, "re-enabled by a person".into());
+                    last_decision.retain(|k, _| k.0 != rule);
                 }
             }
 
@@ -257,6 +335,22 @@ impl Runner {
                 // The problem is gone: whatever Medic raised about it is resolved too.
                 self.alerts.resolve(&key_labels(k));
             }
+            // An action still waiting for approval is for a problem that is gone: a rule acts
+            // on a firing condition only, so an approval that comes now must not run it.
+            pending.retain(|id, p| {
+                if !resolved.contains(&p.key()) {
+                    return true;
+                }
+                self.entry(
+                    id,
+                    &p.firing,
+                    &action_name(&p.rule),
+                    Outcome::Skipped,
+                    Some("resolved"),
+                    "the condition cleared before the action ran; nothing was done".into(),
+                );
+                false
+            });
 
             // Verification: cleared in time, or not.
             let holding: HashSet<Key> =
@@ -270,21 +364,36 @@ impl Runner {
                     evidence: v.evidence.clone(),
                     since_ms: 0,
                 };
-                let cleared = resolved.contains(&v.key)
-                    || (v.recovered && !holding.contains(&v.key) && self.observed_since(&by_name, &v.key, started_ms));
+                // Judged on the condition's state, not on a "resolved" event: the condition may
+                // have cleared while the steps were still running. It must have been looked at
+                // again: a node that reports nothing does not prove a fix.
+                let since = if v.recovered { started_ms.max(v.since_ms) } else { v.since_ms };
+                let cleared = !holding.contains(&v.key) && self.observed_since(&by_name, &v.key, since);
                 if cleared {
                     self.entry(&v.id, &firing, &v.action, Outcome::Verified, None, "the condition cleared".into());
                     guards.finished(&v.id, true);
                     for u in &v.undo {
-                        if let Undo::Ttl { step, .. } = u {
-                            restorations.push(Restoration {
-                                id: v.id.clone(),
-                                key: v.key.clone(),
-                                action: v.action.clone(),
-                                undo: u.clone(),
-                                after: step.restore_after,
-                                due_ms: now + step.restore_after.as_millis() as i64,
+                        if let Undo::Ttl { node, step, .. } = u {
+                            let due_ms = now + step.restore_after.as_millis() as i64;
+                            // A table shortened again before its first restoration: the TTL
+                            // to put back is the one before the first change, not the second.
+                            let earlier = restorations.iter_mut().find(|r| match &r.undo {
+                                Undo::Ttl { node: n, step: s, .. } => {
+                                    n == node && s.database == step.database && s.table == step.table
+                                }
+                                _ => false,
                             });
+                            match earlier {
+                                Some(r) => r.due_ms = r.due_ms.max(due_ms),
+                                None => restorations.push(Restoration {
+                                    id: v.id.clone(),
+                                    key: v.key.clone(),
+                                    action: v.action.clone(),
+                                    undo: u.clone(),
+                                    after: step.restore_after,
+                                    due_ms,
+                                }),
+                            }
                         }
                     }
                 } else if now >= v.deadline_ms {
@@ -348,20 +457,49 @@ impl Runner {
             let approved: HashSet<String> =
                 self.remediation.approvals.lock().map(|mut a| std::mem::take(&mut *a)).unwrap_or_default();
             let mut to_run: Vec<(String, Firing, Rule)> = Vec::new();
+            let fleet: Fleet = self
+                .facts
+                .read()
+                .map(|f| f.nodes.iter().map(|(n, nf)| (n.clone(), nf.labels.clone())).collect())
+                .unwrap_or_default();
             pending.retain(|id, p| {
                 if approved.contains(id) {
                     p.approved = true;
+                    self.entry(id, &p.firing, &action_name(&p.rule), Outcome::Approved, None, "approved".into());
                 }
                 if p.approved || now >= p.expires_ms {
-                    let mut l = key_labels(&(p.firing.rule.clone(), p.firing.node.clone(), p.firing.target.clone()));
+                    let mut l = key_labels(&p.key());
                     l.insert("alertname".into(), "MedicApprovalRequired".into());
                     self.alerts.resolve(&l);
                 }
                 if p.approved {
-                    self.entry(id, &p.firing, &action_name(&p.rule), Outcome::Approved, None, "approved".into());
-                    to_run.push((id.clone(), p.firing.clone(), p.rule.clone()));
-                    false
-                } else if now >= p.expires_ms {
+                    // Approved is not exempt from the guards: they are checked now, when it
+                    // would run, and an approved action waits (until it expires) for them.
+                    match guards.decide_approved(&p.firing, &p.rule.guards, &fleet, now) {
+                        Decision::Act => {
+                            guards.started(id, &p.firing, now);
+                            to_run.push((id.clone(), p.firing.clone(), p.rule.clone()));
+                            return false;
+                        }
+                        Decision::Skip { guard, reason } if now < p.expires_ms => {
+                            let tag = format!("approved, held by {guard}");
+                            if last_decision.get(&p.key()) != Some(&tag) {
+                                self.entry(
+                                    id,
+                                    &p.firing,
+                                    &action_name(&p.rule),
+                                    Outcome::Skipped,
+                                    Some(guard),
+                                    format!("approved; waits until {guard} allows it: {reason}"),
+                                );
+                                last_decision.insert(p.key(), tag);
+                            }
+                            return true;
+                        }
+                        _ => {}
+                    }
+                }
+                if now >= p.expires_ms {
                     self.entry(
                         id,
                         &p.firing,
@@ -377,11 +515,6 @@ impl Runner {
             });
 
             // New decisions on firing conditions.
-            let fleet: Fleet = self
-                .facts
-                .read()
-                .map(|f| f.nodes.iter().map(|(n, nf)| (n.clone(), nf.labels.clone())).collect())
-                .unwrap_or_default();
             let busy: HashSet<Key> = verifying
                 .iter()
                 // A recovered action is left to the guards, which say it is in progress (audited).
@@ -392,6 +525,7 @@ impl Runner {
                 )
                 // Approved this round: about to run, not to be decided again.
                 .chain(to_run.iter().map(|(_, f, _)| (f.rule.clone(), f.node.clone(), f.target.clone())))
+                .chain(running.iter().cloned())
                 .collect();
             for f in round.firing {
                 let key: Key = (f.rule.clone(), f.node.clone(), f.target.clone());
@@ -457,17 +591,23 @@ impl Runner {
                             },
                         );
                     }
-                    Decision::Act => to_run.push((id, f.clone(), rule.clone())),
+                    Decision::Act => {
+                        // Counted at once, so the next firing of this same round is judged with
+                        // this one under way (blast radius, shard, rate limits).
+                        guards.started(&id, &f, now);
+                        to_run.push((id, f.clone(), rule.clone()));
+                    }
                 }
                 last_decision.insert(key, tag);
             }
+            self.remediation.publish_failing(guards.failing_rules().cloned().collect());
             if let Ok(mut ids) = self.remediation.pending_ids.lock() {
                 *ids = pending.keys().cloned().collect();
             }
             self.remediation.audit.pending_approval.set(pending.len() as i64);
 
             for (id, f, rule) in to_run {
-                guards.started(&id, &f, now);
+                running.insert((f.rule.clone(), f.node.clone(), f.target.clone()));
                 self.entry(
                     &id,
                     &f,
@@ -576,6 +716,7 @@ impl Runner {
                 undo: Vec::new(),
                 evidence: e.evidence.clone(),
                 action: e.action.clone(),
+                since_ms: e.at_ms,
                 recovered: true,
             });
         }
@@ -606,6 +747,54 @@ impl Runner {
         });
     }
 
+    /// The executor found nothing it could do (no disk with more room, a TTL at its minimum, a
+    /// scale at its bound): what earlier steps changed is undone, people are told, and the rule
+    /// stays active for other targets and after its cooldown — this target needs a person, the
+    /// rule is not wrong.
+    #[allow(clippy::too_many_arguments)]
+    async fn nothing_to_do(
+        &self,
+        id: &str,
+        rule: &Rule,
+        action: &str,
+        f: &Firing,
+        undo: &[Undo],
+        why: &str,
+        guards: &mut GuardState,
+    ) {
+        self.entry(id, f, action, Outcome::NothingToDo, None, why.to_string());
+        if rule.on_failure.rollback {
+            for u in undo.iter().rev() {
+                match self.exec.undo(u).await {
+                    Ok(m) => self.entry(id, f, action, Outcome::RolledBack, None, m),
+                    Err(e) => self.entry(id, f, action, Outcome::Failed, None, format!("rollback failed: {e}")),
+                }
+            }
+        }
+        guards.finished(id, true);
+        if rule.on_failure.escalate {
+            self.entry(
+                id,
+                f,
+                action,
+                Outcome::Escalated,
+                None,
+                format!("nothing Medic can do here ({why}); a person must act. Evidence: {}", f.evidence),
+            );
+            self.alerts.fire(alert(
+                "MedicRemediationFailed",
+                "critical",
+                f,
+                format!("{action} of rule {} on {}: nothing Medic can do", rule.name, f.node),
+                format!(
+                    "The condition holds and the playbook has nothing left to do on this target: {why}. Evidence: {}. The rule stays active and tries again after its cooldown. Audit: /api/v1/actions?rule={}",
+                    f.evidence, rule.name
+                ),
+                "medicremediationfailed",
+            ));
+        }
+    }
+
     /// After a failed step or verification: undo what can be undone, tell people, stop the rule.
     async fn fail(&self, id: &str, rule: &Rule, action: &str, f: &Firing, undo: &[Undo], guards: &mut GuardState) {
         if rule.on_failure.rollback {
@@ -623,7 +812,10 @@ impl Runner {
                 action,
                 Outcome::Escalated,
                 None,
-                format!("rule {} stops acting until a human re-enables it; evidence: {}", rule.name, f.evidence),
+                format!(
+                    "rule {} stops acting until a person re-enables it (`controller actions reenable {}`); evidence: {}",
+                    rule.name, rule.name, f.evidence
+                ),
             );
             self.alerts.fire(alert(
                 "MedicRemediationFailed",
@@ -631,8 +823,8 @@ impl Runner {
                 f,
                 format!("{action} of rule {} on {} did not fix the problem", rule.name, f.node),
                 format!(
-                    "Medic acted and verification failed; reversible changes were rolled back and the rule stopped. Evidence: {}. Audit: /api/v1/actions?rule={}",
-                    f.evidence, rule.name
+                    "Medic acted and verification failed; reversible changes were rolled back and the rule stopped. Evidence: {}. Audit: /api/v1/actions?rule={}. Once fixed, re-enable the rule with `controller actions reenable {}`.",
+                    f.evidence, rule.name, rule.name
                 ),
                 "medicremediationfailed",
             ));

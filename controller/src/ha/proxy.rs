@@ -31,7 +31,15 @@ impl LeaderProxy {
 pub fn leader_only(path: &str) -> bool {
     path == "/api/v1/actions"
         || (path.starts_with("/api/v1/actions/") && path.ends_with("/approve"))
-        || matches!(path, "/api/v1/anomalies" | "/api/v1/forecasts" | "/api/v1/outliers" | "/api/v1/changepoints")
+        || (path.starts_with("/api/v1/rules/") && path.ends_with("/reenable"))
+        || matches!(
+            path,
+            "/api/v1/anomalies"
+                | "/api/v1/forecasts"
+                | "/api/v1/outliers"
+                | "/api/v1/changepoints"
+                | "/api/v1/conditions"
+        )
 }
 
 fn error(status: StatusCode, message: String) -> Response {
