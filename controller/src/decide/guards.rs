@@ -314,6 +314,61 @@ mod tests {
         assert_eq!(s.decide(&firing("r", "n1"), &appr, &fl, 1), Decision::AwaitApproval);
     }
 
+    #[test]
+    fn at_most_a_share_of_a_role_is_under_action_at_once() {
+        let mut s = GuardState::new(GlobalLimit { max: 100, per: Duration::from_secs(60) });
+        let g = Guards {
+            blast_radius: BlastRadius { max_nodes: 10, max_percent: 20.0, one_replica_per_shard: false },
+            ..Default::default()
+        };
+        let fl = fleet(10, 10);
+        for n in ["n0", "n1"] {
+            assert_eq!(s.decide(&firing("r", n), &g, &fl, 0), Decision::Act, "{n}: 2 of 10 is 20 %");
+            s.started(n, &firing("r", n), 0);
+        }
+        match s.decide(&firing("r", "n2"), &g, &fl, 0) {
+            Decision::Skip { guard: "blast_radius", reason } => assert!(reason.contains("30 % > 20 %"), "{reason}"),
+            d => panic!("a third node is 30 % of the role: {d:?}"),
+        }
+        s.finished("n0", true);
+        assert_eq!(s.decide(&firing("r", "n2"), &g, &fl, 1), Decision::Act, "room again once one is done");
+    }
+
+    #[test]
+    fn an_approved_action_still_obeys_every_guard_but_approval() {
+        let mut s = GuardState::new(GlobalLimit::default());
+        let g = Guards {
+            blast_radius: BlastRadius { max_nodes: 10, max_percent: 100.0, one_replica_per_shard: true },
+            approval: Some(Approval { expires_after: Duration::from_secs(60) }),
+            ..Default::default()
+        };
+        let fl = fleet(4, 2); // n0,n2 in s0
+        assert_eq!(s.decide(&firing("r", "n0"), &g, &fl, 0), Decision::AwaitApproval);
+        assert_eq!(s.decide_approved(&firing("r", "n0"), &g, &fl, 0), Decision::Act);
+        s.started("a", &firing("r", "n0"), 0);
+        assert!(matches!(s.decide_approved(&firing("r", "n2"), &g, &fl, 1), Decision::Skip { guard: "shard", .. }));
+    }
+
+    #[test]
+    fn nothing_to_do_does_not_stop_a_rule_and_a_reenabled_rule_stays_enabled_after_a_restart() {
+        let history = [
+            entry("a1", "r", "n0", Outcome::Started, 1_000),
+            entry("a1", "r", "n0", Outcome::NothingToDo, 1_100),
+            entry("a1", "r", "n0", Outcome::Escalated, 1_200),
+            entry("a2", "q", "n0", Outcome::Started, 1_300),
+            entry("a2", "q", "n0", Outcome::Failed, 1_400),
+            entry("a2", "q", "n0", Outcome::Escalated, 1_500),
+        ];
+        let mut s = GuardState::new(GlobalLimit::default());
+        s.restore(&history, 10 * MIN, |_| Duration::from_secs(60));
+        assert_eq!(s.failing_rules().collect::<Vec<_>>(), ["q"], "only the failed verification stops its rule");
+        let mut later = history.to_vec();
+        later.push(entry("a3", "q", "", Outcome::Reenabled, 1_600));
+        let mut s = GuardState::new(GlobalLimit::default());
+        s.restore(&later, 10 * MIN, |_| Duration::from_secs(60));
+        assert_eq!(s.failing_rules().count(), 0);
+    }
+
     fn entry(id: &str, rule: &str, node: &str, outcome: Outcome, at_ms: i64) -> AuditEntry {
         AuditEntry {
             action_id: id.into(),
