@@ -49,6 +49,11 @@ pub struct ControllerConfig {
     /// raises MedicAnomalyUnhandled. Default 5m.
     #[serde(with = "humantime_serde_compat")]
     pub unhandled_anomaly_for: Duration,
+    /// Which anomalies may raise MedicAnomalyUnhandled: `GLOB:up|down|any` per metric, the first
+    /// match decides. Empty (the default): the built-in health signals (errors and failures
+    /// rising, latency and backlogs growing, memory pressure, space running out, ClickHouse
+    /// down); volume metrics (rows, bytes, query counts) never page on their own.
+    pub unhandled_anomaly_metrics: Vec<String>,
     /// Forecast exhaustions closer than this, with no rule that would act, raise
     /// MedicExhaustionUnhandled. Default 72h.
     #[serde(with = "humantime_serde_compat")]
@@ -130,6 +135,7 @@ impl Default for ControllerConfig {
             alertmanager_urls: Vec::new(),
             alert_resend: Duration::from_secs(60),
             unhandled_anomaly_for: Duration::from_secs(300),
+            unhandled_anomaly_metrics: Vec::new(),
             unhandled_exhaustion_within: Duration::from_secs(72 * 3600),
             clickhouse_url: None,
             clickhouse_database: "medic".into(),

@@ -144,6 +144,9 @@ struct RunArgs {
     /// How long a series must stay anomalous, with no rule covering it, before MedicAnomalyUnhandled is raised [default: 5m]
     #[arg(long, value_parser = humantime::parse_duration)]
     unhandled_anomaly_for: Option<Duration>,
+    /// A metric whose anomalies may raise MedicAnomalyUnhandled, as GLOB:up|down|any (the harmful direction); repeat it. Replaces the built-in health signals (errors, latency, backlogs, memory pressure, space running out) [default: built-in]
+    #[arg(long = "unhandled-anomaly-metric")]
+    unhandled_anomaly_metrics: Vec<String>,
     /// Forecast exhaustions closer than this, with no rule that would act, raise MedicExhaustionUnhandled [default: 72h]
     #[arg(long, value_parser = humantime::parse_duration)]
     unhandled_exhaustion_within: Option<Duration>,
@@ -321,6 +324,9 @@ fn config(args: &RunArgs) -> anyhow::Result<ControllerConfig> {
     }
     if let Some(v) = args.unhandled_anomaly_for {
         cfg.unhandled_anomaly_for = v;
+    }
+    if !args.unhandled_anomaly_metrics.is_empty() {
+        cfg.unhandled_anomaly_metrics = args.unhandled_anomaly_metrics.clone();
     }
     if let Some(v) = args.unhandled_exhaustion_within {
         cfg.unhandled_exhaustion_within = v;

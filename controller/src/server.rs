@@ -25,6 +25,16 @@ use std::sync::Arc;
 use std::time::Duration;
 
 pub async fn run(cfg: ControllerConfig, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+    let anomaly_metrics: Vec<crate::publish::unhandled::HealthSignal> = if cfg.unhandled_anomaly_metrics.is_empty() {
+        crate::publish::unhandled::default_health_signals()
+    } else {
+        cfg.unhandled_anomaly_metrics
+            .iter()
+            .map(|s| {
+                s.parse().map_err(|e| anyhow::anyhow!("--unhandled-anomaly-metric {s}: {e} (write GLOB:up|down|any)"))
+            })
+            .collect::<anyhow::Result<_>>()?
+    };
     let security = crate::security::Security::from_config(&cfg)?;
     cfg.check_leader_election()?;
     let store: Arc<dyn Store> = match cfg.clickhouse()? {
@@ -192,6 +202,7 @@ pub async fn run(cfg: ControllerConfig, shutdown: impl Future<Output = ()> + Sen
             anomaly_for: cfg.unhandled_anomaly_for,
             exhaustion_within: cfg.unhandled_exhaustion_within,
             every: cfg.remediation_interval,
+            anomaly_metrics,
             ..Default::default()
         },
         rules: rules.clone(),

@@ -220,6 +220,9 @@ async fn an_anomaly_and_an_exhaustion_that_no_rule_handles_page_and_resolve() ->
             "1s",
             "--unhandled-anomaly-for",
             "2s",
+            // An application metric: not one of the built-in health signals.
+            "--unhandled-anomaly-metric",
+            "app_queue_depth:up",
         ],
     )
     .await?;

@@ -36,6 +36,110 @@ pub struct UnhandledConfig {
     /// Pessimistic exhaustion closer than this is critical, otherwise warning. Default 24h.
     pub critical_within: Duration,
     pub every: Duration,
+    /// Which anomalies are worth a page: a metric matching one of these, moving in its harmful
+    /// direction. The first matching entry decides. Default [`HEALTH_SIGNALS`].
+    pub anomaly_metrics: Vec<HealthSignal>,
+}
+
+/// Which way a health signal goes wrong.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Harmful {
+    Up,
+    Down,
+    Any,
+}
+
+/// A metric (glob, case-insensitive) whose anomalies may page, and the direction that harms.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HealthSignal {
+    pub pattern: String,
+    pub harmful: Harmful,
+}
+
+impl std::str::FromStr for HealthSignal {
+    type Err = String;
+    /// `GLOB`, `GLOB:up`, `GLOB:down` or `GLOB:any` (the default).
+    fn from_str(s: &str) -> Result<Self, String> {
+        let (pattern, dir) = match s.rsplit_once(':') {
+            Some((p, d)) if matches!(d, "up" | "down" | "any") => (p, d),
+            _ => (s, "any"),
+        };
+        glob::Pattern::new(pattern).map_err(|e| format!("{pattern}: not a glob pattern: {e}"))?;
+        let harmful = match dir {
+            "up" => Harmful::Up,
+            "down" => Harmful::Down,
+            _ => Harmful::Any,
+        };
+        Ok(Self { pattern: pattern.to_string(), harmful })
+    }
+}
+
+/// The anomalies that page by default: signals of harm — errors and failures rising, latency and
+/// backlogs growing, memory pressure, something running out or going down. An anomaly on a
+/// volume metric (rows, bytes, parts, query counts, CPU seconds, network bytes, uptime) is real
+/// but mostly the workload changing: it stays on the dashboards and in /api/v1/anomalies, and a
+/// rule with an `anomaly` condition can still act on it or notify. Each entry `GLOB:direction`.
+pub const HEALTH_SIGNALS: &[&str] = &[
+    // Running out, or going away.
+    "clickhouse_up:down",
+    "clickhouse_disk_free_*:down",
+    "clickhouse_disk_unreserved_bytes:down",
+    "node_filesystem_avail_bytes:down",
+    "node_filesystem_free_bytes:down",
+    "node_filesystem_files_free:down",
+    "node_filesystem_readonly:up",
+    "node_filesystem_device_error:up",
+    "clickhouse_replica_active_replicas:down",
+    // Errors and failures (counters: their rate).
+    "*error*:up",
+    "*errs*:up",
+    "*fail*:up",
+    "*exception*:up",
+    "*_drop_total:up",
+    "medic_agent_log_records_total:up",
+    // Latency and backlogs.
+    "clickhouse_query_duration_seconds:up",
+    "clickhouse_scrape_duration_seconds:up",
+    "clickhouse_replica_absolute_delay_seconds:up",
+    "clickhouse_replica_log_delay:up",
+    "clickhouse_replica_queue_size:up",
+    "clickhouse_replica_inserts_in_queue:up",
+    "clickhouse_replica_is_readonly:up",
+    "clickhouse_replica_is_session_expired:up",
+    "clickhouse_replica_lost_part_count:up",
+    "clickhouse_mutations_stuck:up",
+    "clickhouse_detached_parts:up",
+    "clickhouse_table_max_parts_per_partition:up",
+    "node_procs_blocked:up",
+    // Memory pressure.
+    "clickhouse_metrics_MemoryTracking:up",
+    "node_memory_MemAvailable_bytes:down",
+    "node_memory_SwapFree_bytes:down",
+    "node_memory_AnonPages_bytes:up",
+    "node_memory_Committed_AS_bytes:up",
+    "node_pressure_*:up",
+    "node_vmstat_oom_kill_total:up",
+    "node_vmstat_pswp*:up",
+    "node_vmstat_pgmajfault_total:up",
+];
+
+pub fn default_health_signals() -> Vec<HealthSignal> {
+    HEALTH_SIGNALS.iter().filter_map(|s| s.parse().ok()).collect()
+}
+
+/// Whether this anomaly moves a health signal the harmful way.
+pub fn harmful(signals: &[HealthSignal], s: &Scored) -> bool {
+    let opts = glob::MatchOptions { case_sensitive: false, ..Default::default() };
+    let Some(sig) =
+        signals.iter().find(|h| glob::Pattern::new(&h.pattern).is_ok_and(|p| p.matches_with(&s.metric, opts)))
+    else {
+        return false;
+    };
+    match sig.harmful {
+        Harmful::Any => true,
+        Harmful::Up => s.observed > s.baseline,
+        Harmful::Down => s.observed < s.baseline,
+    }
 }
 
 impl Default for UnhandledConfig {
@@ -45,6 +149,7 @@ impl Default for UnhandledConfig {
             exhaustion_within: Duration::from_secs(72 * 3600),
             critical_within: Duration::from_secs(24 * 3600),
             every: Duration::from_secs(10),
+            anomaly_metrics: default_health_signals(),
         }
     }
 }
@@ -79,6 +184,9 @@ pub struct Scored {
     pub metric: String,
     pub labels: String,
     pub score: f64,
+    /// What the detector expected, and the value that opened the episode (for counters: rates).
+    pub baseline: f64,
+    pub observed: f64,
     /// Baseline, anomalous and latest value, for people.
     pub detail: String,
 }
@@ -182,7 +290,7 @@ impl Tracker {
         // Anomalies: the worst uncovered series per (node, metric).
         let mut worst: HashMap<(String, String), (&Scored, usize)> = HashMap::new();
         for s in scored.iter().filter(|s| s.score >= ALERT_SCORE) {
-            if anomaly_covered(rules, facts, signals, s, now_ms) {
+            if !harmful(&cfg.anomaly_metrics, s) || anomaly_covered(rules, facts, signals, s, now_ms) {
                 continue;
             }
             let e = worst.entry((s.node.clone(), s.metric.clone())).or_insert((s, 0));
@@ -302,6 +410,8 @@ pub fn current_scores(d: &DetectionState, now_ms: i64) -> Vec<Scored> {
             metric: e.metric.clone(),
             labels: e.labels.clone(),
             score: e.score,
+            baseline: e.baseline,
+            observed: e.observed,
             detail: format!("baseline {:.4}, anomalous value {:.4}, latest {:.4}", e.baseline, e.observed, e.latest),
         })
         .collect()
@@ -378,8 +488,57 @@ mod tests {
         parse(Path::new("t.yaml"), yaml).expect("valid rules").into_iter().map(|r| r.rule).collect()
     }
 
+    /// An anomaly that went up, from 1 to 10.
     fn scored(node: &str, metric: &str, score: f64) -> Scored {
-        Scored { node: node.into(), metric: metric.into(), labels: "device=sda".into(), score, detail: String::new() }
+        Scored {
+            node: node.into(),
+            metric: metric.into(),
+            labels: "device=sda".into(),
+            score,
+            baseline: 1.0,
+            observed: 10.0,
+            detail: String::new(),
+        }
+    }
+
+    #[test]
+    fn only_health_signals_moving_the_harmful_way_page() {
+        let mut t = Tracker::new(cfg());
+        let facts = Facts::default();
+        let down = |metric: &str| Scored { baseline: 10.0, observed: 1.0, ..scored("n1", metric, 0.9) };
+        let s = [
+            // Harmful: errors up, free space down, latency up (case-insensitive globs).
+            scored("n1", "clickhouse_failed_queries_total", 0.9),
+            down("node_filesystem_avail_bytes"),
+            scored("n1", "clickhouse_events_FailedInsertQuery_total", 0.9),
+            // The workload changing: volume metrics, and health signals moving the good way.
+            scored("n1", "clickhouse_table_rows", 0.9),
+            scored("n1", "clickhouse_metrics_PartsOutdated", 0.9),
+            scored("n1", "node_filesystem_avail_bytes", 0.9),
+            down("clickhouse_failed_queries_total"),
+        ];
+        t.round(&[], &facts, &Signals::default(), &s, &[], 0);
+        let r = t.round(&[], &facts, &Signals::default(), &s, &[], 61_000);
+        let mut paged: Vec<&str> = r.fire.iter().map(|a| a.labels["metric"].as_str()).collect();
+        paged.sort();
+        assert_eq!(
+            paged,
+            [
+                "clickhouse_events_FailedInsertQuery_total",
+                "clickhouse_failed_queries_total",
+                "node_filesystem_avail_bytes"
+            ]
+        );
+    }
+
+    #[test]
+    fn health_signals_are_written_glob_colon_direction() {
+        let h: HealthSignal = "node_memory_*:down".parse().expect("valid");
+        assert_eq!(h, HealthSignal { pattern: "node_memory_*".into(), harmful: Harmful::Down });
+        let any: HealthSignal = "*".parse().expect("valid");
+        assert_eq!(any.harmful, Harmful::Any);
+        assert!("[:up".parse::<HealthSignal>().is_err());
+        assert_eq!(default_health_signals().len(), HEALTH_SIGNALS.len(), "every default parses");
     }
 
     fn cfg() -> UnhandledConfig {
@@ -397,14 +556,14 @@ mod tests {
     fn an_uncovered_anomaly_pages_only_after_it_lasted_and_resolves_when_it_is_gone() {
         let mut t = Tracker::new(cfg());
         let facts = Facts::default();
-        let s = [scored("n1", "node_disk_io_time_seconds_total", 0.9)];
+        let s = [scored("n1", "node_pressure_io_stalled_seconds_total", 0.9)];
         let r = t.round(&[], &facts, &Signals::default(), &s, &[], 0);
         assert!(r.fire.is_empty(), "not yet: it must last anomaly_for");
         let r = t.round(&[], &facts, &Signals::default(), &s, &[], 61_000);
         assert_eq!(r.fire.len(), 1);
         assert_eq!(r.fire[0].labels["alertname"], "MedicAnomalyUnhandled");
         assert_eq!(r.fire[0].labels["node"], "n1");
-        assert_eq!(r.fire[0].labels["metric"], "node_disk_io_time_seconds_total");
+        assert_eq!(r.fire[0].labels["metric"], "node_pressure_io_stalled_seconds_total");
         let r = t.round(&[], &facts, &Signals::default(), &[], &[], 71_000);
         assert!(r.fire.is_empty());
         assert_eq!(r.resolve.len(), 1);
@@ -415,7 +574,7 @@ mod tests {
     fn a_blip_that_ends_before_anomaly_for_never_pages() {
         let mut t = Tracker::new(cfg());
         let facts = Facts::default();
-        let s = [scored("n1", "m", 0.9)];
+        let s = [scored("n1", "clickhouse_errors_total", 0.9)];
         t.round(&[], &facts, &Signals::default(), &s, &[], 0);
         t.round(&[], &facts, &Signals::default(), &[], &[], 30_000);
         let r = t.round(&[], &facts, &Signals::default(), &s, &[], 61_000);
@@ -442,13 +601,7 @@ mod tests {
         let mut t = Tracker::new(cfg());
         let facts = Facts::default();
         let s: Vec<Scored> = (0..50)
-            .map(|i| Scored {
-                node: "n1".into(),
-                metric: "m".into(),
-                labels: format!("i={i}"),
-                score: 0.6,
-                detail: String::new(),
-            })
+            .map(|i| Scored { labels: format!("i={i}"), ..scored("n1", "clickhouse_errors_total", 0.6) })
             .collect();
         t.round(&[], &facts, &Signals::default(), &s, &[], 0);
         let r = t.round(&[], &facts, &Signals::default(), &s, &[], 61_000);
