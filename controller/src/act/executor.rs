@@ -188,6 +188,30 @@ impl Executor for ClickHouseExecutor {
     }
 }
 
+/// The pod a node's restart deletes, from its agent's labels: `k8s_pod` and `k8s_namespace`, and
+/// `k8s_pod_uid` so that only the diagnosed pod is deleted, never its successor. An agent running
+/// as a sidecar in the ClickHouse pod gets all three from the downward API
+/// (`--label k8s_pod=$(POD_NAME)` with `POD_NAME` from `metadata.name`, and so on). The namespace
+/// is never guessed: a default would delete a same-named pod in the wrong namespace.
+fn pod_of(t: &Target<'_>) -> Result<k8s::PodRef, ActError> {
+    let label = |k: &str| t.labels.get(k).filter(|v| !v.is_empty()).cloned();
+    let Some(name) = label("k8s_pod") else {
+        return Err(ActError::Unavailable(format!(
+            "node {} has no k8s_pod label naming its ClickHouse pod: start its agent with --label k8s_pod=POD \
+             --label k8s_namespace=NAMESPACE",
+            t.node
+        )));
+    };
+    let Some(namespace) = label("k8s_namespace") else {
+        return Err(ActError::Refused(format!(
+            "node {} names pod {name} (label k8s_pod) but not its namespace: start its agent with \
+             --label k8s_namespace=NAMESPACE too",
+            t.node
+        )));
+    };
+    Ok(k8s::PodRef { namespace, name, uid: label("k8s_pod_uid") })
+}
+
 /// Pods and StatefulSets through the Kubernetes API.
 pub struct KubeExecutor {
     pub client: kube::Client,
@@ -201,9 +225,12 @@ impl Executor for KubeExecutor {
     }
     fn handles(&self, step: &Step, t: &Target<'_>) -> bool {
         match step {
-            // The agent's labels name the node's ClickHouse pod (set by the DaemonSet from the
-            // downward API, or by the operator); without them, restarts go to the agent.
-            Step::Restart(r) => matches!(r.how, RestartHow::Auto | RestartHow::Pod) && t.labels.contains_key("k8s_pod"),
+            // The agent's labels name the node's ClickHouse pod (see [`pod_of`]); without them,
+            // restarts go to the agent.
+            Step::Restart(r) => {
+                matches!(r.how, RestartHow::Auto | RestartHow::Pod)
+                    && t.labels.get("k8s_pod").is_some_and(|p| !p.is_empty())
+            }
             Step::Scale(_) => true,
             _ => false,
         }
@@ -211,9 +238,8 @@ impl Executor for KubeExecutor {
     async fn run(&self, step: &Step, t: &Target<'_>) -> Result<Done, ActError> {
         match step {
             Step::Restart(_) => {
-                let ns = t.labels.get("k8s_namespace").map(String::as_str).unwrap_or("default");
-                let pod = t.labels.get("k8s_pod").map(String::as_str).unwrap_or_default();
-                within(self.timeout, k8s::restart_pod(&self.client, ns, pod)).await.map(Done::msg)
+                let pod = pod_of(t)?;
+                within(self.timeout, k8s::restart_pod(&self.client, &pod)).await.map(Done::msg)
             }
             Step::Scale(sc) => {
                 let change = within(
@@ -229,7 +255,7 @@ impl Executor for KubeExecutor {
     }
     async fn undo(&self, u: &Undo) -> Option<Result<String, ActError>> {
         let Undo::Scale(c) = u else { return None };
-        let r = k8s::unscale(&self.client, c).await;
+        let r = within(self.timeout, k8s::unscale(&self.client, c)).await;
         Some(r.map(|_| format!("{}/{} back to {} replicas", c.namespace, c.statefulset, c.from)))
     }
 }
@@ -335,6 +361,98 @@ mod tests {
             Some("notify")
         );
         assert_eq!(chosen(&executors(false), &restart(RestartHow::Pod), &pod), None, "no Kubernetes API configured");
+    }
+
+    fn kube_executor()
+    -> (KubeExecutor, tower_test::mock::Handle<http::Request<kube::client::Body>, http::Response<kube::client::Body>>)
+    {
+        let (svc, handle) =
+            tower_test::mock::pair::<http::Request<kube::client::Body>, http::Response<kube::client::Body>>();
+        (KubeExecutor { client: kube::Client::new(svc, "default"), timeout: Duration::from_secs(5) }, handle)
+    }
+
+    fn reply(send: tower_test::mock::SendResponse<http::Response<kube::client::Body>>, v: serde_json::Value) {
+        let body = kube::client::Body::from(serde_json::to_vec(&v).expect("json"));
+        send.send_response(http::Response::builder().body(body).expect("response"));
+    }
+
+    async fn body_of(req: http::Request<kube::client::Body>) -> serde_json::Value {
+        serde_json::from_slice(&req.into_body().collect_bytes().await.expect("body")).expect("json body")
+    }
+
+    #[tokio::test]
+    async fn a_pod_restart_deletes_the_pod_the_nodes_labels_name_only_while_it_has_their_uid() {
+        let (ex, mut handle) = kube_executor();
+        let labels: BTreeMap<String, String> =
+            [("k8s_pod", "chi-0-0"), ("k8s_namespace", "ch"), ("k8s_pod_uid", "u-1")]
+                .into_iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect();
+        let server = tokio::spawn(async move {
+            let (req, send) = handle.next_request().await.expect("delete");
+            assert_eq!(req.method(), http::Method::DELETE);
+            assert_eq!(req.uri().path(), "/api/v1/namespaces/ch/pods/chi-0-0");
+            assert_eq!(body_of(req).await, serde_json::json!({"preconditions": {"uid": "u-1"}}));
+            reply(send, serde_json::json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "chi-0-0"}}));
+        });
+        let t = Target { node: "n1", target: "", labels: &labels, evidence: "e" };
+        let done = ex.run(&restart(RestartHow::Pod), &t).await.expect("restarted");
+        assert_eq!(done.message, "deleted pod ch/chi-0-0; its controller recreates it");
+        assert!(done.undo.is_none(), "a deleted pod cannot be put back");
+        server.await.expect("server");
+    }
+
+    #[tokio::test]
+    async fn a_pod_label_without_a_namespace_is_refused_before_any_request() {
+        let (ex, mut handle) = kube_executor();
+        let labels: BTreeMap<String, String> = [("k8s_pod".to_string(), "chi-0-0".to_string())].into();
+        let t = Target { node: "n1", target: "", labels: &labels, evidence: "e" };
+        assert!(ex.handles(&restart(RestartHow::Auto), &t), "the pod label makes it a Kubernetes restart");
+        match ex.run(&restart(RestartHow::Auto), &t).await {
+            Err(ActError::Refused(m)) => assert!(m.contains("--label k8s_namespace=NAMESPACE"), "{m}"),
+            Err(e) => panic!("{e}"),
+            Ok(d) => panic!("{}", d.message),
+        }
+        drop(ex);
+        assert!(handle.next_request().await.is_none(), "nothing was sent");
+    }
+
+    #[tokio::test]
+    async fn a_scale_step_reports_the_change_and_its_undo_restores_it() {
+        use crate::rules::model::ScaleStep;
+        let (ex, mut handle) = kube_executor();
+        let scale_obj = |replicas: i32, rv: &str| {
+            serde_json::json!({"apiVersion": "autoscaling/v1", "kind": "Scale",
+                "metadata": {"name": "chi", "namespace": "ch", "resourceVersion": rv}, "spec": {"replicas": replicas}})
+        };
+        let server = tokio::spawn(async move {
+            let mut patches = Vec::new();
+            for (read, written) in [((2, "5"), (3, "6")), ((3, "6"), (2, "7"))] {
+                let (_, send) = handle.next_request().await.expect("get scale");
+                reply(send, scale_obj(read.0, read.1));
+                let (req, send) = handle.next_request().await.expect("patch scale");
+                assert_eq!(req.method(), http::Method::PATCH);
+                assert_eq!(req.uri().path(), "/apis/apps/v1/namespaces/ch/statefulsets/chi/scale");
+                patches.push(body_of(req).await);
+                reply(send, scale_obj(written.0, written.1));
+            }
+            patches
+        });
+        let step =
+            Step::Scale(ScaleStep { statefulset: "chi".into(), namespace: "ch".into(), step: 1, min: 1, max: 5 });
+        let labels = BTreeMap::new();
+        let t = Target { node: "n1", target: "", labels: &labels, evidence: "e" };
+        let done = ex.run(&step, &t).await.expect("scaled");
+        assert_eq!(done.message, "ch/chi replicas 2 → 3");
+        let undo = done.undo.expect("a scale can be undone");
+        assert_eq!(ex.undo(&undo).await.expect("ours").expect("restored"), "ch/chi back to 2 replicas");
+        assert_eq!(
+            server.await.expect("server"),
+            vec![
+                serde_json::json!({"metadata": {"resourceVersion": "5"}, "spec": {"replicas": 3}}),
+                serde_json::json!({"metadata": {"resourceVersion": "6"}, "spec": {"replicas": 2}}),
+            ]
+        );
     }
 
     #[tokio::test]
