@@ -30,6 +30,11 @@ pub struct ControllerConfig {
     /// Use the Kubernetes API (in-cluster, or the kubeconfig) for pod restarts and scaling.
     /// Default: on when running in a cluster (KUBERNETES_SERVICE_HOST is set).
     pub kubernetes: bool,
+    /// Label selector of the ClickHouse pods (e.g. "app.kubernetes.io/name=clickhouse"): a
+    /// restart of a node whose agent reports only its Kubernetes node (label `k8s_node`, as the
+    /// agent DaemonSet does) deletes the one running pod matching it on that node. Unset: such
+    /// restarts are refused with a message saying to set it.
+    pub kubernetes_pod_selector: Option<String>,
     /// How often rules are evaluated. Default 10s.
     #[serde(with = "humantime_serde_compat")]
     pub remediation_interval: Duration,
@@ -131,6 +136,7 @@ impl Default for ControllerConfig {
             max_actions: 10,
             max_actions_window: Duration::from_secs(600),
             kubernetes: std::env::var_os("KUBERNETES_SERVICE_HOST").is_some(),
+            kubernetes_pod_selector: None,
             clickhouse_node_url: None,
             alertmanager_urls: Vec::new(),
             alert_resend: Duration::from_secs(60),

@@ -159,6 +159,9 @@ struct RunArgs {
     /// Use the Kubernetes API (kubeconfig or in-cluster) for pod restarts and scaling [default: on in a cluster]
     #[arg(long)]
     kubernetes: bool,
+    /// Label selector of the ClickHouse pods: restarting a node whose agent has the label k8s_node deletes the one matching pod on that Kubernetes node [default: none]
+    #[arg(long)]
+    kubernetes_pod_selector: Option<String>,
     /// How often rules are evaluated, e.g. 10s [default: 10s]
     #[arg(long, value_parser = humantime::parse_duration)]
     remediation_interval: Option<Duration>,
@@ -338,6 +341,9 @@ fn config(args: &RunArgs) -> anyhow::Result<ControllerConfig> {
         cfg.max_actions_window = v;
     }
     cfg.kubernetes |= args.kubernetes;
+    if let Some(v) = &args.kubernetes_pod_selector {
+        cfg.kubernetes_pod_selector = Some(v.clone());
+    }
     if let Some(v) = args.remediation_interval {
         cfg.remediation_interval = v;
     }

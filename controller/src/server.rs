@@ -110,7 +110,11 @@ pub async fn run(cfg: ControllerConfig, shutdown: impl Future<Output = ()> + Sen
         let step_timeout = std::time::Duration::from_secs(120);
         let mut executors: Vec<Arc<dyn Executor>> = Vec::new();
         if let Some(client) = kube_client.clone() {
-            executors.push(Arc::new(KubeExecutor { client, timeout: step_timeout }));
+            executors.push(Arc::new(KubeExecutor {
+                client,
+                timeout: step_timeout,
+                pod_selector: cfg.kubernetes_pod_selector.clone(),
+            }));
         }
         if let Some(url) = cfg.clickhouse_node_url.clone() {
             executors.push(Arc::new(ClickHouseExecutor {

@@ -461,11 +461,15 @@ fn kube_rs_calls() -> Result<BTreeSet<(String, String, String)>> {
 fn rbac_has_no_wildcards_and_grants_exactly_the_calls_the_controller_makes() -> Result<()> {
     // What the executors call (read from the source, so a new call without RBAC fails here).
     let calls = kube_rs_calls()?;
-    let expected_calls: BTreeSet<(String, String, String)> =
-        [("", "pods", "delete"), ("apps", "statefulsets/scale", "get"), ("apps", "statefulsets/scale", "patch")]
-            .iter()
-            .map(|(g, r, v)| (g.to_string(), r.to_string(), v.to_string()))
-            .collect();
+    let expected_calls: BTreeSet<(String, String, String)> = [
+        ("", "pods", "delete"),
+        ("", "pods", "list"),
+        ("apps", "statefulsets/scale", "get"),
+        ("apps", "statefulsets/scale", "patch"),
+    ]
+    .iter()
+    .map(|(g, r, v)| (g.to_string(), r.to_string(), v.to_string()))
+    .collect();
     assert_eq!(calls, expected_calls, "controller/src/act/kube.rs calls changed: update controller-rbac.yaml");
 
     for (dir, objs) in all_renders()? {
@@ -701,6 +705,16 @@ fn the_controller_config_map_parses_and_matches_the_mounts_and_ports() -> Result
             assert_eq!(declared.map(|p| p["containerPort"].clone()), Some(Value::from(addr.port())), "{dir}: {port}");
         }
         assert!(cfg.kubernetes, "{dir}: pod restarts and scaling need the Kubernetes API");
+        // A restart finds the node's ClickHouse pod from the agent's k8s_node label and the
+        // controller's pod selector (controller/src/act/executor.rs, pod_of).
+        assert!(
+            cfg.kubernetes_pod_selector.as_deref().is_some_and(|s| !s.is_empty()),
+            "{dir}: kubernetes_pod_selector"
+        );
+        let agent = container(find(&objs, "DaemonSet", "medic-agent")?, "agentd")?;
+        let node_label =
+            flags(agent).into_iter().any(|(f, v)| f == "--label" && v.as_deref() == Some("k8s_node=$(MEDIC_NODE)"));
+        assert!(node_label, "{dir}: the agent must report its Kubernetes node as label k8s_node");
     }
     Ok(())
 }

@@ -188,34 +188,51 @@ impl Executor for ClickHouseExecutor {
     }
 }
 
-/// The pod a node's restart deletes, from its agent's labels: `k8s_pod` and `k8s_namespace`, and
-/// `k8s_pod_uid` so that only the diagnosed pod is deleted, never its successor. An agent running
-/// as a sidecar in the ClickHouse pod gets all three from the downward API
-/// (`--label k8s_pod=$(POD_NAME)` with `POD_NAME` from `metadata.name`, and so on). The namespace
-/// is never guessed: a default would delete a same-named pod in the wrong namespace.
-fn pod_of(t: &Target<'_>) -> Result<k8s::PodRef, ActError> {
+/// The pod a node's restart deletes. Either the agent's labels name it — `k8s_pod` and
+/// `k8s_namespace`, and `k8s_pod_uid` so that only the diagnosed pod is deleted, never its
+/// successor (an agent running as a sidecar in the ClickHouse pod gets all three from the
+/// downward API: `--label k8s_pod=$(POD_NAME)` with `POD_NAME` from `metadata.name`, and so on) —
+/// or they name the Kubernetes node (`k8s_node`, set by the agent DaemonSet) and the pod is the
+/// one there matching `kubernetes_pod_selector`. The namespace is never guessed: a default would
+/// delete a same-named pod in the wrong namespace.
+async fn pod_of(kube: &KubeExecutor, t: &Target<'_>) -> Result<k8s::PodRef, ActError> {
     let label = |k: &str| t.labels.get(k).filter(|v| !v.is_empty()).cloned();
-    let Some(name) = label("k8s_pod") else {
+    if let Some(name) = label("k8s_pod") {
+        let Some(namespace) = label("k8s_namespace") else {
+            return Err(ActError::Refused(format!(
+                "node {} names pod {name} (label k8s_pod) but not its namespace: start its agent with \
+                 --label k8s_namespace=NAMESPACE too",
+                t.node
+            )));
+        };
+        return Ok(k8s::PodRef { namespace, name, uid: label("k8s_pod_uid") });
+    }
+    let Some(node) = label("k8s_node") else {
         return Err(ActError::Unavailable(format!(
-            "node {} has no k8s_pod label naming its ClickHouse pod: start its agent with --label k8s_pod=POD \
-             --label k8s_namespace=NAMESPACE",
+            "node {} has neither a k8s_pod nor a k8s_node label, so Medic cannot tell which pod to restart: \
+             start its agent with --label k8s_node=$(MEDIC_NODE) (as deploy/kubernetes does), or with \
+             --label k8s_pod=POD --label k8s_namespace=NAMESPACE",
             t.node
         )));
     };
-    let Some(namespace) = label("k8s_namespace") else {
+    let Some(selector) = kube.pod_selector.as_deref().filter(|s| !s.is_empty()) else {
         return Err(ActError::Refused(format!(
-            "node {} names pod {name} (label k8s_pod) but not its namespace: start its agent with \
-             --label k8s_namespace=NAMESPACE too",
+            "node {} is Kubernetes node {node}, but no kubernetes_pod_selector says which of its pods is \
+             ClickHouse: set it (--kubernetes-pod-selector) to their labels, e.g. app.kubernetes.io/name=clickhouse, \
+             or clickhouse.altinity.com/chi for the Altinity operator",
             t.node
         )));
     };
-    Ok(k8s::PodRef { namespace, name, uid: label("k8s_pod_uid") })
+    within(kube.timeout, k8s::pod_on_node(&kube.client, &node, selector)).await
 }
 
 /// Pods and StatefulSets through the Kubernetes API.
 pub struct KubeExecutor {
     pub client: kube::Client,
     pub timeout: Duration,
+    /// Label selector of the ClickHouse pods, for nodes whose agent names only its Kubernetes
+    /// node (`k8s_node`): a restart deletes the one matching pod on that node.
+    pub pod_selector: Option<String>,
 }
 
 #[async_trait]
@@ -229,7 +246,7 @@ impl Executor for KubeExecutor {
             // restarts go to the agent.
             Step::Restart(r) => {
                 matches!(r.how, RestartHow::Auto | RestartHow::Pod)
-                    && t.labels.get("k8s_pod").is_some_and(|p| !p.is_empty())
+                    && ["k8s_pod", "k8s_node"].iter().any(|k| t.labels.get(*k).is_some_and(|v| !v.is_empty()))
             }
             Step::Scale(_) => true,
             _ => false,
@@ -238,7 +255,7 @@ impl Executor for KubeExecutor {
     async fn run(&self, step: &Step, t: &Target<'_>) -> Result<Done, ActError> {
         match step {
             Step::Restart(_) => {
-                let pod = pod_of(t)?;
+                let pod = pod_of(self, t).await?;
                 within(self.timeout, k8s::restart_pod(&self.client, &pod)).await.map(Done::msg)
             }
             Step::Scale(sc) => {
@@ -332,6 +349,7 @@ mod tests {
             v.push(Arc::new(KubeExecutor {
                 client: kube::Client::new(svc, "default"),
                 timeout: Duration::from_secs(1),
+                pod_selector: None,
             }));
         }
         v.push(Arc::new(AgentExecutor { nodes: NodeTable::default(), timeout: Duration::from_secs(1) }));
@@ -368,7 +386,14 @@ mod tests {
     {
         let (svc, handle) =
             tower_test::mock::pair::<http::Request<kube::client::Body>, http::Response<kube::client::Body>>();
-        (KubeExecutor { client: kube::Client::new(svc, "default"), timeout: Duration::from_secs(5) }, handle)
+        (
+            KubeExecutor {
+                client: kube::Client::new(svc, "default"),
+                timeout: Duration::from_secs(5),
+                pod_selector: Some("app.kubernetes.io/name=clickhouse".into()),
+            },
+            handle,
+        )
     }
 
     fn reply(send: tower_test::mock::SendResponse<http::Response<kube::client::Body>>, v: serde_json::Value) {
@@ -410,6 +435,51 @@ mod tests {
         assert!(ex.handles(&restart(RestartHow::Auto), &t), "the pod label makes it a Kubernetes restart");
         match ex.run(&restart(RestartHow::Auto), &t).await {
             Err(ActError::Refused(m)) => assert!(m.contains("--label k8s_namespace=NAMESPACE"), "{m}"),
+            Err(e) => panic!("{e}"),
+            Ok(d) => panic!("{}", d.message),
+        }
+        drop(ex);
+        assert!(handle.next_request().await.is_none(), "nothing was sent");
+    }
+
+    #[tokio::test]
+    async fn a_restart_on_a_kubernetes_node_deletes_the_one_clickhouse_pod_found_there() {
+        let (ex, mut handle) = kube_executor();
+        let labels: BTreeMap<String, String> = [("k8s_node".to_string(), "node-a".to_string())].into();
+        let server = tokio::spawn(async move {
+            let (req, send) = handle.next_request().await.expect("list");
+            assert_eq!(req.method(), http::Method::GET);
+            assert_eq!(
+                req.uri().to_string(),
+                "/api/v1/pods?&fieldSelector=spec.nodeName%3Dnode-a&labelSelector=app.kubernetes.io%2Fname%3Dclickhouse"
+            );
+            reply(
+                send,
+                serde_json::json!({"apiVersion": "v1", "kind": "PodList", "metadata": {}, "items": [
+                    {"metadata": {"name": "chi-0-0", "namespace": "ch", "uid": "u-1"}, "status": {"phase": "Running"}}
+                ]}),
+            );
+            let (req, send) = handle.next_request().await.expect("delete");
+            assert_eq!(req.method(), http::Method::DELETE);
+            assert_eq!(req.uri().path(), "/api/v1/namespaces/ch/pods/chi-0-0");
+            assert_eq!(body_of(req).await, serde_json::json!({"preconditions": {"uid": "u-1"}}));
+            reply(send, serde_json::json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "chi-0-0"}}));
+        });
+        let t = Target { node: "node-a", target: "", labels: &labels, evidence: "e" };
+        assert!(ex.handles(&restart(RestartHow::Auto), &t));
+        let done = ex.run(&restart(RestartHow::Auto), &t).await.expect("restarted");
+        assert_eq!(done.message, "deleted pod ch/chi-0-0; its controller recreates it");
+        server.await.expect("server");
+    }
+
+    #[tokio::test]
+    async fn a_kubernetes_node_without_a_pod_selector_says_to_set_one() {
+        let (mut ex, mut handle) = kube_executor();
+        ex.pod_selector = None;
+        let labels: BTreeMap<String, String> = [("k8s_node".to_string(), "node-a".to_string())].into();
+        let t = Target { node: "node-a", target: "", labels: &labels, evidence: "e" };
+        match ex.run(&restart(RestartHow::Auto), &t).await {
+            Err(ActError::Refused(m)) => assert!(m.contains("--kubernetes-pod-selector"), "{m}"),
             Err(e) => panic!("{e}"),
             Ok(d) => panic!("{}", d.message),
         }

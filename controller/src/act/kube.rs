@@ -11,7 +11,7 @@ use super::ActError;
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::Pod;
 use kube::Client;
-use kube::api::{Api, DeleteParams, Patch, PatchParams, Preconditions};
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, Preconditions};
 
 /// Shown in the StatefulSet's managedFields, so `kubectl get -o yaml --show-managed-fields` tells
 /// who set the replicas.
@@ -35,6 +35,61 @@ fn api_status(e: &kube::Error) -> Option<(u16, &str)> {
     match e {
         kube::Error::Api(s) => Some((s.code, s.message.as_str())),
         _ => None,
+    }
+}
+
+/// The ClickHouse pod on Kubernetes node `node`: the one pod matching `selector` there, in any
+/// namespace, that is running and not already terminating. Never a guess: none, or several,
+/// is an error that says what to set.
+pub async fn pod_on_node(client: &Client, node: &str, selector: &str) -> Result<PodRef, ActError> {
+    // A node name is a DNS subdomain; anything else would change the field selector's meaning.
+    if node.is_empty() || !node.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '.') {
+        return Err(ActError::Refused(format!("{node:?} is not a Kubernetes node name (label k8s_node)")));
+    }
+    let api: Api<Pod> = Api::all(client.clone());
+    let lp = ListParams::default().fields(&format!("spec.nodeName={node}")).labels(selector);
+    let pods = api.list(&lp).await.map_err(|e| match api_status(&e) {
+        Some((403, m)) => ActError::Refused(format!(
+            "forbidden: {m}. Medic's service account needs `list` on pods to find node {node}'s ClickHouse pod \
+             (ClusterRole medic-controller-remediate in deploy/kubernetes/base/controller-rbac.yaml)"
+        )),
+        Some((400, m)) => ActError::Refused(format!(
+            "kubernetes_pod_selector {selector:?} is not a valid label selector ({m}); e.g. \
+             app.kubernetes.io/name=clickhouse"
+        )),
+        _ => ActError::Failed(format!("listing the pods on node {node}: {e}")),
+    })?;
+    let pod_ref = |p: &Pod| PodRef {
+        namespace: p.metadata.namespace.clone().unwrap_or_default(),
+        name: p.metadata.name.clone().unwrap_or_default(),
+        uid: p.metadata.uid.clone(),
+    };
+    let terminating = |p: &&Pod| p.metadata.deletion_timestamp.is_some();
+    let finished =
+        |p: &&Pod| matches!(p.status.as_ref().and_then(|s| s.phase.as_deref()), Some("Succeeded") | Some("Failed"));
+    let live: Vec<PodRef> = pods.items.iter().filter(|p| !terminating(p) && !finished(p)).map(pod_ref).collect();
+    match live.as_slice() {
+        [one] => Ok(one.clone()),
+        [] => match pods.items.iter().find(terminating) {
+            Some(p) => {
+                let p = pod_ref(p);
+                Err(ActError::NothingToDo(format!(
+                    "pod {}/{} on node {node} is already terminating; its controller recreates it",
+                    p.namespace, p.name
+                )))
+            }
+            None => Err(ActError::Unavailable(format!(
+                "no running pod matches {selector:?} on Kubernetes node {node}: set kubernetes_pod_selector to \
+                 your ClickHouse pods' labels (see `kubectl get pods -A -o wide --show-labels --field-selector \
+                 spec.nodeName={node}`)"
+            ))),
+        },
+        many => Err(ActError::Refused(format!(
+            "{} running pods match {selector:?} on node {node} ({}); Medic does not pick one: narrow \
+             kubernetes_pod_selector so that it matches only ClickHouse servers",
+            many.len(),
+            many.iter().map(|p| format!("{}/{}", p.namespace, p.name)).collect::<Vec<_>>().join(", ")
+        ))),
     }
 }
 
@@ -120,7 +175,7 @@ pub async fn scale(
     let mut attempt = 0;
     loop {
         attempt += 1;
-        let (current, rv) = read_replicas(&api, statefulset, &what).await?;
+        let (current, rv) = read_replicas(&api, namespace, statefulset, &what).await?;
         let to = plan_scale(current, step, min, max).map_err(|why| ActError::NothingToDo(format!("{what}: {why}")))?;
         match patch_replicas(&api, statefulset, rv, to).await {
             Ok(()) => {
@@ -146,7 +201,7 @@ pub async fn unscale(client: &Client, change: &ScaleChange) -> Result<(), ActErr
     let mut attempt = 0;
     loop {
         attempt += 1;
-        let (current, rv) = read_replicas(&api, statefulset, &what).await?;
+        let (current, rv) = read_replicas(&api, namespace, statefulset, &what).await?;
         if current != *to {
             return Err(ActError::NothingToDo(format!(
                 "{what} has {current} replicas, not the {to} Medic set: it was rescaled since, so Medic leaves it \
@@ -188,9 +243,13 @@ fn scale_err(e: kube::Error, what: &str, ns: &str) -> ActError {
 }
 
 /// The scale subresource's replicas and the resourceVersion they were read at.
-async fn read_replicas(api: &Api<StatefulSet>, name: &str, what: &str) -> Result<(i32, Option<String>), ActError> {
-    let ns = api.namespace().unwrap_or_default().to_string();
-    let s = api.get_scale(name).await.map_err(|e| scale_err(e, what, &ns))?;
+async fn read_replicas(
+    api: &Api<StatefulSet>,
+    ns: &str,
+    name: &str,
+    what: &str,
+) -> Result<(i32, Option<String>), ActError> {
+    let s = api.get_scale(name).await.map_err(|e| scale_err(e, what, ns))?;
     // The API omits replicas when they are 0.
     Ok((s.spec.and_then(|s| s.replicas).unwrap_or(0), s.metadata.resource_version))
 }
@@ -415,6 +474,99 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
+    }
+
+    fn listed(name: &str, ns: &str, uid: &str, phase: &str, terminating: bool) -> Value {
+        let mut p = json!({
+            "metadata": {"name": name, "namespace": ns, "uid": uid},
+            "status": {"phase": phase}
+        });
+        if terminating {
+            p["metadata"]["deletionTimestamp"] = json!("2025-01-01T00:00:00Z");
+        }
+        p
+    }
+
+    async fn find_against(items: Vec<Value>) -> (Result<PodRef, ActError>, Sent) {
+        let (client, mut handle) = mock();
+        let server = tokio::spawn(async move {
+            let (s, send) = next(&mut handle).await;
+            reply(send, 200, json!({"apiVersion": "v1", "kind": "PodList", "metadata": {}, "items": items}));
+            no_more(&mut handle).await;
+            s
+        });
+        let r = pod_on_node(&client, "node-a", "app.kubernetes.io/name=clickhouse").await;
+        drop(client);
+        (r, server.await.expect("server"))
+    }
+
+    #[tokio::test]
+    async fn the_nodes_clickhouse_pod_is_found_by_node_name_and_selector_with_its_uid() {
+        let (r, req) = find_against(vec![
+            listed("chi-0-0", "ch", "u-old", "Failed", false),
+            listed("chi-0-0", "ch", "u-1", "Running", false),
+        ])
+        .await;
+        assert_eq!(
+            req,
+            sent(
+                Method::GET,
+                "/api/v1/pods",
+                "&fieldSelector=spec.nodeName%3Dnode-a&labelSelector=app.kubernetes.io%2Fname%3Dclickhouse",
+                "",
+                Value::Null
+            )
+        );
+        assert_eq!(r.expect("found"), diagnosed(Some("u-1")), "the failed pod is not the running server");
+    }
+
+    #[tokio::test]
+    async fn several_matching_pods_on_a_node_are_refused_rather_than_guessed() {
+        let (r, _) = find_against(vec![
+            listed("chi-0-0", "ch", "u-1", "Running", false),
+            listed("chi-other-0-0", "ch2", "u-2", "Pending", false),
+        ])
+        .await;
+        match r {
+            Err(ActError::Refused(m)) => {
+                assert!(m.contains("2 running pods match \"app.kubernetes.io/name=clickhouse\" on node node-a"), "{m}");
+                assert!(m.contains("(ch/chi-0-0, ch2/chi-other-0-0)"), "{m}");
+                assert!(m.contains("narrow kubernetes_pod_selector"), "{m}");
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn no_matching_pod_on_a_node_says_how_to_find_the_right_selector() {
+        match find_against(vec![]).await.0 {
+            Err(ActError::Unavailable(m)) => {
+                assert!(m.contains(
+                    "no running pod matches \"app.kubernetes.io/name=clickhouse\" on Kubernetes node node-a"
+                ));
+                assert!(m.contains("kubectl get pods -A -o wide --show-labels --field-selector spec.nodeName=node-a"));
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_pod_that_is_already_terminating_is_not_deleted_again() {
+        match find_against(vec![listed("chi-0-0", "ch", "u-1", "Running", true)]).await.0 {
+            Err(ActError::NothingToDo(m)) => {
+                assert_eq!(m, "pod ch/chi-0-0 on node node-a is already terminating; its controller recreates it")
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_node_name_that_could_alter_the_field_selector_is_refused_before_any_request() {
+        let (client, mut handle) = mock();
+        let r = pod_on_node(&client, "node-a,metadata.name=x", "app=clickhouse").await;
+        assert!(matches!(r, Err(ActError::Refused(_))), "{r:?}");
+        drop(client);
+        no_more(&mut handle).await;
     }
 
     #[tokio::test]
