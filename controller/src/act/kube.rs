@@ -3,9 +3,10 @@
 //! verbs on these resources — the RBAC in deploy/kubernetes grants exactly them.
 //!
 //! Every write is conditional on the object Medic looked at: a pod is deleted only while it is
-//! still the pod that was diagnosed (its uid, when the agent reports it), and replicas are patched
-//! only while the StatefulSet is unchanged since they were read (its resourceVersion), so Medic
-//! never deletes a pod's successor nor overwrites someone else's scaling.
+//! still the pod that was chosen (its uid, from the agent's labels or from the pod found on the
+//! node), and replicas are patched only while the StatefulSet is unchanged since they were read
+//! (its resourceVersion), so Medic never deletes a pod's same-named successor nor overwrites
+//! someone else's scaling.
 
 use super::ActError;
 use k8s_openapi::api::apps::v1::StatefulSet;
