@@ -767,6 +767,11 @@ impl Runner {
             for u in undo.iter().rev() {
                 match self.exec.undo(u).await {
                     Ok(m) => self.entry(id, f, action, Outcome::RolledBack, None, m),
+                    // Not an error: what Medic changed was changed again since (a person
+                    // rescaled), so it is left as it is.
+                    Err(ActError::NothingToDo(m)) => {
+                        self.entry(id, f, action, Outcome::NothingToDo, None, format!("not rolled back: {m}"))
+                    }
                     Err(e) => self.entry(id, f, action, Outcome::Failed, None, format!("rollback failed: {e}")),
                 }
             }
@@ -801,6 +806,11 @@ impl Runner {
             for u in undo.iter().rev() {
                 match self.exec.undo(u).await {
                     Ok(m) => self.entry(id, f, action, Outcome::RolledBack, None, m),
+                    // Not an error: what Medic changed was changed again since (a person
+                    // rescaled), so it is left as it is.
+                    Err(ActError::NothingToDo(m)) => {
+                        self.entry(id, f, action, Outcome::NothingToDo, None, format!("not rolled back: {m}"))
+                    }
                     Err(e) => self.entry(id, f, action, Outcome::Failed, None, format!("rollback failed: {e}")),
                 }
             }
