@@ -647,7 +647,10 @@ fn escalations_since(pd: &FakePagerDuty, from: usize) -> Vec<String> {
     let mut seen = std::collections::BTreeMap::new();
     for e in pd.events().iter().skip(from).filter(|e| e["event_action"] == "trigger") {
         let key = e["dedup_key"].as_str().unwrap_or("").to_string();
-        seen.entry(key).or_insert_with(|| e["payload"]["summary"].as_str().unwrap_or("").to_string());
+        // The summary is empty when the grouped alerts differ; the firing list names them all.
+        let firing = e["payload"]["custom_details"]["firing"].as_str().unwrap_or("");
+        let what = if firing.is_empty() { e["payload"]["summary"].as_str().unwrap_or("") } else { firing };
+        seen.entry(key).or_insert_with(|| what.to_string());
     }
     seen.into_values().collect()
 }
@@ -868,7 +871,12 @@ async fn run_fault(s: &Shared, base: &Path, fault: Fault) -> Result<Outcome> {
             out.note.push_str(&format!("detection skipped {skipped} batches (behind); "));
         }
     }
-    out.escalations = escalations_since(&s.pagerduty, pd_before).len();
+    let pages = escalations_since(&s.pagerduty, pd_before);
+    out.escalations = pages.len();
+    if !pages.is_empty() {
+        let shown = pages.iter().take(4).cloned().collect::<Vec<_>>().join(" / ");
+        out.note.push_str(&format!("pages: {shown}; "));
+    }
     let alerts = alerts_since(&s.alertmanager, w.t0_ms.min(healthy_since_ms)).await;
     if !alerts.is_empty() {
         let shown = alerts.iter().take(6).cloned().collect::<Vec<_>>().join(", ");
