@@ -333,8 +333,8 @@ impl<'de> Deserialize<'de> for ExpectedStep {
                     known.iter().map(|(n, _)| *n).collect::<Vec<_>>().join(", ")
                 )));
             };
-            let arg = arg_of(*ty, &value)
-                .map_err(|why| D::Error::custom(format!("`{kind}` argument `{name}`: {why}")))?;
+            let arg =
+                arg_of(*ty, &value).map_err(|why| D::Error::custom(format!("`{kind}` argument `{name}`: {why}")))?;
             out.push((*name, arg));
         }
         Ok(ExpectedStep { kind, args: out })
@@ -753,7 +753,8 @@ fn run_case(t: &TestCase, rules: &[LoadedRule], global: GlobalLimit) -> Vec<Stri
             }
         }
         for (node, b) in &per_node {
-            let labels: Vec<(String, String)> = fleet.get(*node).map(|l| l.clone().into_iter().collect()).unwrap_or_default();
+            let labels: Vec<(String, String)> =
+                fleet.get(*node).map(|l| l.clone().into_iter().collect()).unwrap_or_default();
             facts.observe(node, &labels, b);
         }
         let mut signals = Signals {
@@ -898,11 +899,9 @@ fn run_case(t: &TestCase, rules: &[LoadedRule], global: GlobalLimit) -> Vec<Stri
                     waiting.push(Waiting { firing: f, expires_ms: ts + expires.as_millis() as i64 });
                     busy.insert(key);
                 }
-                Decision::Skip { guard, reason } => blocked.push((
-                    now,
-                    ExpectedBlock { rule: f.rule, node: f.node, guard: guard.to_string() },
-                    reason,
-                )),
+                Decision::Skip { guard, reason } => {
+                    blocked.push((now, ExpectedBlock { rule: f.rule, node: f.node, guard: guard.to_string() }, reason))
+                }
             }
         }
         n += 1;
@@ -959,12 +958,20 @@ fn run_case(t: &TestCase, rules: &[LoadedRule], global: GlobalLimit) -> Vec<Stri
                     .map(|(g, r)| format!("{} ({r})", g.guard))
                     .collect();
                 let got = if other.is_empty() { "not blocked".to_string() } else { other.join(", ") };
-                lines.push(format!("    - expected blocked: {} by {}; got: {got}", where_(&w.rule, &w.node, ""), w.guard));
+                lines.push(format!(
+                    "    - expected blocked: {} by {}; got: {got}",
+                    where_(&w.rule, &w.node, ""),
+                    w.guard
+                ));
             }
         }
         for (g, reason) in &got_blocked {
             if !want_blocked.contains(g) {
-                lines.push(format!("    - unexpected blocked: {} by {} ({reason})", where_(&g.rule, &g.node, ""), g.guard));
+                lines.push(format!(
+                    "    - unexpected blocked: {} by {} ({reason})",
+                    where_(&g.rule, &g.node, ""),
+                    g.guard
+                ));
             }
         }
         if !lines.is_empty() {
@@ -1153,7 +1160,11 @@ tests:
     expect: []
 "#,
         );
-        assert!(r.failures[0].contains("approval at 1m: nothing of events-ttl on a waits for approval"), "{:?}", r.failures);
+        assert!(
+            r.failures[0].contains("approval at 1m: nothing of events-ttl on a waits for approval"),
+            "{:?}",
+            r.failures
+        );
     }
 
     #[test]
@@ -1269,10 +1280,15 @@ tests:
         };
         let head = "rule_files: [r.yaml]\ntests:\n  - name: x\n    expect:\n      - at: 1m\n        actions:\n";
         let e = bad(&format!("{head}          - {{ rule: restart, node: n, steps: [ {{ ttl: {{ tabel: x }} }} ] }}\n"));
-        assert!(e.contains("r-test.yaml:7:") && e.contains("`ttl` has no argument `tabel`; its arguments are database, table"), "{e}");
+        assert!(
+            e.contains("r-test.yaml:7:")
+                && e.contains("`ttl` has no argument `tabel`; its arguments are database, table"),
+            "{e}"
+        );
         let e = bad(&format!("{head}          - {{ rule: restart, node: n, steps: [ {{ reboot: {{}} }} ] }}\n"));
         assert!(e.contains("unknown step kind `reboot`"), "{e}");
-        let e = bad(&format!("{head}          - {{ rule: restart, node: n, steps: [ {{ ttl: {{ min: soon }} }} ] }}\n"));
+        let e =
+            bad(&format!("{head}          - {{ rule: restart, node: n, steps: [ {{ ttl: {{ min: soon }} }} ] }}\n"));
         assert!(e.contains("`ttl` argument `min`: \"soon\" is not a duration"), "{e}");
         let e = bad(&format!("{head}          - {{ rule: restart, node: n, outcome: done }}\n"));
         assert!(e.contains("unknown variant `done`"), "{e}");
@@ -1304,7 +1320,10 @@ rules:
         for (s, (kind, args)) in steps.iter().zip(STEP_ARGS) {
             let (k, rendered) = step_args(s);
             assert_eq!(k, *kind);
-            assert_eq!(rendered.iter().map(|(n, _)| *n).collect::<Vec<_>>(), args.iter().map(|(n, _)| *n).collect::<Vec<_>>());
+            assert_eq!(
+                rendered.iter().map(|(n, _)| *n).collect::<Vec<_>>(),
+                args.iter().map(|(n, _)| *n).collect::<Vec<_>>()
+            );
         }
         assert_eq!(fmt_dur(Duration::from_secs(5400)), "1h30m");
         assert_eq!(fmt_dur(Duration::from_millis(1500)), "1s500ms");
