@@ -131,9 +131,11 @@ pub fn evaluate(
             let last = nf.last_seen.get(&a.metric).copied();
             // Judged against the node's own stream: a node that sends nothing at all is a
             // different problem (agent down), not this metric's absence.
+            // It must also have kept reporting for the whole silence: a node that just died is not
+            // stale yet, but it is not missing the metric either.
             let alive = now_ms - nf.last_batch_ms <= STALE_MS;
             let silent_since = last.unwrap_or(nf.first_batch_ms);
-            if alive && now_ms - silent_since >= hold_ms {
+            if alive && nf.last_batch_ms - silent_since >= hold_ms {
                 vec![Match {
                     target: String::new(),
                     evidence: match last {
@@ -328,6 +330,26 @@ mod tests {
         );
         // A node that went silent entirely is not "missing clickhouse_up".
         assert!(t.round(rs.iter(), &facts, &Signals::default(), 150_000 + STALE_MS + 1).firing.is_empty());
+    }
+
+    #[test]
+    fn a_node_that_stops_reporting_altogether_is_not_missing_a_metric_even_before_it_is_stale() {
+        let rs = rules(
+            "rules:\n  - name: no-ch\n    when: { absent: { metric: clickhouse_up }, for: 1m }\n    do: [ { notify: {} } ]\n",
+        );
+        let mut facts = Facts::default();
+        let mut t = ConditionTracker::default();
+        for ts in [0, 10_000, 20_000] {
+            facts.observe("dead", &[], &batch(ts, vec![("clickhouse_up", &[], 1.0)], &[]));
+            facts.observe("alive", &[], &batch(ts, vec![("clickhouse_up", &[], 1.0)], &[]));
+        }
+        // From 30 s on only `alive` reports, without clickhouse_up.
+        for ts in (30_000..=90_000).step_by(10_000) {
+            facts.observe("alive", &[], &batch(ts, vec![("node_load1", &[], 1.0)], &[]));
+        }
+        let r = t.round(rs.iter(), &facts, &Signals::default(), 90_000);
+        assert_eq!(names(&r.firing), [("no-ch", "alive", "")], "dead sent nothing for 70 s, less than STALE_MS");
+        assert!(r.firing[0].evidence.contains("no clickhouse_up for 70 s"), "{}", r.firing[0].evidence);
     }
 
     #[test]

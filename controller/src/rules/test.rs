@@ -24,6 +24,8 @@
 //!       - { node: ch-1, from: 1m, metrics: [ { metric: clickhouse_query_p99_seconds, value: 4.2, peer_median: 0.3 } ] }
 //!     approvals:                           # someone approves an action waiting for approval
 //!       - { at: 5m, rule: events-ttl, node: ch-1 }
+//!     offline:                             # the node's agent sends nothing at all
+//!       - { node: ch-2, from: 1m, until: 3m }
 //!     expect:
 //!       - at: 2m30s
 //!         actions:
@@ -101,7 +103,20 @@ struct TestCase {
     outliers: Vec<OutlierInput>,
     #[serde(default)]
     approvals: Vec<ApprovalInput>,
+    #[serde(default)]
+    offline: Vec<OfflineInput>,
     expect: Vec<Expectation>,
+}
+
+/// The node's agent sends nothing at all (its series' values are dropped meanwhile).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct OfflineInput {
+    node: String,
+    #[serde(default, deserialize_with = "dur")]
+    from: Duration,
+    #[serde(default, deserialize_with = "opt_dur")]
+    until: Option<Duration>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -699,7 +714,8 @@ fn run_case(t: &TestCase, rules: &[LoadedRule], global: GlobalLimit) -> Vec<Stri
         .chain(t.approvals.iter().map(|a| a.at.as_millis() as i64))
         .max()
         .unwrap_or(0);
-    // Every node an input mentions reports every round (an empty batch when it has nothing).
+    // Every node an input mentions reports every round (an empty batch when it has nothing),
+    // unless it is offline.
     let nodes: BTreeSet<String> = t
         .nodes
         .keys()
@@ -733,8 +749,11 @@ fn run_case(t: &TestCase, rules: &[LoadedRule], global: GlobalLimit) -> Vec<Stri
             let at = at.as_millis() as i64;
             at > now - step_ms && at <= now
         };
-        let mut per_node: BTreeMap<&str, Batch> =
-            nodes.iter().map(|n| (n.as_str(), Batch { seq: 1, created_unix_ms: ts, ..Default::default() })).collect();
+        let mut per_node: BTreeMap<&str, Batch> = nodes
+            .iter()
+            .filter(|n| !t.offline.iter().any(|o| o.node == **n && active(o.from, o.until, now)))
+            .map(|n| (n.as_str(), Batch { seq: 1, created_unix_ms: ts, ..Default::default() }))
+            .collect();
         for (s, vals) in t.series.iter().zip(&parsed) {
             if let (Some(Some(v)), Some(b)) = (vals.get(n), per_node.get_mut(s.node.as_str())) {
                 let labels: Vec<Label> = s.labels.iter().map(|(k, v)| Label::new(k.clone(), v.clone())).collect();
@@ -1264,6 +1283,39 @@ tests:
         actions:
           - { rule: failing-queries, node: ch-1, target: "clickhouse_failed_queries_total{}", steps: [ { notify: { summary: failing } } ] }
           - { rule: slow-node, node: ch-1, steps: [ { notify: { summary: slow, severity: warning } } ] }
+"#,
+        );
+        let r = run(&f).unwrap();
+        assert_eq!(r.failed, 0, "{}", r.failures.join("\n"));
+    }
+
+    #[test]
+    fn an_offline_node_sends_nothing_so_absence_is_judged_only_while_it_reports() {
+        let dir = tempfile::tempdir().unwrap();
+        write(
+            dir.path(),
+            "r.yaml",
+            "rules:\n  - name: no-ch\n    when: { absent: { metric: clickhouse_up }, for: 3m }\n    do: [ { notify: {} } ]\n    guards: { blast_radius: { max_nodes: 5, max_percent: 100 } }\n",
+        );
+        let f = write(
+            dir.path(),
+            "r-test.yaml",
+            r#"
+rule_files: [r.yaml]
+tests:
+  - name: absent
+    interval: 1m
+    series:
+      - { node: a, metric: clickhouse_up, values: "1 1 _ _ _ _ _ _" }
+      - { node: b, metric: clickhouse_up, values: "1 1 _ _ _ _ _ _" }
+    offline: [ { node: b, from: 2m } ]
+    expect:
+      - at: 3m
+        actions: []
+      - at: 4m
+        actions: [ { rule: no-ch, node: a, steps: [ { notify: {} } ] } ]
+      - at: 7m
+        actions: []
 "#,
         );
         let r = run(&f).unwrap();
