@@ -14,8 +14,10 @@
 //!     nodes: { ch-1: { role: clickhouse, shard: s1 } }
 //!     series:
 //!       - { node: ch-1, metric: clickhouse_replica_is_readonly, labels: { database: db, table: t }, values: "0 1 1 1 1 1" }
+//!       - { node: ch-1, metric: clickhouse_up, values: "1x3 _x2 0+0x4" }  # promtool's notation: 1 1 1 1 _ _ 0 0 0 0 0
 //!     logs:
 //!       - { node: ch-1, signature: too_many_parts, at: [1m, 1m10s] }
+//!       - { node: ch-1, signature: too_many_simultaneous_queries, every: 10s, from: 2m, until: 20m }
 //!     forecasts:                           # `until` (optional): the forecast no longer says so
 //!       - { node: ch-1, resource: "clickhouse_disk:default", from: 2m, until: 1h, exhaustion: 20h, pessimistic: 10h }
 //!     anomalies:                           # anomaly episodes: open from `from` until `until` with this score
@@ -135,8 +137,32 @@ struct SeriesInput {
 struct LogInput {
     node: String,
     signature: String,
-    #[serde(deserialize_with = "durs")]
+    /// One record at each of these times…
+    #[serde(default, deserialize_with = "durs")]
     at: Vec<Duration>,
+    /// …and/or one every `every` from `from` until (not including) `until`.
+    #[serde(default, deserialize_with = "opt_dur")]
+    every: Option<Duration>,
+    #[serde(default, deserialize_with = "dur")]
+    from: Duration,
+    #[serde(default, deserialize_with = "opt_dur")]
+    until: Option<Duration>,
+}
+
+impl LogInput {
+    /// Records logged in (lo, hi], in ms of the simulated clock.
+    fn count_in(&self, lo: i64, hi: i64) -> usize {
+        let listed = self.at.iter().map(|a| a.as_millis() as i64).filter(|a| *a > lo && *a <= hi).count();
+        let Some(every) = self.every.map(|e| e.as_millis() as i64).filter(|e| *e > 0) else { return listed };
+        let (from, until) = (self.from.as_millis() as i64, self.until.map(|u| u.as_millis() as i64));
+        let mut k = ((lo + 1 - from).max(0) + every - 1) / every;
+        let mut n = 0;
+        while from + k * every <= hi && until.is_none_or(|u| from + k * every < u) {
+            n += 1;
+            k += 1;
+        }
+        listed + n
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -352,6 +378,7 @@ impl<'de> Deserialize<'de> for ExpectedStep {
                 arg_of(*ty, &value).map_err(|why| D::Error::custom(format!("`{kind}` argument `{name}`: {why}")))?;
             out.push((*name, arg));
         }
+        out.sort_by_key(|(n, _)| known.iter().position(|(k, _)| k == n));
         Ok(ExpectedStep { kind, args: out })
     }
 }
@@ -664,6 +691,40 @@ fn active(from: Duration, until: Option<Duration>, now_ms: i64) -> bool {
     from.as_millis() as i64 <= now_ms && until.is_none_or(|u| now_ms < u.as_millis() as i64)
 }
 
+/// A series' `values`, one per interval, in promtool's notation: `1 2 _ 4`, where `_` is a missing
+/// sample, `_x3` three of them, `a+bxn` the n+1 values a, a+b, …, a+n·b (`a-bxn` going down) and
+/// `axn` a repeated n+1 times.
+fn expand_values(text: &str) -> Result<Vec<Option<f64>>, String> {
+    let mut out = Vec::new();
+    for tok in text.split_whitespace() {
+        let bad = || format!("{tok:?} is not a number, `_`, `_xN` or `a+bxN`");
+        if tok == "_" {
+            out.push(None);
+        } else if let Some(n) = tok.strip_prefix("_x") {
+            out.extend(std::iter::repeat_n(None, n.parse::<usize>().map_err(|_| bad())?));
+        } else if let Ok(v) = tok.parse::<f64>() {
+            out.push(Some(v));
+        } else {
+            let (head, n) = tok.rsplit_once('x').ok_or_else(bad)?;
+            let n: usize = n.parse().map_err(|_| bad())?;
+            // The sign of the step, not of the start or of an exponent.
+            let split = head
+                .char_indices()
+                .skip(1)
+                .filter(|(i, c)| matches!(c, '+' | '-') && !head[..*i].ends_with(['e', 'E']))
+                .map(|(i, _)| i)
+                .last();
+            let (a, b) = match split {
+                Some(i) => (head[..i].parse::<f64>(), head[i..].trim_start_matches('+').parse::<f64>()),
+                None => (head.parse::<f64>(), Ok(0.0)),
+            };
+            let (a, b) = (a.map_err(|_| bad())?, b.map_err(|_| bad())?);
+            out.extend((0..=n).map(|i| Some(a + b * i as f64)));
+        }
+    }
+    Ok(out)
+}
+
 fn labels_text(l: &BTreeMap<String, String>) -> String {
     l.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(",")
 }
@@ -691,6 +752,16 @@ fn check_case(t: &TestCase, rules: &[LoadedRule]) -> Vec<String> {
     for a in &t.anomalies {
         if !(0.0..=1.0).contains(&a.score) {
             bad.push(format!("  anomaly on {} {}: score {} must be in [0, 1]", a.node, a.metric, a.score));
+        }
+    }
+    for s in &t.series {
+        if let Err(e) = expand_values(&s.values) {
+            bad.push(format!("  series {} on {}: {e}", s.metric, s.node));
+        }
+    }
+    for l in &t.logs {
+        if l.every.is_some_and(|e| e.is_zero()) {
+            bad.push(format!("  logs {} on {}: `every` must be more than 0", l.signature, l.node));
         }
     }
     for o in &t.outliers {
@@ -735,11 +806,7 @@ fn run_case(t: &TestCase, rules: &[LoadedRule], global: GlobalLimit) -> Vec<Stri
     let mut waiting: Vec<Waiting> = Vec::new();
     let mut decided: Vec<Decided> = Vec::new();
     let mut blocked: Vec<(i64, ExpectedBlock, String)> = Vec::new();
-    let parsed: Vec<Vec<Option<f64>>> = t
-        .series
-        .iter()
-        .map(|s| s.values.split_whitespace().map(|v| if v == "_" { None } else { v.parse().ok() }).collect())
-        .collect();
+    let parsed: Vec<Vec<Option<f64>>> = t.series.iter().map(|s| expand_values(&s.values).unwrap_or_default()).collect();
     let mut ids = 0u64;
     let mut n = 0usize;
     let mut now = 0i64;
@@ -762,7 +829,7 @@ fn run_case(t: &TestCase, rules: &[LoadedRule], global: GlobalLimit) -> Vec<Stri
         }
         for l in &t.logs {
             if let Some(b) = per_node.get_mut(l.node.as_str()) {
-                for _ in l.at.iter().filter(|at| in_round(**at)) {
+                for _ in 0..l.count_in(now - step_ms, now) {
                     b.logs.push(LogRecord {
                         timestamp_ms: ts,
                         fields: vec![Label::new("signature", l.signature.clone())],
@@ -1346,6 +1413,29 @@ tests:
         assert!(e.contains("unknown variant `done`"), "{e}");
         let e = bad(&format!("{head}          - {{ rule: restrat, node: n }}\n"));
         assert!(e.contains("no rule named \"restrat\""), "{e}");
+    }
+
+    #[test]
+    fn values_use_promtools_expanding_notation_and_a_typo_is_an_error() {
+        let v = |s: &str| {
+            expand_values(s)
+                .map(|v| v.iter().map(|x| x.map_or("_".into(), |x| x.to_string())).collect::<Vec<_>>().join(" "))
+        };
+        assert_eq!(v("1 _ 2.5").unwrap(), "1 _ 2.5");
+        assert_eq!(v("1x3 _x2").unwrap(), "1 1 1 1 _ _");
+        assert_eq!(v("0+10x3 -1-1x2 1e-3x1").unwrap(), "0 10 20 30 -1 -2 -3 0.001 0.001");
+        assert!(v("1 one").unwrap_err().contains("\"one\" is not a number"));
+        assert!(v("1xx").is_err() && v("_xa").is_err());
+        let l = LogInput {
+            node: "n".into(),
+            signature: "s".into(),
+            at: vec![Duration::from_secs(5)],
+            every: Some(Duration::from_secs(10)),
+            from: Duration::from_secs(20),
+            until: Some(Duration::from_secs(60)),
+        };
+        let counts: Vec<usize> = (0..8).map(|i| l.count_in(i * 10_000 - 10_000, i * 10_000)).collect();
+        assert_eq!(counts, [0, 1, 1, 1, 1, 1, 0, 0], "5s, then 20s, 30s, 40s, 50s; 60s is `until`");
     }
 
     #[test]
