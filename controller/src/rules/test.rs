@@ -28,6 +28,8 @@
 //!       - { at: 5m, rule: events-ttl, node: ch-1 }
 //!     offline:                             # the node's agent sends nothing at all
 //!       - { node: ch-2, from: 1m, until: 3m }
+//!     reenable:                            # a person re-enables a rule a failed verification stopped
+//!       - { at: 1h, rule: readonly-replica }
 //!     expect:
 //!       - at: 2m30s
 //!         actions:
@@ -44,11 +46,14 @@
 //! refusal (none when omitted) and `blocked` every refusal. `steps` is optional; when given it
 //! lists every step of the action in order, each written as in the rule file, and the arguments
 //! given must equal the action's (after the rule's defaults are filled in); those left out are not
-//! compared. `action: sql+notify` compares only the kinds. The decisions follow the controller's:
-//! an action runs and is verified when its condition clears (it fails if it does not within the
-//! rule's `verify.clears_within`, which stops the rule); a dry run is decided again every round
-//! the rule fires (the audit log records it once); an action waiting for approval holds its
-//! target until approved (`approvals`, then it runs) or expired, when it is decided again.
+//! compared. `action: sql+notify` compares only the kinds. The decisions follow the controller's
+//! remediation loop, with steps that take no time and succeed: an action counts for the guards as
+//! soon as it is decided, and is verified once its condition no longer holds on what the node
+//! reported since (it fails if it still holds after the rule's `verify.clears_within`, which
+//! stops the rule until `reenable`); a dry run is decided again every round the rule fires (the
+//! audit log records it once); an action waiting for approval holds its target until approved
+//! (`approvals`: it runs as soon as the other guards allow, shown as `blocked` until then),
+//! expired (then it is decided again) or its condition cleared (`blocked` by `resolved`).
 
 use super::load::{LoadedRule, load_files};
 use super::model::{
@@ -107,7 +112,18 @@ struct TestCase {
     approvals: Vec<ApprovalInput>,
     #[serde(default)]
     offline: Vec<OfflineInput>,
+    #[serde(default)]
+    reenable: Vec<ReenableInput>,
     expect: Vec<Expectation>,
+}
+
+/// A person re-enables a rule that a failed verification stopped (`controller actions reenable`).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ReenableInput {
+    #[serde(deserialize_with = "dur")]
+    at: Duration,
+    rule: String,
 }
 
 /// The node's agent sends nothing at all (its series' values are dropped meanwhile).
@@ -679,12 +695,18 @@ fn differences(want: &ExpectedAction, got: &Decided) -> Vec<String> {
 struct Verifying {
     id: String,
     key: Key,
+    since_ms: i64,
     deadline_ms: i64,
 }
 
 struct Waiting {
     firing: Firing,
     expires_ms: i64,
+    approved: bool,
+}
+
+fn key_of(f: &Firing) -> Key {
+    (f.rule.clone(), f.node.clone(), f.target.clone())
 }
 
 fn active(from: Duration, until: Option<Duration>, now_ms: i64) -> bool {
@@ -749,6 +771,9 @@ fn check_case(t: &TestCase, rules: &[LoadedRule]) -> Vec<String> {
     for a in &t.approvals {
         unknown(&a.rule, format!("approval at {}", fmt_dur(a.at)));
     }
+    for r in &t.reenable {
+        unknown(&r.rule, format!("reenable at {}", fmt_dur(r.at)));
+    }
     for a in &t.anomalies {
         if !(0.0..=1.0).contains(&a.score) {
             bad.push(format!("  anomaly on {} {}: score {} must be in [0, 1]", a.node, a.metric, a.score));
@@ -783,6 +808,7 @@ fn run_case(t: &TestCase, rules: &[LoadedRule], global: GlobalLimit) -> Vec<Stri
         .iter()
         .map(|e| e.at.as_millis() as i64)
         .chain(t.approvals.iter().map(|a| a.at.as_millis() as i64))
+        .chain(t.reenable.iter().map(|a| a.at.as_millis() as i64))
         .max()
         .unwrap_or(0);
     // Every node an input mentions reports every round (an empty batch when it has nothing),
@@ -895,10 +921,30 @@ fn run_case(t: &TestCase, rules: &[LoadedRule], global: GlobalLimit) -> Vec<Stri
         }
         let round = tracker.round(rules.iter().map(|r| &r.rule), &facts, &signals, ts);
 
-        // Verification, as the controller does it: cleared, or failed at the window's end.
         let resolved: HashSet<Key> = round.resolved.into_iter().collect();
+        let holding: HashSet<Key> =
+            round.holding.iter().map(|f| (f.rule.clone(), f.node.clone(), f.target.clone())).collect();
+        let block =
+            |f: &Firing, guard: &str| ExpectedBlock { rule: f.rule.clone(), node: f.node.clone(), guard: guard.into() };
+
+        // What waits for approval for a problem that is gone is dropped: an approval must not run it.
+        waiting.retain(|w| {
+            let gone = resolved.contains(&key_of(&w.firing));
+            if gone {
+                let why = "the condition cleared before the action ran; nothing was done".to_string();
+                blocked.push((now, block(&w.firing, "resolved"), why));
+            }
+            !gone
+        });
+
+        // Verification, as the controller does it: the condition no longer holds on what the node
+        // reported since the action, or the window ended (which stops the rule).
         verifying.retain(|v| {
-            if resolved.contains(&v.key) {
+            let cond = by_name.get(v.key.0.as_str()).and_then(|r| r.rule.when.condition());
+            let observed = facts.nodes.get(&v.key.1).is_some_and(|nf| {
+                cond.as_ref().is_some_and(|c| crate::decide::conditions::observed_since(c, nf, v.since_ms))
+            });
+            if !holding.contains(&v.key) && observed {
                 guards.finished(&v.id, true);
                 false
             } else if ts >= v.deadline_ms {
@@ -914,31 +960,33 @@ fn run_case(t: &TestCase, rules: &[LoadedRule], global: GlobalLimit) -> Vec<Stri
             guards.started(&id, f, ts);
             verifying.push(Verifying {
                 id,
-                key: (f.rule.clone(), f.node.clone(), f.target.clone()),
+                key: key_of(f),
+                // The steps take no time here: judged on what the node reports from the next round.
+                since_ms: ts + 1,
                 deadline_ms: ts + lr.rule.verify.clears_within.as_millis() as i64,
             });
         };
 
-        // Approvals given now release what waits; the rest expires in time.
+        // A person re-enables a rule that a failed verification stopped.
+        for r in t.reenable.iter().filter(|r| in_round(r.at)) {
+            if guards.failing_rules().any(|x| *x == r.rule) {
+                guards.reenable(&r.rule);
+            } else {
+                failures.push(format!("  reenable at {}: rule {} is not stopped then", fmt_dur(r.at), r.rule));
+            }
+        }
+
+        // Approvals given now; an approved action runs once the guards allow it (approval and
+        // dry-run aside), or expires.
         for a in t.approvals.iter().filter(|a| in_round(a.at)) {
-            let pos = waiting.iter().position(|w| {
+            let w = waiting.iter_mut().find(|w| {
                 w.firing.rule == a.rule
                     && w.firing.node == a.node
                     && a.target.as_ref().is_none_or(|t| *t == w.firing.target)
+                    && !w.approved
             });
-            match pos.and_then(|i| by_name.get(a.rule.as_str()).map(|lr| (i, *lr))) {
-                Some((i, lr)) => {
-                    let w = waiting.remove(i);
-                    start(&mut guards, &mut verifying, &w.firing, lr);
-                    decided.push(Decided {
-                        round: now,
-                        rule: w.firing.rule.clone(),
-                        node: w.firing.node.clone(),
-                        target: w.firing.target.clone(),
-                        outcome: Outcome::Acted,
-                        steps: lr.rule.steps.clone(),
-                    });
-                }
+            match w {
+                Some(w) => w.approved = true,
                 None => failures.push(format!(
                     "  approval at {}: nothing of {} waits for approval then",
                     fmt_dur(a.at),
@@ -946,14 +994,40 @@ fn run_case(t: &TestCase, rules: &[LoadedRule], global: GlobalLimit) -> Vec<Stri
                 )),
             }
         }
-        waiting.retain(|w| ts < w.expires_ms);
+        let mut still = Vec::new();
+        for w in std::mem::take(&mut waiting) {
+            let Some(lr) = by_name.get(w.firing.rule.as_str()) else { continue };
+            if w.approved {
+                match guards.decide_approved(&w.firing, &lr.rule.guards, &fleet, ts) {
+                    Decision::Act => {
+                        start(&mut guards, &mut verifying, &w.firing, lr);
+                        decided.push(Decided {
+                            round: now,
+                            rule: w.firing.rule.clone(),
+                            node: w.firing.node.clone(),
+                            target: w.firing.target.clone(),
+                            outcome: Outcome::Acted,
+                            steps: lr.rule.steps.clone(),
+                        });
+                        continue;
+                    }
+                    Decision::Skip { guard, reason } if ts < w.expires_ms => {
+                        blocked.push((now, block(&w.firing, guard), format!("approved; waits: {reason}")));
+                        still.push(w);
+                        continue;
+                    }
+                    _ => {}
+                }
+            }
+            if ts < w.expires_ms {
+                still.push(w);
+            }
+        }
+        waiting = still;
 
         // New decisions on what fires and is not already being acted on or waiting.
-        let mut busy: HashSet<Key> = verifying
-            .iter()
-            .map(|v| v.key.clone())
-            .chain(waiting.iter().map(|w| (w.firing.rule.clone(), w.firing.node.clone(), w.firing.target.clone())))
-            .collect();
+        let mut busy: HashSet<Key> =
+            verifying.iter().map(|v| v.key.clone()).chain(waiting.iter().map(|w| key_of(&w.firing))).collect();
         for f in round.firing {
             let key = (f.rule.clone(), f.node.clone(), f.target.clone());
             if busy.contains(&key) {
@@ -982,7 +1056,7 @@ fn run_case(t: &TestCase, rules: &[LoadedRule], global: GlobalLimit) -> Vec<Stri
                     record(Outcome::AwaitingApproval);
                     let expires =
                         lr.rule.guards.approval.as_ref().map(|a| a.expires_after).unwrap_or(Duration::from_secs(3600));
-                    waiting.push(Waiting { firing: f, expires_ms: ts + expires.as_millis() as i64 });
+                    waiting.push(Waiting { firing: f, expires_ms: ts + expires.as_millis() as i64, approved: false });
                     busy.insert(key);
                 }
                 Decision::Skip { guard, reason } => {
@@ -1251,6 +1325,72 @@ tests:
             "{:?}",
             r.failures
         );
+    }
+
+    #[test]
+    fn an_approved_action_waits_for_the_other_guards_and_one_whose_condition_cleared_is_dropped() {
+        let r = run_text(
+            r#"
+rule_files: [r.yaml]
+tests:
+  - name: approval and guards
+    interval: 1m
+    nodes: { a: { shard: s1 }, b: { shard: s1 }, c: { shard: s2 } }
+    series: [ { node: b, metric: clickhouse_up, values: "1x11 0x4 1x10" } ]
+    forecasts:
+      - { node: a, resource: "clickhouse_disk:default", exhaustion: 10h }
+      - { node: c, resource: "clickhouse_disk:default", exhaustion: 10h, until: 15m }
+    approvals: [ { at: 14m, rule: events-ttl, node: a } ]
+    expect:
+      - at: 10m
+        actions:
+          - { rule: events-ttl, node: a, target: "clickhouse_disk:default", outcome: awaiting_approval }
+          - { rule: events-ttl, node: c, target: "clickhouse_disk:default", outcome: awaiting_approval }
+      - at: 12m
+        actions: [ { rule: restart, node: b } ]
+      - at: 14m
+        blocked: [ { rule: events-ttl, node: a, guard: shard } ]
+      - at: 15m
+        blocked: [ { rule: events-ttl, node: a, guard: shard }, { rule: events-ttl, node: c, guard: resolved } ]
+      - at: 16m
+        blocked: [ { rule: events-ttl, node: a, guard: shard } ]
+      - at: 17m
+        actions: [ { rule: events-ttl, node: a, target: "clickhouse_disk:default", outcome: acted } ]
+"#,
+        );
+        assert_eq!(r.failed, 0, "{}", r.failures.join("\n"));
+    }
+
+    #[test]
+    fn a_rule_stopped_by_a_failed_verification_acts_again_once_re_enabled() {
+        let r = run_text(
+            r#"
+rule_files: [r.yaml]
+tests:
+  - name: reenable
+    interval: 1m
+    nodes: { m: {}, n: {} }
+    series:
+      - { node: n, metric: clickhouse_up, values: "0x12" }
+      - { node: m, metric: clickhouse_up, values: "1x7 0x5" }
+    reenable: [ { at: 10m, rule: restart } ]
+    expect:
+      - at: 0s
+        actions: [ { rule: restart, node: n } ]
+      - at: 5m
+        blocked: [ { rule: restart, node: n, guard: rule_failing } ]
+      - at: 9m
+        blocked: [ { rule: restart, node: m, guard: rule_failing }, { rule: restart, node: n, guard: rule_failing } ]
+      - at: 10m
+        actions: [ { rule: restart, node: m } ]
+        blocked: [ { rule: restart, node: n, guard: cooldown } ]
+"#,
+        );
+        assert_eq!(r.failed, 0, "{}", r.failures.join("\n"));
+        let r = run_text(
+            "rule_files: [r.yaml]\ntests:\n  - name: x\n    reenable: [ { at: 1m, rule: restart } ]\n    expect: []\n",
+        );
+        assert!(r.failures[0].contains("reenable at 1m: rule restart is not stopped then"), "{:?}", r.failures);
     }
 
     #[test]
