@@ -20,12 +20,24 @@ async fn reload_state(c: &ControllerProc) -> Result<(f64, serde_json::Value)> {
     Ok((m.get("medic_rules_last_reload_success").copied().unwrap_or(-1.0), rules))
 }
 
+/// (successful, rejected) reloads so far.
+async fn reloads(c: &ControllerProc) -> Result<(f64, f64)> {
+    let m = scrape(&c.url("/metrics")).await?;
+    let n = |r: &str| m.get(&format!("medic_rules_reload_total{{result=\"{r}\"}}")).copied().unwrap_or(0.0);
+    Ok((n("success"), n("error")))
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_broken_edit_is_rejected_and_sighup_reloads_the_fixed_files() -> Result<()> {
     let dir = tempfile::tempdir()?;
     let rules = dir.path().join("rules");
     std::fs::create_dir_all(&rules)?;
-    std::fs::write(rules.join("clickhouse.yaml"), GOOD)?;
+    let file = rules.join("clickhouse.yaml");
+    std::fs::write(&file, GOOD)?;
+    // The same file under a second name outside the watched directory: a write through it changes
+    // the rules without any file event in the rules directory, so only SIGHUP can pick it up.
+    let backdoor = dir.path().join("clickhouse.yaml");
+    std::fs::hard_link(&file, &backdoor)?;
     let rules_arg = rules.to_string_lossy().to_string();
     let c =
         ControllerProc::start(&dir.path().join("c"), free_port(), free_port(), &["--rules-dir", &rules_arg]).await?;
@@ -33,7 +45,8 @@ async fn a_broken_edit_is_rejected_and_sighup_reloads_the_fixed_files() -> Resul
     assert_eq!(ok, 1.0);
     assert_eq!(listed["rules"][0]["name"], "readonly-replica");
 
-    std::fs::write(rules.join("clickhouse.yaml"), GOOD.replace("value: 0", "value: zero"))?;
+    // An edit in the directory is noticed by itself, and rejected.
+    std::fs::write(&file, GOOD.replace("value: 0", "value: zero"))?;
     let listed = eventually(Duration::from_secs(10), || async {
         let (ok, listed) = reload_state(&c).await?;
         Ok((ok == 0.0).then_some(listed))
@@ -43,11 +56,16 @@ async fn a_broken_edit_is_rejected_and_sighup_reloads_the_fixed_files() -> Resul
     let err = listed["errors"][0].as_str().unwrap_or_default();
     assert!(err.contains("clickhouse.yaml:4:") && err.contains("invalid type"), "{err}");
 
-    // Fixed while nobody watches the file (written atomically elsewhere, then moved), and a
-    // SIGHUP asks for the reload.
-    let tmp = dir.path().join("staged.yaml");
-    std::fs::write(&tmp, GOOD.replace("readonly-replica", "readonly-replica-v2"))?;
-    std::fs::rename(&tmp, rules.join("clickhouse.yaml"))?;
+    // Fixed where the watcher cannot see it: nothing happens until SIGHUP.
+    std::fs::write(&backdoor, GOOD.replace("readonly-replica", "readonly-replica-v2"))?;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let before = reloads(&c).await?;
+    let (ok, listed) = reload_state(&c).await?;
+    assert_eq!(
+        (ok, listed["rules"][0]["name"].as_str()),
+        (0.0, Some("readonly-replica")),
+        "a write outside the rules directory is no file event there (else this test proves nothing about SIGHUP)"
+    );
     c.proc.stop_signal(libc::SIGHUP);
     let listed = eventually(Duration::from_secs(10), || async {
         let (ok, listed) = reload_state(&c).await?;
@@ -55,9 +73,22 @@ async fn a_broken_edit_is_rejected_and_sighup_reloads_the_fixed_files() -> Resul
     })
     .await?;
     assert_eq!(listed["errors"].as_array().map(Vec::len), Some(0));
-    let m = scrape(&c.url("/metrics")).await?;
-    assert!(m.get("medic_rules_reload_total{result=\"error\"}").copied().unwrap_or(0.0) >= 1.0);
-    assert!(m.get("medic_rules_reload_total{result=\"success\"}").copied().unwrap_or(0.0) >= 2.0);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(reloads(&c).await?, (before.0 + 1.0, before.1), "one SIGHUP, one reload");
+
+    // Nothing changed at all: each SIGHUP is still exactly one reload.
+    for n in 1..=2 {
+        c.proc.stop_signal(libc::SIGHUP);
+        let after = eventually(Duration::from_secs(10), || async {
+            let r = reloads(&c).await?;
+            Ok((r.0 >= before.0 + 1.0 + f64::from(n)).then_some(r))
+        })
+        .await?;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        assert_eq!(after, (before.0 + 1.0 + f64::from(n), before.1));
+        assert_eq!(reloads(&c).await?, after, "no second reload behind the signal");
+    }
+    assert_eq!(reload_state(&c).await?.1["rules"][0]["name"], "readonly-replica-v2");
     Ok(())
 }
 
@@ -75,36 +106,44 @@ fn rules_check_exits_1_with_file_line_column() -> Result<()> {
     Ok(())
 }
 
-/// The shipped rules are valid, every one of them is exercised by a test, and the tests pass.
+/// The shipped rules are valid, their tests pass, and every shipped rule has a test that states
+/// the arguments of its action and one in which a guard holds it back.
 #[test]
 fn shipped_rules_are_valid_tested_and_pass_their_tests() -> Result<()> {
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../rules");
     let out = std::process::Command::new(bin("controller")?).args(["rules", "check"]).arg(&dir).output()?;
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let tests: Vec<std::path::PathBuf> = std::fs::read_dir(&dir)?
+    let mut tests: Vec<std::path::PathBuf> = std::fs::read_dir(&dir)?
         .filter_map(|e| e.ok().map(|e| e.path()))
         .filter(|p| p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.contains("test") && n.ends_with(".yaml")))
         .collect();
+    tests.sort();
     assert!(!tests.is_empty());
     let out = std::process::Command::new(bin("controller")?).args(["rules", "test"]).args(&tests).output()?;
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
     assert!(stdout.contains(" passed, 0 failed"), "{stdout}");
-    let tested: String = tests.iter().map(|t| std::fs::read_to_string(t).unwrap_or_default()).collect();
-    for f in std::fs::read_dir(&dir)? {
-        let p = f?.path();
-        let name = p.file_name().and_then(|n| n.to_str()).unwrap_or_default().to_string();
-        if !name.ends_with(".yaml") || name.contains("test") {
-            continue;
+
+    let mut covered: std::collections::BTreeMap<String, controller::rules::test::Coverage> = Default::default();
+    for t in &tests {
+        let report = controller::rules::test::run(t).map_err(anyhow::Error::msg)?;
+        for (rule, c) in report.coverage {
+            let all = covered.entry(rule).or_default();
+            all.fires_with_arguments |= c.fires_with_arguments;
+            all.blocked |= c.blocked;
         }
-        for line in std::fs::read_to_string(&p)?.lines() {
-            if let Some(rule) = line.trim().strip_prefix("- name: ") {
-                assert!(
-                    tested.contains(&format!("rule: {rule},")),
-                    "{name}: rule {rule} has no test expecting it to act"
-                );
-            }
-        }
+    }
+    let shipped = controller::rules::load::load_dir(&dir).map_err(|e| anyhow::anyhow!("{e:?}"))?;
+    assert!(shipped.rules.len() >= 10, "{} rules", shipped.rules.len());
+    for r in &shipped.rules {
+        let c = covered.get(&r.rule.name).copied().unwrap_or_default();
+        assert!(
+            c.fires_with_arguments,
+            "{}: rule {} has no test expecting it to fire with its steps' arguments (`steps:`)",
+            r.file.display(),
+            r.rule.name
+        );
+        assert!(c.blocked, "{}: rule {} has no test in which a guard blocks it", r.file.display(), r.rule.name);
     }
     Ok(())
 }

@@ -94,9 +94,11 @@ pub fn evaluate(
             .filter(|v| o.metric.as_ref().is_none_or(|m| v.metrics.iter().any(|x| glob_match(m, &x.metric))))
             .map(|v| Match {
                 target: String::new(),
+                // The metrics the rule is about, not every way the node differs.
                 evidence: v
                     .metrics
                     .iter()
+                    .filter(|x| o.metric.as_ref().is_none_or(|m| glob_match(m, &x.metric)))
                     .map(|m| format!("{} = {:.3} vs peers {:.3}", m.metric, m.value, m.peer_median))
                     .collect::<Vec<_>>()
                     .join("; "),
@@ -129,9 +131,11 @@ pub fn evaluate(
             let last = nf.last_seen.get(&a.metric).copied();
             // Judged against the node's own stream: a node that sends nothing at all is a
             // different problem (agent down), not this metric's absence.
+            // It must also have kept reporting for the whole silence: a node that just died is not
+            // stale yet, but it is not missing the metric either.
             let alive = now_ms - nf.last_batch_ms <= STALE_MS;
             let silent_since = last.unwrap_or(nf.first_batch_ms);
-            if alive && now_ms - silent_since >= hold_ms {
+            if alive && nf.last_batch_ms - silent_since >= hold_ms {
                 vec![Match {
                     target: String::new(),
                     evidence: match last {
@@ -329,6 +333,26 @@ mod tests {
     }
 
     #[test]
+    fn a_node_that_stops_reporting_altogether_is_not_missing_a_metric_even_before_it_is_stale() {
+        let rs = rules(
+            "rules:\n  - name: no-ch\n    when: { absent: { metric: clickhouse_up }, for: 1m }\n    do: [ { notify: {} } ]\n",
+        );
+        let mut facts = Facts::default();
+        let mut t = ConditionTracker::default();
+        for ts in [0, 10_000, 20_000] {
+            facts.observe("dead", &[], &batch(ts, vec![("clickhouse_up", &[], 1.0)], &[]));
+            facts.observe("alive", &[], &batch(ts, vec![("clickhouse_up", &[], 1.0)], &[]));
+        }
+        // From 30 s on only `alive` reports, without clickhouse_up.
+        for ts in (30_000..=90_000).step_by(10_000) {
+            facts.observe("alive", &[], &batch(ts, vec![("node_load1", &[], 1.0)], &[]));
+        }
+        let r = t.round(rs.iter(), &facts, &Signals::default(), 90_000);
+        assert_eq!(names(&r.firing), [("no-ch", "alive", "")], "dead sent nothing for 70 s, less than STALE_MS");
+        assert!(r.firing[0].evidence.contains("no clickhouse_up for 70 s"), "{}", r.firing[0].evidence);
+    }
+
+    #[test]
     fn forecasts_match_by_resource_pattern_on_the_pessimistic_side() {
         let rs = rules(
             "rules:
@@ -357,5 +381,167 @@ mod tests {
         let r = ConditionTracker::default().round(rs.iter(), &facts, &signals, 1);
         assert_eq!(r.firing.len(), 1);
         assert_eq!(r.firing[0].target, "clickhouse_disk:default");
+    }
+
+    fn names(fs: &[Firing]) -> Vec<(&str, &str, &str)> {
+        let mut v: Vec<_> = fs.iter().map(|f| (f.rule.as_str(), f.node.as_str(), f.target.as_str())).collect();
+        v.sort();
+        v
+    }
+
+    fn fleet(nodes: &[(&str, &str)], ts: i64) -> Facts {
+        let mut facts = Facts::default();
+        for (node, role) in nodes {
+            facts.observe(node, &[("role".to_string(), role.to_string())], &batch(ts, vec![], &[]));
+        }
+        facts
+    }
+
+    fn anomalies(scored: &[(&str, &str, &str, f64)]) -> Signals {
+        let mut s = Signals::default();
+        for (node, metric, labels, score) in scored {
+            s.anomalies.entry(node.to_string()).or_default().push((metric.to_string(), labels.to_string(), *score));
+        }
+        s
+    }
+
+    #[test]
+    fn an_anomaly_fires_per_series_whose_metric_matches_at_or_above_min_score_on_selected_nodes_after_for() {
+        let rs = rules(
+            "rules:
+  - name: slow-queries
+    when:
+      anomaly: { metric: 'clickhouse_query*', min_score: 0.8 }
+      nodes: { role: clickhouse }
+      for: 2m
+    do: [ { notify: {} } ]
+",
+        );
+        let facts = fleet(&[("ch-1", "clickhouse"), ("web-1", "web")], 0);
+        let open = anomalies(&[
+            ("ch-1", "clickhouse_query_duration_seconds", "quantile=0.99", 0.95),
+            ("ch-1", "clickhouse_query_duration_seconds", "quantile=0.9", 0.8),
+            ("ch-1", "clickhouse_query_duration_seconds", "quantile=0.5", 0.79),
+            ("ch-1", "node_load1", "", 0.99),
+            ("web-1", "clickhouse_query_duration_seconds", "quantile=0.99", 0.99),
+        ]);
+        let p99 = "clickhouse_query_duration_seconds{quantile=0.99}";
+        let p90 = "clickhouse_query_duration_seconds{quantile=0.9}";
+        let mut t = ConditionTracker::default();
+        let r = t.round(rs.iter(), &facts, &open, 0);
+        assert!(r.firing.is_empty(), "not yet held for 2m");
+        assert_eq!(
+            names(&r.holding),
+            [("slow-queries", "ch-1", p99), ("slow-queries", "ch-1", p90)],
+            "a score equal to min_score counts, one below does not; other metrics and unselected nodes never"
+        );
+        assert!(t.round(rs.iter(), &facts, &open, 119_999).firing.is_empty());
+        let r = t.round(rs.iter(), &facts, &open, 120_000);
+        assert_eq!(names(&r.firing), [("slow-queries", "ch-1", p99), ("slow-queries", "ch-1", p90)]);
+        let e = &r.firing.iter().find(|f| f.target == p99).unwrap().evidence;
+        assert!(e.contains("anomaly score 0.95") && e.contains(p99), "{e}");
+        assert_eq!(r.firing[0].since_ms, 0);
+
+        // The p99 episode closes: that series resolves, the other keeps firing.
+        let later = anomalies(&[("ch-1", "clickhouse_query_duration_seconds", "quantile=0.9", 0.8)]);
+        let r = t.round(rs.iter(), &facts, &later, 180_000);
+        assert_eq!(names(&r.firing), [("slow-queries", "ch-1", p90)]);
+        assert_eq!(r.resolved, vec![("slow-queries".to_string(), "ch-1".to_string(), p99.to_string())]);
+        // A new episode on the same series starts its `for` again.
+        let r = t.round(rs.iter(), &facts, &open, 240_000);
+        assert_eq!(names(&r.firing), [("slow-queries", "ch-1", p90)], "p99 held again only since 4m");
+        assert_eq!(names(&t.round(rs.iter(), &facts, &open, 360_000).firing).len(), 2);
+    }
+
+    #[test]
+    fn an_anomaly_on_a_node_that_never_reported_is_not_evaluated() {
+        let rs = rules("rules:\n  - name: any\n    when: { anomaly: { metric: '*' } }\n    do: [ { notify: {} } ]\n");
+        let facts = fleet(&[("ch-1", "clickhouse")], 0);
+        let open = anomalies(&[("ghost", "node_load1", "", 1.0), ("ch-1", "node_load1", "", 0.89)]);
+        let r = ConditionTracker::default().round(rs.iter(), &facts, &open, 0);
+        assert!(r.holding.is_empty(), "the default min_score is 0.9; ghost has no facts: {:?}", r.holding);
+    }
+
+    fn outlier(node: &str, role: &str, metrics: &[&str]) -> OutlierView {
+        OutlierView {
+            node: node.into(),
+            role: role.into(),
+            metrics: metrics
+                .iter()
+                .map(|m| crate::detect::engine::OutlierMetricView {
+                    metric: m.to_string(),
+                    value: 4.0,
+                    peer_median: 0.5,
+                    outlying_fraction: 0.9,
+                    flagged_by: vec!["mad".into()],
+                })
+                .collect(),
+            detected_at: String::new(),
+        }
+    }
+
+    #[test]
+    fn an_outlier_fires_for_the_node_that_differs_in_a_matching_metric_after_for_and_resolves_when_it_rejoins() {
+        let rs = rules(
+            "rules:
+  - name: slow-node
+    when:
+      outlier: { metric: 'clickhouse_query_p99_*' }
+      nodes: { role: clickhouse }
+      for: 5m
+    do: [ { notify: {} } ]
+  - name: odd-node
+    when:
+      outlier: {}
+    do: [ { notify: {} } ]
+",
+        );
+        let facts = fleet(&[("ch-1", "clickhouse"), ("ch-2", "clickhouse"), ("web-1", "web")], 0);
+        let signals = Signals {
+            outliers: vec![
+                outlier("ch-1", "clickhouse", &["load1", "clickhouse_query_p99_seconds"]),
+                outlier("ch-2", "clickhouse", &["load1"]),
+                outlier("web-1", "web", &["clickhouse_query_p99_seconds"]),
+            ],
+            ..Default::default()
+        };
+        let mut t = ConditionTracker::default();
+        let r = t.round(rs.iter(), &facts, &signals, 0);
+        assert_eq!(
+            names(&r.firing),
+            [("odd-node", "ch-1", ""), ("odd-node", "ch-2", ""), ("odd-node", "web-1", "")],
+            "without a metric any outlier counts, on any node"
+        );
+        assert_eq!(
+            names(&r.holding).iter().filter(|h| h.0 == "slow-node").collect::<Vec<_>>(),
+            [&("slow-node", "ch-1", "")]
+        );
+        let r = t.round(rs.iter(), &facts, &signals, 299_000);
+        assert!(r.firing.iter().all(|f| f.rule != "slow-node"), "not yet held for 5m");
+        let r = t.round(rs.iter(), &facts, &signals, 300_000);
+        let slow: Vec<&Firing> = r.firing.iter().filter(|f| f.rule == "slow-node").collect();
+        assert_eq!(slow.len(), 1);
+        assert_eq!(slow[0].node, "ch-1");
+        assert!(
+            slow[0].evidence.contains("clickhouse_query_p99_seconds = 4.000 vs peers 0.500")
+                && !slow[0].evidence.contains("load1"),
+            "the evidence names the metric the rule is about: {}",
+            slow[0].evidence
+        );
+
+        // ch-1 is back with its peers.
+        let signals = Signals { outliers: vec![outlier("ch-2", "clickhouse", &["load1"])], ..Default::default() };
+        let r = t.round(rs.iter(), &facts, &signals, 360_000);
+        assert_eq!(names(&r.firing), [("odd-node", "ch-2", "")]);
+        let mut resolved = r.resolved.clone();
+        resolved.sort();
+        assert_eq!(
+            resolved,
+            vec![
+                ("odd-node".to_string(), "ch-1".to_string(), String::new()),
+                ("odd-node".to_string(), "web-1".to_string(), String::new()),
+                ("slow-node".to_string(), "ch-1".to_string(), String::new()),
+            ]
+        );
     }
 }

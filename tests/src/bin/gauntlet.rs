@@ -625,7 +625,9 @@ impl Watch {
     }
 }
 
-/// Actions in the audit log (one per action id): (when it started, node, "rule:action→last outcome").
+/// Actions in the audit log that ran (one per action id): (when it started, node, "rule:action→last
+/// outcome"). A dry run or a request for approval changes nothing: an approved one counts from its
+/// start.
 fn actions_taken(actions: &[Value]) -> Vec<(i64, String, String)> {
     let mut by_id: Vec<(String, i64, String, String, String)> = Vec::new();
     for e in actions.iter().rev() {
@@ -633,7 +635,7 @@ fn actions_taken(actions: &[Value]) -> Vec<(i64, String, String)> {
         let outcome = e["outcome"].as_str().unwrap_or("").to_string();
         if let Some(a) = by_id.iter_mut().find(|a| a.0 == id) {
             a.4 = outcome;
-        } else if matches!(outcome.as_str(), "started" | "acted" | "dry_run" | "awaiting_approval") {
+        } else if matches!(outcome.as_str(), "started" | "acted") {
             let what = format!("{}:{}", e["rule"].as_str().unwrap_or(""), e["action"].as_str().unwrap_or(""));
             let at = e["at_ms"].as_i64().unwrap_or(0);
             by_id.push((id, at, e["node"].as_str().unwrap_or("").to_string(), what, outcome));
