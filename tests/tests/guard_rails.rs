@@ -218,6 +218,9 @@ async fn approved_actions_still_obey_the_guards_and_a_cleared_condition_cancels_
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rule_stopped_by_a_failed_verification_acts_again_once_a_person_reenables_it() -> Result<()> {
     let dir = tempfile::tempdir()?;
+    let ch = ClickHouseProc::start(&dir.path().join("ch")).await?;
+    // `does-not-help` changes something and its problem stays; `only-pages` only pages about the
+    // same problem, which a person has not fixed yet: that does not stop a rule.
     let rules = write_rules(
         dir.path(),
         "rules:
@@ -225,12 +228,20 @@ async fn a_rule_stopped_by_a_failed_verification_acts_again_once_a_person_reenab
     when:
       threshold: { metric: errors, op: \">\", value: 0, labels: { table: t0 } }
     do:
+      - sql: { statement: SYSTEM FLUSH LOGS }
+    guards: { cooldown: 0s }
+    verify: { clears_within: 2s }
+  - name: only-pages
+    when:
+      threshold: { metric: errors, op: \">\", value: 0, labels: { table: t1 } }
+    do:
       - notify: { severity: warning, summary: errors }
     guards: { cooldown: 0s }
     verify: { clears_within: 2s }
 ",
     )?;
-    let c = controller(dir.path(), &rules, &[]).await?;
+    let url = ch.url();
+    let c = controller(dir.path(), &rules, &["--clickhouse-node-url", &url]).await?;
     let mut agents = nodes(&c, 1).await?;
     let keep_failing = async {
         loop {
@@ -246,7 +257,14 @@ async fn a_rule_stopped_by_a_failed_verification_acts_again_once_a_person_reenab
         let a = audit(&c, "does-not-help").await?;
         assert_eq!(with_outcome(&a, "skipped")[0]["guard"], "rule_failing");
         let r: serde_json::Value = get_json(&c.url("/api/v1/rules")).await?;
-        assert_eq!(r["rules"][0]["failing"], true, "{r}");
+        let failing = |name: &str| {
+            r["rules"].as_array().and_then(|rs| rs.iter().find(|x| x["name"] == name)).map(|x| x["failing"].clone())
+        };
+        assert_eq!(failing("does-not-help"), Some(serde_json::json!(true)), "{r}");
+        assert_eq!(failing("only-pages"), Some(serde_json::json!(false)), "{r}");
+        let pages = audit(&c, "only-pages").await?;
+        assert!(with_outcome(&pages, "started").len() >= 2, "pages again after its cooldown: {pages:#?}");
+        assert!(with_outcome(&pages, "failed").is_empty() && with_outcome(&pages, "escalated").is_empty());
         let m = scrape(&c.url("/metrics")).await?;
         assert_eq!(m.get("medic_rule_failing{rule=\"does-not-help\"}"), Some(&1.0));
 

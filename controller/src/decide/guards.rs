@@ -40,6 +40,9 @@ struct Active {
     rule: String,
     node: String,
     target: String,
+    /// Its steps only page: it changes nothing on the node, so it does not count towards other
+    /// rules' share of a role or shard (it still does for its own rule's limits).
+    pages_only: bool,
 }
 
 /// What the guards remember between decisions.
@@ -113,11 +116,11 @@ impl GuardState {
             );
         }
         let labels = fleet.get(&f.node);
+        // What is under action on the nodes: pages of other rules change nothing there.
+        let changing = || self.active.values().filter(|a| !a.pages_only || a.rule == f.rule);
         if let Some(role) = labels.and_then(|l| l.get("role")) {
             let in_role = fleet.values().filter(|l| l.get("role") == Some(role)).count().max(1);
-            let busy_in_role = self
-                .active
-                .values()
+            let busy_in_role = changing()
                 .map(|a| a.node.as_str())
                 .chain(std::iter::once(f.node.as_str()))
                 .collect::<HashSet<_>>()
@@ -140,10 +143,8 @@ impl GuardState {
         if b.one_replica_per_shard
             && let Some(shard) = labels.and_then(|l| l.get("shard"))
         {
-            let sibling = self
-                .active
-                .values()
-                .find(|a| a.node != f.node && fleet.get(&a.node).and_then(|l| l.get("shard")) == Some(shard));
+            let sibling =
+                changing().find(|a| a.node != f.node && fleet.get(&a.node).and_then(|l| l.get("shard")) == Some(shard));
             if let Some(s) = sibling {
                 return skip("shard", format!("{} (same shard {shard}) is under action by {}", s.node, s.rule));
             }
@@ -170,13 +171,22 @@ impl GuardState {
         self.last_action.insert((f.rule.clone(), f.node.clone(), f.target.clone()), now_ms);
         self.per_rule.entry(f.rule.clone()).or_default().push_back(now_ms);
         self.all.push_back(now_ms);
-        self.active
-            .insert(id.to_string(), Active { rule: f.rule.clone(), node: f.node.clone(), target: f.target.clone() });
+        self.active.insert(
+            id.to_string(),
+            Active { rule: f.rule.clone(), node: f.node.clone(), target: f.target.clone(), pages_only: false },
+        );
         let horizon = now_ms - 86_400_000;
         for q in self.per_rule.values_mut().chain(std::iter::once(&mut self.all)) {
             while q.front().is_some_and(|t| *t < horizon) {
                 q.pop_front();
             }
+        }
+    }
+
+    /// Marks a started action as one that only pages (see `Active::pages_only`).
+    pub fn pages_only(&mut self, id: &str) {
+        if let Some(a) = self.active.get_mut(id) {
+            a.pages_only = true;
         }
     }
 
@@ -332,6 +342,22 @@ mod tests {
         }
         s.finished("n0", true);
         assert_eq!(s.decide(&firing("r", "n2"), &g, &fl, 1), Decision::Act, "room again once one is done");
+    }
+
+    #[test]
+    fn a_page_holds_back_its_own_rule_but_not_other_rules_changes() {
+        let mut s = GuardState::new(GlobalLimit::default());
+        let g = Guards {
+            blast_radius: BlastRadius { max_nodes: 1, max_percent: 50.0, one_replica_per_shard: true },
+            ..Default::default()
+        };
+        let fl = fleet(4, 2); // n0,n2 in s0
+        s.started("page", &firing("pager", "n0"), 0);
+        s.pages_only("page");
+        assert_eq!(s.decide(&firing("restarter", "n2"), &g, &fl, 1), Decision::Act, "same shard, but only a page");
+        assert!(matches!(s.decide(&firing("pager", "n2"), &g, &fl, 1), Decision::Skip { guard: "blast_radius", .. }));
+        s.started("restart", &firing("restarter", "n2"), 1);
+        assert!(matches!(s.decide(&firing("other", "n0"), &g, &fl, 2), Decision::Skip { guard: "shard", .. }));
     }
 
     #[test]

@@ -185,6 +185,13 @@ fn action_name(rule: &Rule) -> String {
         .join("+")
 }
 
+/// A rule that only pages: it changes nothing, so it does not hold back other rules' actions,
+/// and a condition that outlasts its window does not stop it (the page stays open until the
+/// condition clears; a person has it).
+fn notify_only(rule: &Rule) -> bool {
+    rule.steps.iter().all(|s| matches!(s, Step::Notify(_)))
+}
+
 /// How long an action another controller started may still be running: its steps (each bounded
 /// by the executors' timeout) and its verification window.
 fn in_flight_window(rules: &ActiveRules, rule: &str) -> Duration {
@@ -232,7 +239,7 @@ impl Runner {
         guards.restore(&self.remediation.audit.history(), now_ms(), |rule| in_flight_window(&self.rules, rule));
         let mut verifying: Vec<Verifying> = Vec::new();
         let started_ms = now_ms();
-        self.recover(&guards, &mut verifying);
+        self.recover(&mut guards, &mut verifying);
         let mut pending: HashMap<String, Pending> = HashMap::new();
         let mut restorations: Vec<Restoration> = Vec::new();
         // The last decision recorded per key, so a blocked rule is audited once, not every round.
@@ -397,15 +404,21 @@ impl Runner {
                         }
                     }
                 } else if now >= v.deadline_ms {
-                    self.entry(
-                        &v.id,
-                        &firing,
-                        &v.action,
-                        Outcome::Failed,
-                        None,
-                        "the condition did not clear within the verification window".into(),
-                    );
+                    let pages = by_name.get(v.key.0.as_str()).is_some_and(|r| notify_only(&r.rule));
+                    if !pages {
+                        self.entry(
+                            &v.id,
+                            &firing,
+                            &v.action,
+                            Outcome::Failed,
+                            None,
+                            "the condition did not clear within the verification window".into(),
+                        );
+                    }
                     match by_name.get(v.key.0.as_str()) {
+                        // The page is out and stays open until the condition clears: the rule
+                        // is not wrong because a person has not fixed it yet.
+                        Some(r) if notify_only(&r.rule) => guards.finished(&v.id, true),
                         Some(r) => self.fail(&v.id, &r.rule, &v.action, &firing, &v.undo, &mut guards).await,
                         None => guards.finished(&v.id, false),
                     }
@@ -607,6 +620,9 @@ impl Runner {
             self.remediation.audit.pending_approval.set(pending.len() as i64);
 
             for (id, f, rule) in to_run {
+                if notify_only(&rule) {
+                    guards.pages_only(&id);
+                }
                 running.insert((f.rule.clone(), f.node.clone(), f.target.clone()));
                 self.entry(
                     &id,
@@ -691,7 +707,7 @@ impl Runner {
     /// for the guards after `restore`) are verified by this controller, so each gets an outcome:
     /// `verified` once the condition no longer holds after the node reported again, `failed` and
     /// escalated at the end of their window. They are never run again.
-    fn recover(&self, guards: &GuardState, verifying: &mut Vec<Verifying>) {
+    fn recover(&self, guards: &mut GuardState, verifying: &mut Vec<Verifying>) {
         let history = self.remediation.audit.history();
         let mut last: HashMap<&str, Outcome> = HashMap::new();
         let mut first: Vec<&AuditEntry> = Vec::new();
@@ -707,6 +723,9 @@ impl Runner {
             let open = matches!(last.get(e.action_id.as_str()), Some(Outcome::Started | Outcome::Acted));
             if !open || !guards.in_progress(&e.action_id) {
                 continue;
+            }
+            if self.rules.get().rules.iter().any(|r| r.rule.name == e.rule && notify_only(&r.rule)) {
+                guards.pages_only(&e.action_id);
             }
             tracing::warn!(action_id = %e.action_id, rule = %e.rule, node = %e.node, "an action was interrupted by a controller stop; verifying it, not running it again");
             verifying.push(Verifying {

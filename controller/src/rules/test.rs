@@ -948,7 +948,9 @@ fn run_case(t: &TestCase, rules: &[LoadedRule], global: GlobalLimit) -> Vec<Stri
                 guards.finished(&v.id, true);
                 false
             } else if ts >= v.deadline_ms {
-                guards.finished(&v.id, false);
+                // As live: a page that outlasts its window does not stop its rule.
+                let pages = by_name.get(v.key.0.as_str()).is_some_and(|r| notify_only(&r.rule));
+                guards.finished(&v.id, pages);
                 false
             } else {
                 true
@@ -958,6 +960,9 @@ fn run_case(t: &TestCase, rules: &[LoadedRule], global: GlobalLimit) -> Vec<Stri
             ids += 1;
             let id = format!("test-{ids}");
             guards.started(&id, f, ts);
+            if notify_only(&lr.rule) {
+                guards.pages_only(&id);
+            }
             verifying.push(Verifying {
                 id,
                 key: key_of(f),
@@ -1139,6 +1144,11 @@ fn run_case(t: &TestCase, rules: &[LoadedRule], global: GlobalLimit) -> Vec<Stri
         }
     }
     failures
+}
+
+/// As the live loop: a rule whose steps only page.
+fn notify_only(rule: &crate::rules::model::Rule) -> bool {
+    rule.steps.iter().all(|s| matches!(s, crate::rules::model::Step::Notify(_)))
 }
 
 #[cfg(test)]
