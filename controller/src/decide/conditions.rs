@@ -15,8 +15,19 @@ pub const STALE_MS: i64 = 5 * 60_000;
 pub struct Signals {
     pub forecasts: Vec<ForecastView>,
     pub outliers: Vec<OutlierView>,
-    /// node → (metric, labels, score) of scored series.
-    pub anomalies: HashMap<String, Vec<(String, String, f64)>>,
+    /// node → the series in an anomaly episode.
+    pub anomalies: HashMap<String, Vec<AnomalySignal>>,
+}
+
+/// A series in an anomaly episode, as conditions see it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AnomalySignal {
+    pub metric: String,
+    pub labels: String,
+    pub score: f64,
+    /// What the detector expected, and the value that opened the episode (counters: rates).
+    pub baseline: f64,
+    pub observed: f64,
 }
 
 /// One thing a condition holds for: a node and, within it, a target (a table, a disk, a
@@ -109,10 +120,15 @@ pub fn evaluate(
             .get(node)
             .into_iter()
             .flatten()
-            .filter(|(metric, _, score)| glob_match(&a.metric, metric) && *score >= a.min_score)
-            .map(|(metric, labels, score)| Match {
-                target: format!("{metric}{{{labels}}}"),
-                evidence: format!("anomaly score {score:.2} on {metric}{{{labels}}}"),
+            .filter(|s| {
+                glob_match(&a.metric, &s.metric) && s.score >= a.min_score && a.direction.holds(s.baseline, s.observed)
+            })
+            .map(|s| Match {
+                target: format!("{}{{{}}}", s.metric, s.labels),
+                evidence: format!(
+                    "anomaly score {:.2} on {}{{{}}} ({} where {} was expected)",
+                    s.score, s.metric, s.labels, s.observed, s.baseline
+                ),
             })
             .collect(),
         Condition::Log(l) => {
@@ -397,12 +413,39 @@ mod tests {
         facts
     }
 
+    /// Anomalies that went up, from 1 to 2.
     fn anomalies(scored: &[(&str, &str, &str, f64)]) -> Signals {
         let mut s = Signals::default();
         for (node, metric, labels, score) in scored {
-            s.anomalies.entry(node.to_string()).or_default().push((metric.to_string(), labels.to_string(), *score));
+            s.anomalies.entry(node.to_string()).or_default().push(AnomalySignal {
+                metric: metric.to_string(),
+                labels: labels.to_string(),
+                score: *score,
+                baseline: 1.0,
+                observed: 2.0,
+            });
         }
         s
+    }
+
+    #[test]
+    fn an_anomaly_condition_can_ask_for_a_direction() {
+        let up = rules(
+            "rules:
+  - name: r
+    when:
+      anomaly: { metric: 'errors', direction: up }
+    do: [ { notify: { severity: warning } } ]
+",
+        );
+        let Some(cond) = up[0].when.condition() else { panic!("a condition") };
+        let nf = NodeFacts::default();
+        let mut s = anomalies(&[("n", "errors", "", 0.95)]);
+        assert_eq!(evaluate(&cond, "n", &nf, &s, 0, 0).len(), 1, "up from 1 to 2");
+        if let Some(v) = s.anomalies.get_mut("n") {
+            v[0].observed = 0.5;
+        }
+        assert!(evaluate(&cond, "n", &nf, &s, 0, 0).is_empty(), "a drop is not what the rule is about");
     }
 
     #[test]

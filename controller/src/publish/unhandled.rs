@@ -222,7 +222,9 @@ pub fn anomaly_covered(rules: &[&Rule], facts: &Facts, signals: &Signals, s: &Sc
             return false;
         }
         match r.when.condition() {
-            Some(Condition::Anomaly(a)) => glob_match(&a.metric, &s.metric) && s.score >= a.min_score,
+            Some(Condition::Anomaly(a)) => {
+                glob_match(&a.metric, &s.metric) && s.score >= a.min_score && a.direction.holds(s.baseline, s.observed)
+            }
             Some(c @ Condition::Threshold(_)) => {
                 let Condition::Threshold(t) = &c else { return false };
                 t.metric == s.metric
@@ -472,10 +474,16 @@ impl Unhandled {
 }
 
 /// Scores grouped by node, the shape rule conditions take.
-pub fn signals_anomalies(scored: &[Scored]) -> HashMap<String, Vec<(String, String, f64)>> {
-    let mut m: HashMap<String, Vec<(String, String, f64)>> = HashMap::new();
+pub fn signals_anomalies(scored: &[Scored]) -> HashMap<String, Vec<crate::decide::conditions::AnomalySignal>> {
+    let mut m: HashMap<String, Vec<crate::decide::conditions::AnomalySignal>> = HashMap::new();
     for s in scored {
-        m.entry(s.node.clone()).or_default().push((s.metric.clone(), s.labels.clone(), s.score));
+        m.entry(s.node.clone()).or_default().push(crate::decide::conditions::AnomalySignal {
+            metric: s.metric.clone(),
+            labels: s.labels.clone(),
+            score: s.score,
+            baseline: s.baseline,
+            observed: s.observed,
+        });
     }
     m
 }

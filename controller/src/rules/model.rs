@@ -138,6 +138,30 @@ pub struct AnomalyMatch {
     pub metric: String,
     #[serde(default = "default_min_score")]
     pub min_score: f64,
+    /// Which way the series must have moved from its baseline: `up`, `down` or `any` (default):
+    /// failed queries rising is a problem, falling is not.
+    #[serde(default)]
+    pub direction: Direction,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Direction {
+    Up,
+    Down,
+    #[default]
+    Any,
+}
+
+impl Direction {
+    /// Whether a move from `baseline` to `observed` goes this way.
+    pub fn holds(self, baseline: f64, observed: f64) -> bool {
+        match self {
+            Direction::Up => observed > baseline,
+            Direction::Down => observed < baseline,
+            Direction::Any => true,
+        }
+    }
 }
 
 fn default_min_score() -> f64 {

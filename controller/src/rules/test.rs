@@ -20,8 +20,9 @@
 //!       - { node: ch-1, signature: too_many_simultaneous_queries, every: 10s, from: 2m, until: 20m }
 //!     forecasts:                           # `until` (optional): the forecast no longer says so
 //!       - { node: ch-1, resource: "clickhouse_disk:default", from: 2m, until: 1h, exhaustion: 20h, pessimistic: 10h }
-//!     anomalies:                           # anomaly episodes: open from `from` until `until` with this score
-//!       - { node: ch-1, metric: clickhouse_failed_queries_total, labels: {}, score: 0.97, from: 1m, until: 20m }
+//!     anomalies:                           # anomaly episodes: open from `from` until `until` with this score,
+//!                                          # the series up (default) or down from its baseline
+//!       - { node: ch-1, metric: clickhouse_failed_queries_total, labels: {}, score: 0.97, direction: up, from: 1m, until: 20m }
 //!     outliers:                            # the node differs from the peers of its role
 //!       - { node: ch-1, from: 1m, metrics: [ { metric: clickhouse_query_p99_seconds, value: 4.2, peer_median: 0.3 } ] }
 //!     approvals:                           # someone approves an action waiting for approval
@@ -206,10 +207,17 @@ struct AnomalyInput {
     #[serde(default)]
     labels: BTreeMap<String, String>,
     score: f64,
+    /// Which way the series moved from its baseline: `up` (default) or `down`.
+    #[serde(default = "up")]
+    direction: crate::rules::model::Direction,
     #[serde(default, deserialize_with = "dur")]
     from: Duration,
     #[serde(default, deserialize_with = "opt_dur")]
     until: Option<Duration>,
+}
+
+fn up() -> crate::rules::model::Direction {
+    crate::rules::model::Direction::Up
 }
 
 /// A node found to differ from the peers of its role, in these metrics.
@@ -913,11 +921,17 @@ fn run_case(t: &TestCase, rules: &[LoadedRule], global: GlobalLimit) -> Vec<Stri
             ..Default::default()
         };
         for a in t.anomalies.iter().filter(|a| active(a.from, a.until, now)) {
-            signals.anomalies.entry(a.node.clone()).or_default().push((
-                a.metric.clone(),
-                labels_text(&a.labels),
-                a.score,
-            ));
+            let (baseline, observed) = match a.direction {
+                crate::rules::model::Direction::Down => (1.0, 0.0),
+                _ => (0.0, 1.0),
+            };
+            signals.anomalies.entry(a.node.clone()).or_default().push(crate::decide::conditions::AnomalySignal {
+                metric: a.metric.clone(),
+                labels: labels_text(&a.labels),
+                score: a.score,
+                baseline,
+                observed,
+            });
         }
         let round = tracker.round(rules.iter().map(|r| &r.rule), &facts, &signals, ts);
 
