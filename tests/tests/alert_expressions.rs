@@ -227,7 +227,7 @@ async fn every_alert_expression_runs_on_a_live_fleet_and_reads_series_that_exist
         &dir.path().join("c"),
         free_port(),
         free_port(),
-        &["--rules-dir", &r, "--remediation-interval", "500ms"],
+        &["--rules-dir", &r, "--remediation-interval", "500ms", "--clickhouse-node-url", &ch.url()],
     )
     .await?;
     let agent = AgentProc::start(
@@ -296,7 +296,7 @@ async fn every_alert_expression_runs_on_a_live_fleet_and_reads_series_that_exist
     outdated_agent(&controller.grpc_url()).await?;
     std::fs::write(
         rules_dir.join("hopeless.yaml"),
-        "rules:\n  - name: hopeless\n    when:\n      threshold: { metric: node_load1, op: \">=\", value: 0 }\n    do: [ { notify: { severity: info } } ]\n    verify: { clears_within: 1s }\n",
+        "rules:\n  - name: hopeless\n    when:\n      threshold: { metric: node_load1, op: \">=\", value: 0 }\n    do: [ { sql: { statement: SYSTEM FLUSH LOGS } } ]\n    verify: { clears_within: 1s }\n",
     )?;
     let mut filling = SyntheticAgent::connect(&controller.grpc_url(), "fill-1", &[]).await?;
     let now = chrono::Utc::now().timestamp_millis();
