@@ -119,7 +119,7 @@ async fn the_controller_posts_notify_and_escalation_alerts_that_page_and_resolve
     when:
       threshold: { metric: node_load1, op: \">=\", value: 0 }
     do:
-      - notify: { severity: info }
+      - restart: { how: service, service: dummy }
     verify: { clears_within: 2s }
   - name: needs-a-human
     when:
@@ -144,7 +144,7 @@ async fn the_controller_posts_notify_and_escalation_alerts_that_page_and_resolve
         "ch-1",
         &dir.path().join("spool"),
         free_port(),
-        &["--interval", "500ms", "--log-file", &l],
+        &["--interval", "500ms", "--log-file", &l, "--service-restart", "dummy=true"],
     )
     .await?;
 
