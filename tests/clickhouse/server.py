@@ -376,9 +376,17 @@ def split_insert(prefix):
 # Engine
 
 
+# ClickHouse's in-memory Keeper stand-in: replicated tables can be created and show up in
+# system.replicas, but stay read-only, since the embedded engine has no interserver address to
+# replicate with.
+TEST_KEEPER = "  <zookeeper><implementation>testkeeper</implementation></zookeeper>\n"
+
+
 class Engine:
     def tiered_config(self):
-        """A second disk ("cold") and a policy "tiered" over both, for partition-move tests. The
+        """A second disk ("cold") and a policy "tiered" over both, for partition-move tests; a third
+        disk "warm" with half of cold's room, and a policy "three_tier" of volumes v_hot (default),
+        v_warm (warm) and v_cold (cold), for moves between volumes. The
         default disk keeps all but a sliver of the filesystem's free space in reserve, so it looks
         nearly full and the cold disk roomy, as in a real hot/cold setup. The sliver is sized from
         the space already used (not from the free space), so that the default disk looks less than
@@ -396,16 +404,20 @@ class Engine:
         sliver = max(1 << 20, min(256 << 20, used // 50))
         keep = max(0, free - sliver)
         os.makedirs(os.path.join(self.data_dir, "cold"), exist_ok=True)
+        os.makedirs(os.path.join(self.data_dir, "warm"), exist_ok=True)
         return (
             "  <storage_configuration>\n"
             "    <disks>\n"
             "      <default><keep_free_space_bytes>%d</keep_free_space_bytes></default>\n"
             "      <cold><path>%s/cold/</path></cold>\n"
+            "      <warm><path>%s/warm/</path><keep_free_space_bytes>%d</keep_free_space_bytes></warm>\n"
             "    </disks>\n"
-            "    <policies><tiered><volumes>"
-            "<hot><disk>default</disk></hot><cold><disk>cold</disk></cold>"
-            "</volumes></tiered></policies>\n"
-            "  </storage_configuration>\n" % (keep, self.data_dir)
+            "    <policies>"
+            "<tiered><volumes><hot><disk>default</disk></hot><cold><disk>cold</disk></cold></volumes></tiered>"
+            "<three_tier><volumes><v_hot><disk>default</disk></v_hot><v_warm><disk>warm</disk></v_warm>"
+            "<v_cold><disk>cold</disk></v_cold></volumes><move_factor>0</move_factor></three_tier>"
+            "</policies>\n"
+            "  </storage_configuration>\n" % (keep, self.data_dir, self.data_dir, free // 2)
         )
 
     def cold_disk_config(self, cold):
@@ -419,7 +431,7 @@ class Engine:
             "  </storage_configuration>\n" % os.path.abspath(cold)
         )
 
-    def __init__(self, data_dir, max_queries, tiered=False, cold_disk=None):
+    def __init__(self, data_dir, max_queries, tiered=False, cold_disk=None, test_keeper=False):
         self.data_dir = os.path.abspath(data_dir)
         if any(ch in self.data_dir for ch in "?&#"):
             raise SystemExit("--data-dir must not contain ?, & or #")
@@ -435,8 +447,9 @@ class Engine:
                 "<flush_interval_milliseconds>7500</flush_interval_milliseconds></part_log>\n"
                 "  <error_log><database>system</database><table>error_log</table>"
                 "<flush_interval_milliseconds>7500</flush_interval_milliseconds></error_log>\n"
-                "%s"
-                "</clickhouse>\n" % (ENGINE["display_name"], self.tiered_config() if tiered else self.cold_disk_config(cold_disk) if cold_disk else ""))
+                "%s%s"
+                "</clickhouse>\n" % (ENGINE["display_name"], self.tiered_config() if tiered else self.cold_disk_config(cold_disk) if cold_disk else "",
+                                      TEST_KEEPER if test_keeper else ""))
         self.started = time.time()
         # The master connection starts the engine and keeps it alive for the server's lifetime.
         self.master = _chdb.connect(f"file:{self.data_dir}?config-file={cfg}")
@@ -867,6 +880,8 @@ def main():
     ap.add_argument("--max-queries", type=int, default=8, help="queries run at once (1 = serialised)")
     ap.add_argument("--tiered-disks", action="store_true", help="add a 'cold' disk and a 'tiered' storage policy")
     ap.add_argument("--cold-disk", help="a second disk 'cold' at this directory and a 'tiered' policy, nothing held back")
+    ap.add_argument("--test-keeper", action="store_true",
+                    help="ClickHouse's in-memory test Keeper: replicated tables can be created (they stay read-only)")
     ap.add_argument("--log-file", help="write a server log in clickhouse-server.log's format here")
     args = ap.parse_args()
     if args.host not in ("127.0.0.1", "localhost", "::1") and not args.host.startswith("127."):
@@ -876,7 +891,8 @@ def main():
     global SERVER_LOG
     SERVER_LOG = ServerLog(args.log_file)
     SERVER_LOG.write("Information", "Application", f"Starting ClickHouse (chdb), data {args.data_dir}, PID {os.getpid()}")
-    engine = Engine(args.data_dir, max(1, args.max_queries), tiered=args.tiered_disks, cold_disk=args.cold_disk)
+    engine = Engine(args.data_dir, max(1, args.max_queries), tiered=args.tiered_disks, cold_disk=args.cold_disk,
+                    test_keeper=args.test_keeper)
     Handler.engine = engine
     httpd = Server((args.host, args.port), Handler)
     port = httpd.server_address[1]

@@ -314,9 +314,16 @@ impl ClickHouseProc {
     }
 
     /// With a second disk "cold" and a storage policy "tiered" over both, the default disk
-    /// looking nearly full (for partition-move tests).
+    /// looking nearly full (for partition-move tests); also a disk "warm" with half of cold's room
+    /// and a policy "three_tier" of volumes v_hot (default), v_warm (warm), v_cold (cold).
     pub async fn start_tiered(data_dir: &Path) -> Result<Self> {
         Self::start_with(data_dir, 0, &["--tiered-disks"]).await
+    }
+
+    /// With ClickHouse's in-memory test Keeper: replicated tables can be created and are listed
+    /// in system.replicas, read-only (the embedded engine cannot replicate).
+    pub async fn start_with_test_keeper(data_dir: &Path) -> Result<Self> {
+        Self::start_with(data_dir, 0, &["--test-keeper"]).await
     }
 
     /// Starts on `port` (0 = any free one); restarting on the same port and dir resumes the data.

@@ -5,7 +5,7 @@
 
 use super::{ActError, agent, clickhouse as chx, kube as k8s};
 use crate::ingest::nodes::NodeTable;
-use crate::rules::model::{RestartHow, Step, TtlStep};
+use crate::rules::model::{MoveTo, RestartHow, Step, TtlStep};
 use async_trait::async_trait;
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -25,7 +25,7 @@ pub struct Target<'a> {
 /// Something a step changed that can be put back, and the executor that knows how.
 #[derive(Debug, Clone)]
 pub enum Undo {
-    Ttl { node: String, labels: BTreeMap<String, String>, step: TtlStep, change: chx::TtlChange },
+    Ttl { node: String, labels: BTreeMap<String, String>, step: TtlStep, change: Box<chx::TtlChange> },
     Scale(k8s::ScaleChange),
 }
 
@@ -58,10 +58,32 @@ async fn within<T>(t: Duration, fut: impl std::future::Future<Output = Result<T,
     }
 }
 
-/// `database=db,table=t` → ("db", "t").
+/// The labels part of a firing's target: `a=1,b=2`, or the inside of `metric{a=1,b=2}`.
+fn target_labels(target: &str) -> &str {
+    match (target.find('{'), target.strip_suffix('}')) {
+        (Some(i), Some(t)) => &t[i + 1..],
+        _ => target,
+    }
+}
+
+/// `database=db,table=t` (or `metric{database=db,table=t}`) → ("db", "t").
 fn table_of(target: &str) -> Option<(String, String)> {
-    let get = |k: &str| target.split(',').find_map(|kv| kv.strip_prefix(&format!("{k}=")).map(str::to_string));
+    let labels = target_labels(target);
+    let get = |k: &str| labels.split(',').find_map(|kv| kv.strip_prefix(&format!("{k}=")).map(str::to_string));
     Some((get("database")?, get("table")?))
+}
+
+/// The disk a firing names: `clickhouse_disk:NAME` (a forecast), or a `disk=NAME` label
+/// (a threshold's `disk=default`, an anomaly's `metric{disk=default}`).
+fn disk_of(target: &str) -> Option<String> {
+    if let Some(d) = target.strip_prefix("clickhouse_disk:") {
+        return Some(d.to_string());
+    }
+    target_labels(target)
+        .split(',')
+        .find_map(|kv| kv.strip_prefix("disk="))
+        .filter(|d| !d.is_empty())
+        .map(str::to_string)
 }
 
 /// `{node}` and `{label:NAME}` filled in; a label the node does not have becomes empty, which
@@ -141,16 +163,22 @@ impl Executor for ClickHouseExecutor {
         match step {
             Step::Restart(_) => {
                 let (db, table) = table_of(t.target).ok_or_else(|| {
-                    ActError::Refused(format!("restart replica needs a table target, got {:?}", t.target))
+                    ActError::Refused(format!(
+                        "restart {{ how: replica }} needs a firing that names a table (labels database and table, as clickhouse_replica_is_readonly has); this one names {:?}",
+                        t.target
+                    ))
                 })?;
-                within(to, chx::restart_replica(&c, &db, &table)).await?;
-                Ok(Done::msg(format!("SYSTEM RESTART REPLICA {db}.{table}")))
+                within(to, chx::restart_replica(&c, &db, &table)).await.map(Done::msg)
             }
             Step::Ttl(s) => {
                 let change = within(to, chx::shorten_ttl(&c, s)).await?;
                 let message = format!(
-                    "TTL of {}.{} {:?} s → {} s",
-                    s.database, s.table, change.previous.seconds, change.new_seconds
+                    "TTL of {}.{} {} → {}; expired rows deleted in the background from {} partition(s)",
+                    s.database,
+                    s.table,
+                    change.previous.expression,
+                    change.expression,
+                    change.materialized.len()
                 );
                 Ok(Done {
                     message,
@@ -158,7 +186,7 @@ impl Executor for ClickHouseExecutor {
                         node: t.node.to_string(),
                         labels: t.labels.clone(),
                         step: s.clone(),
-                        change,
+                        change: Box::new(change),
                     }),
                 })
             }
@@ -167,14 +195,19 @@ impl Executor for ClickHouseExecutor {
                 Ok(Done::msg(format!("ran {}", s.statement)))
             }
             Step::Rebalance(rb) => {
-                let plan = chx::plan_rebalance(&c, rb).await?;
-                if plan.is_empty() {
-                    return Err(ActError::NothingToDo("no partition can move to a disk with more room".into()));
-                }
+                let source = disk_of(t.target);
+                let plan = within(to, chx::plan_rebalance(&c, rb, source.as_deref())).await?;
                 let mut moved = Vec::new();
                 for m in &plan {
-                    chx::move_partition(&c, m, to).await?;
-                    moved.push(format!("{}.{} {} {}→{}", m.database, m.table, m.partition_id, m.from, m.to));
+                    let kind = if m.kind == MoveTo::Disk { "disk" } else { "volume" };
+                    if let Err(e) = chx::move_partition(&c, m, to).await {
+                        let done = if moved.is_empty() { "nothing".to_string() } else { moved.join(", ") };
+                        return Err(ActError::Failed(format!(
+                            "moving {}.{} partition {} to {kind} {}: {e} (moved before that: {done})",
+                            m.database, m.table, m.partition_id, m.to
+                        )));
+                    }
+                    moved.push(format!("{}.{} {} {}→{kind} {}", m.database, m.table, m.partition_id, m.from, m.to));
                 }
                 Ok(Done::msg(format!("moved {}", moved.join(", "))))
             }
@@ -328,6 +361,15 @@ impl Executors {
 mod tests {
     use super::*;
     use crate::rules::model::{NotifyStep, RestartStep, SqlStep};
+
+    #[test]
+    fn a_rebalance_starts_from_the_disk_the_firing_names() {
+        assert_eq!(disk_of("disk=default").as_deref(), Some("default"), "threshold on clickhouse_disk_free_ratio");
+        assert_eq!(disk_of("clickhouse_disk:hot-1").as_deref(), Some("hot-1"), "forecast");
+        assert_eq!(disk_of("clickhouse_disk_free_ratio{disk=cold,path=/x}").as_deref(), Some("cold"), "anomaly");
+        assert_eq!(disk_of("database=db,table=t"), None);
+        assert_eq!(disk_of(""), None, "no disk named: the fullest one");
+    }
 
     #[test]
     fn a_node_url_is_filled_from_the_node_name_and_its_labels() {

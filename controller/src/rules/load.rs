@@ -41,31 +41,265 @@ impl RuleSet {
     }
 }
 
-/// ClickHouse statements a rule may run, by prefix (compared case-insensitively, whitespace
-/// folded). Anything else is refused at load time: a rule file must not become a SQL console.
+/// The ClickHouse statements a rule may run, as forms (keywords case-insensitive, any
+/// whitespace, one optional trailing `;`, no comments). Anything else is refused at load time and
+/// again before running: a rule file must not become a SQL console. Each form acts on what it
+/// names on one node: no `ON CLUSTER` (it would bypass the blast-radius guards), no `KILL` with a
+/// condition broader than one query or one table's mutations, no `OPTIMIZE … DEDUPLICATE`
+/// (it deletes rows).
 pub const SQL_ALLOW_LIST: &[&str] = &[
-    "KILL MUTATION ",
-    "KILL QUERY ",
     "SYSTEM FLUSH LOGS",
-    "SYSTEM RESTART REPLICA ",
-    "SYSTEM SYNC REPLICA ",
-    "SYSTEM START MERGES",
-    "SYSTEM START FETCHES",
-    "SYSTEM START REPLICATED SENDS",
-    "SYSTEM DROP DNS CACHE",
-    "SYSTEM DROP MARK CACHE",
-    "SYSTEM DROP UNCOMPRESSED CACHE",
-    "SYSTEM RELOAD DICTIONARY ",
-    "OPTIMIZE TABLE ",
+    "SYSTEM DROP DNS CACHE | MARK CACHE | UNCOMPRESSED CACHE",
+    "SYSTEM START MERGES | FETCHES | REPLICATED SENDS [db.table]",
+    "SYSTEM RESTART REPLICA db.table",
+    "SYSTEM SYNC REPLICA db.table [STRICT | LIGHTWEIGHT | PULL]",
+    "SYSTEM RELOAD DICTIONARY [db.]name",
+    "OPTIMIZE TABLE db.table [PARTITION ID '…' | PARTITION '…' | PARTITION 123] [FINAL]",
+    "KILL QUERY WHERE query_id = '…' [AND user = '…'] [SYNC | ASYNC | TEST]",
+    "KILL MUTATION WHERE mutation_id = '…' or database = '…' AND table = '…' (ANDed, any order) [SYNC | ASYNC | TEST]",
 ];
 
+/// Whether `statement` is one of the [`SQL_ALLOW_LIST`] forms.
 pub fn sql_allowed(statement: &str) -> bool {
-    let folded = statement.split_whitespace().collect::<Vec<_>>().join(" ").to_uppercase();
-    let single = !folded.trim_end_matches(';').contains(';');
-    single
-        && SQL_ALLOW_LIST
-            .iter()
-            .any(|p| folded.starts_with(p.trim_end()) && (folded.len() == p.trim_end().len() || p.ends_with(' ')))
+    sql_check(statement).is_ok()
+}
+
+/// Checks `statement` against the [`SQL_ALLOW_LIST`]; the error says what is wrong with it.
+pub fn sql_check(statement: &str) -> Result<(), String> {
+    let toks = lex(statement)?;
+    let mut p = Cursor { toks: &toks, at: 0 };
+    if toks.windows(2).any(|w| w[0].is_kw("ON") && w[1].is_kw("CLUSTER")) {
+        return Err("ON CLUSTER is not allowed: a rule acts on one node at a time, under its blast-radius guard".into());
+    }
+    let not_listed = || "it is not on the allow-list".to_string();
+    if p.kw("SYSTEM") {
+        if p.kws(&["FLUSH", "LOGS"]) {
+        } else if p.kw("DROP") {
+            if !((p.kw("DNS") || p.kw("MARK") || p.kw("UNCOMPRESSED")) && p.kw("CACHE")) {
+                return Err(not_listed());
+            }
+        } else if p.kw("START") {
+            if !(p.kw("MERGES") || p.kw("FETCHES") || p.kws(&["REPLICATED", "SENDS"])) {
+                return Err(not_listed());
+            }
+            if !p.at_end() {
+                p.table().ok_or("SYSTEM START … takes at most a table name ([db.]table)")?;
+            }
+        } else if p.kws(&["RESTART", "REPLICA"]) {
+            p.table().ok_or("SYSTEM RESTART REPLICA needs one table: SYSTEM RESTART REPLICA db.table")?;
+        } else if p.kws(&["SYNC", "REPLICA"]) {
+            p.table().ok_or("SYSTEM SYNC REPLICA needs one table: SYSTEM SYNC REPLICA db.table")?;
+            let _ = p.kw("STRICT") || p.kw("LIGHTWEIGHT") || p.kw("PULL");
+        } else if p.kws(&["RELOAD", "DICTIONARY"]) {
+            p.table().ok_or("SYSTEM RELOAD DICTIONARY needs one dictionary: SYSTEM RELOAD DICTIONARY [db.]name")?;
+        } else {
+            return Err(not_listed());
+        }
+    } else if p.kws(&["OPTIMIZE", "TABLE"]) {
+        p.table().ok_or("OPTIMIZE TABLE needs one table: OPTIMIZE TABLE db.table")?;
+        if p.kw("PARTITION") {
+            let id = p.kw("ID");
+            match p.next() {
+                Some(Tok::Str(_)) => {}
+                Some(Tok::Num(_)) if !id => {}
+                _ => return Err("OPTIMIZE … PARTITION takes ID '…', a string or a number".into()),
+            }
+        }
+        let _ = p.kw("FINAL");
+        if p.kw("DEDUPLICATE") {
+            return Err("OPTIMIZE … DEDUPLICATE deletes rows and is not allowed".into());
+        }
+    } else if p.kw("KILL") {
+        let query = p.kw("QUERY");
+        if !query && !p.kw("MUTATION") {
+            return Err(not_listed());
+        }
+        let (what, columns): (&str, &[&str]) = if query {
+            ("KILL QUERY needs WHERE query_id = '…' (optionally AND user = '…')", &["query_id", "user"])
+        } else {
+            (
+                "KILL MUTATION needs WHERE mutation_id = '…', or database = '…' AND table = '…'",
+                &["mutation_id", "database", "table"],
+            )
+        };
+        let broad =
+            || format!("{what}: any broader condition (such as WHERE 1) would kill what the rule did not mean to");
+        if !p.kw("WHERE") {
+            return Err(broad());
+        }
+        let mut seen = Vec::new();
+        loop {
+            let col = p.name().map(|c| c.to_ascii_lowercase()).filter(|c| columns.contains(&c.as_str()));
+            let (Some(col), true, Some(Tok::Str(_))) = (col, p.sym('='), p.next()) else { return Err(broad()) };
+            seen.push(col);
+            if !p.kw("AND") {
+                break;
+            }
+        }
+        let has = |k: &str| seen.iter().any(|c| c == k);
+        let pinned = if query { has("query_id") } else { has("mutation_id") || (has("database") && has("table")) };
+        if !pinned {
+            return Err(broad());
+        }
+        let _ = p.kw("SYNC") || p.kw("ASYNC") || p.kw("TEST");
+    } else {
+        return Err(not_listed());
+    }
+    if p.at_end() {
+        Ok(())
+    } else if p.toks[p.at..].contains(&Tok::Sym(';')) {
+        Err("only one statement is allowed".into())
+    } else {
+        Err(format!("unexpected {} after the statement", p.toks[p.at]))
+    }
+}
+
+/// A token of a rule's statement: just enough of ClickHouse's lexer to check the allow-list.
+#[derive(Debug, Clone, PartialEq)]
+enum Tok {
+    /// A bare word: keyword or identifier.
+    Word(String),
+    /// A `backquoted` or "double-quoted" identifier.
+    Quoted(String),
+    Str(String),
+    Num(String),
+    Sym(char),
+}
+
+impl Tok {
+    fn is_kw(&self, k: &str) -> bool {
+        matches!(self, Tok::Word(w) if w.eq_ignore_ascii_case(k))
+    }
+}
+
+impl fmt::Display for Tok {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Tok::Word(w) | Tok::Num(w) => write!(f, "`{w}`"),
+            Tok::Quoted(w) => write!(f, "identifier {w:?}"),
+            Tok::Str(s) => write!(f, "string {s:?}"),
+            Tok::Sym(c) => write!(f, "`{c}`"),
+        }
+    }
+}
+
+fn lex(s: &str) -> Result<Vec<Tok>, String> {
+    let mut out = Vec::new();
+    let mut it = s.chars().peekable();
+    while let Some(c) = it.next() {
+        match c {
+            c if c.is_whitespace() => {}
+            '-' if it.peek() == Some(&'-') => return Err("comments are not allowed in a rule's statement".into()),
+            '/' if it.peek() == Some(&'*') => return Err("comments are not allowed in a rule's statement".into()),
+            '#' => return Err("comments are not allowed in a rule's statement".into()),
+            '\'' | '`' | '"' => {
+                let mut v = String::new();
+                loop {
+                    match it.next() {
+                        None => return Err(format!("unterminated {c}…{c} in the statement")),
+                        Some('\\') => v.push(it.next().ok_or("the statement ends inside an escape")?),
+                        Some(q) if q == c && it.peek() == Some(&c) => {
+                            it.next();
+                            v.push(c);
+                        }
+                        Some(q) if q == c => break,
+                        Some(ch) if ch.is_control() => return Err("control characters are not allowed".into()),
+                        Some(ch) => v.push(ch),
+                    }
+                }
+                out.push(if c == '\'' { Tok::Str(v) } else { Tok::Quoted(v) });
+            }
+            c if c.is_ascii_alphabetic() || c == '_' => {
+                let mut w = c.to_string();
+                while let Some(&n) = it.peek().filter(|n| n.is_ascii_alphanumeric() || **n == '_') {
+                    w.push(n);
+                    it.next();
+                }
+                out.push(Tok::Word(w));
+            }
+            c if c.is_ascii_digit() => {
+                let mut w = c.to_string();
+                while let Some(&n) = it.peek().filter(|n| n.is_ascii_digit()) {
+                    w.push(n);
+                    it.next();
+                }
+                out.push(Tok::Num(w));
+            }
+            '.' | ',' | '=' | '(' | ')' | ';' => out.push(Tok::Sym(c)),
+            c => return Err(format!("unexpected character {c:?} in the statement")),
+        }
+    }
+    Ok(out)
+}
+
+struct Cursor<'a> {
+    toks: &'a [Tok],
+    at: usize,
+}
+
+impl Cursor<'_> {
+    fn peek(&self) -> Option<&Tok> {
+        self.toks.get(self.at)
+    }
+    fn next(&mut self) -> Option<Tok> {
+        let t = self.peek().cloned();
+        self.at += t.is_some() as usize;
+        t
+    }
+    fn done(&self) -> bool {
+        self.at >= self.toks.len()
+    }
+    /// Nothing left but an optional `;`.
+    fn at_end(&self) -> bool {
+        self.done() || self.toks[self.at..] == [Tok::Sym(';')]
+    }
+    fn kw(&mut self, k: &str) -> bool {
+        let yes = self.peek().is_some_and(|t| t.is_kw(k));
+        self.at += yes as usize;
+        yes
+    }
+    /// All of `ks` in a row, or nothing consumed.
+    fn kws(&mut self, ks: &[&str]) -> bool {
+        let yes = ks.iter().enumerate().all(|(i, k)| self.toks.get(self.at + i).is_some_and(|t| t.is_kw(k)));
+        if yes {
+            self.at += ks.len();
+        }
+        yes
+    }
+    fn sym(&mut self, c: char) -> bool {
+        let yes = self.peek() == Some(&Tok::Sym(c));
+        self.at += yes as usize;
+        yes
+    }
+    fn name(&mut self) -> Option<String> {
+        match self.peek()? {
+            Tok::Word(w) | Tok::Quoted(w) => {
+                let w = w.clone();
+                self.at += 1;
+                Some(w)
+            }
+            _ => None,
+        }
+    }
+    /// `[db.]name`, each bare or quoted.
+    fn table(&mut self) -> Option<String> {
+        let first = self.name()?;
+        if self.sym('.') { self.name().map(|t| format!("{first}.{t}")) } else { Some(first) }
+    }
+}
+
+/// What is wrong with a database, table, column, disk or volume name that goes into a statement
+/// (quoted there), if anything: empty, over 255 bytes, or with control characters.
+pub fn name_problem(name: &str) -> Option<String> {
+    if name.is_empty() {
+        Some("a name must not be empty".into())
+    } else if name.len() > 255 {
+        Some(format!("{name:?} is longer than 255 bytes"))
+    } else if name.chars().any(char::is_control) {
+        Some(format!("{name:?} contains control characters"))
+    } else {
+        None
+    }
 }
 
 /// Rule files in `dir`: `*.yaml`/`*.yml`, except test files (`*test*.yaml`), in name order.
@@ -143,6 +377,15 @@ pub fn parse(path: &Path, text: &str) -> Result<Vec<LoadedRule>, Vec<RuleError>>
                 message: format!("rule {:?}: {message}", rule.name),
             });
         }
+        for (n, message) in validate_sql(&rule) {
+            let (line, column) = locate_statement(text, line, n).unwrap_or((line, column));
+            errors.push(RuleError {
+                file: path.to_path_buf(),
+                line,
+                column,
+                message: format!("rule {:?}: {message}", rule.name),
+            });
+        }
         out.push(LoadedRule { rule, file: path.to_path_buf(), line });
     }
     if errors.is_empty() { Ok(out) } else { Err(errors) }
@@ -159,6 +402,30 @@ fn locate_rule(text: &str, name: &str) -> (usize, usize) {
         }
     }
     (1, 1)
+}
+
+/// The rule's `sql` steps that are not on the allow-list: (which `sql` step of the rule, message).
+fn validate_sql(r: &Rule) -> Vec<(usize, String)> {
+    let statements = r.steps.iter().filter_map(|s| if let Step::Sql(q) = s { Some(&q.statement) } else { None });
+    statements
+        .enumerate()
+        .filter_map(|(i, st)| {
+            let why = sql_check(st).err()?;
+            Some((
+                i,
+                format!("statement {st:?} is not allowed: {why}. A rule may run only: {}", SQL_ALLOW_LIST.join("; ")),
+            ))
+        })
+        .collect()
+}
+
+/// Where the `n`th `statement:` after line `from` (1-based) is written, to point at it.
+fn locate_statement(text: &str, from: usize, n: usize) -> Option<(usize, usize)> {
+    text.lines()
+        .enumerate()
+        .skip(from.saturating_sub(1))
+        .filter_map(|(i, l)| l.find("statement:").map(|pos| (i + 1, pos + 1)))
+        .nth(n)
 }
 
 /// Checks that deserialisation cannot express: consistency, bounds, the SQL allow-list.
@@ -196,6 +463,11 @@ fn validate(r: &Rule) -> Vec<String> {
                 if t.min.is_zero() {
                     e.push("ttl min must be more than 0: a TTL of 0 deletes everything".into());
                 }
+                for (what, name) in [("database", &t.database), ("table", &t.table), ("column", &t.column)] {
+                    if let Some(p) = name_problem(name) {
+                        e.push(format!("ttl {what}: {p}"));
+                    }
+                }
             }
             Step::Scale(sc) => {
                 if sc.min > sc.max {
@@ -205,13 +477,13 @@ fn validate(r: &Rule) -> Vec<String> {
                     e.push("scale step must not be 0".into());
                 }
             }
-            Step::Sql(q) if !sql_allowed(&q.statement) => e.push(format!(
-                "statement {:?} is not on the allow-list (one of: {})",
-                q.statement,
-                SQL_ALLOW_LIST.iter().map(|s| s.trim()).collect::<Vec<_>>().join(", ")
-            )),
-            Step::Rebalance(rb) if !(rb.target_free > 0.0 && rb.target_free < 1.0) => {
-                e.push(format!("rebalance target_free {} must be between 0 and 1", rb.target_free))
+            Step::Rebalance(rb) => {
+                if !(rb.target_free > 0.0 && rb.target_free < 1.0) {
+                    e.push(format!("rebalance target_free {} must be between 0 and 1", rb.target_free));
+                }
+                if rb.max_partitions == 0 {
+                    e.push("rebalance max_partitions must be at least 1".into());
+                }
             }
             Step::Notify(n) if !["critical", "error", "warning", "info"].contains(&n.severity.as_str()) => {
                 e.push(format!("notify severity {:?} must be critical, error, warning or info", n.severity))
@@ -305,12 +577,75 @@ rules:
 
     #[test]
     fn only_allow_listed_single_statements_pass() {
-        assert!(sql_allowed("KILL MUTATION WHERE mutation_id = 'x'"));
-        assert!(sql_allowed("system   flush logs"));
-        assert!(sql_allowed("SYSTEM RESTART REPLICA db.t"));
-        assert!(!sql_allowed("SYSTEM FLUSH LOGS; DROP TABLE t"));
-        assert!(!sql_allowed("DROP TABLE t"));
-        assert!(!sql_allowed("SYSTEM FLUSH LOGSX"));
+        for ok in [
+            "system   flush logs",
+            "SYSTEM FLUSH LOGS;",
+            "SYSTEM DROP MARK CACHE",
+            "SYSTEM START MERGES",
+            "SYSTEM START MERGES `my-db`.events;",
+            "SYSTEM START REPLICATED SENDS db.t",
+            "SYSTEM RESTART REPLICA db.t",
+            "SYSTEM RESTART REPLICA `my-db`.`ev``ents`",
+            "SYSTEM SYNC REPLICA db.t LIGHTWEIGHT",
+            "SYSTEM RELOAD DICTIONARY dicts.geo",
+            "OPTIMIZE TABLE db.t PARTITION ID '20260101' FINAL",
+            "OPTIMIZE TABLE db.t",
+            "KILL QUERY WHERE query_id = 'abc-123' SYNC",
+            "kill query where user = 'etl' and query_id = 'it''s'",
+            "KILL MUTATION WHERE mutation_id = 'mutation_7.txt'",
+            "KILL MUTATION WHERE database = 'db' AND table = 't'",
+            "KILL MUTATION WHERE table = 't' AND database = 'db' AND mutation_id = 'm' ASYNC",
+        ] {
+            assert_eq!(sql_check(ok), Ok(()), "{ok}");
+        }
+        for (bad, why) in [
+            ("DROP TABLE t", "not on the allow-list"),
+            ("SYSTEM FLUSH LOGSX", "not on the allow-list"),
+            ("SYSTEM FLUSH LOGS; DROP TABLE t", "only one statement"),
+            ("SYSTEM FLUSH LOGS -- hi", "comments"),
+            ("SYSTEM RESTART REPLICA", "needs one table"),
+            ("SYSTEM RESTART REPLICAS", "not on the allow-list"),
+            ("SYSTEM RESTART REPLICA db.t ON CLUSTER c", "ON CLUSTER"),
+            ("OPTIMIZE TABLE db.t FINAL DEDUPLICATE", "deletes rows"),
+            ("OPTIMIZE TABLE db.t FINAL SETTINGS x = 1", "unexpected `SETTINGS`"),
+            ("KILL QUERY WHERE 1", "query_id"),
+            ("KILL QUERY", "query_id"),
+            ("KILL QUERY WHERE user = 'etl'", "query_id"),
+            ("KILL QUERY WHERE query_id = 'a' OR 1 = 1", "unexpected `OR`"),
+            ("KILL QUERY WHERE query_id LIKE '%'", "query_id"),
+            ("KILL QUERY WHERE query_id = query_id", "query_id"),
+            ("KILL MUTATION WHERE database = 'db'", "mutation_id"),
+            ("KILL MUTATION WHERE 1", "mutation_id"),
+            ("KILL QUERY WHERE query_id = 'unterminated", "unterminated"),
+        ] {
+            match sql_check(bad) {
+                Err(e) => assert!(e.contains(why), "{bad}: {e}"),
+                Ok(()) => panic!("{bad} must be refused"),
+            }
+        }
+        assert!(!sql_allowed("KILL QUERY WHERE 1"));
+    }
+
+    #[test]
+    fn a_statement_off_the_allow_list_is_reported_where_it_is_written() {
+        let text = GOOD.replace("SYSTEM FLUSH LOGS", "KILL QUERY WHERE 1");
+        let e = errors(&text);
+        assert_eq!(e.len(), 1, "{e:?}");
+        let line = text.lines().position(|l| l.contains("KILL QUERY")).unwrap() + 1;
+        let column = text.lines().nth(line - 1).unwrap().find("statement:").unwrap() + 1;
+        assert!(e[0].starts_with(&format!("r.yaml:{line}:{column}: rule \"readonly-replica\"")), "{}", e[0]);
+        assert!(e[0].contains("KILL QUERY needs WHERE query_id = '…'"), "{}", e[0]);
+        assert!(e[0].contains("A rule may run only: SYSTEM FLUSH LOGS;"), "{}", e[0]);
+    }
+
+    #[test]
+    fn ttl_names_must_be_quotable_and_rebalance_must_move_something() {
+        let e = errors(&GOOD.replace("table: events", "table: \"ev\\nents\""));
+        assert!(e.iter().any(|e| e.contains("ttl table") && e.contains("control characters")), "{e:?}");
+        assert!(errors(&GOOD.replace("table: events", "table: events-2026")).is_empty(), "a '-' is fine: it is quoted");
+        let e =
+            errors(&GOOD.replace("- sql: { statement: \"SYSTEM FLUSH LOGS\" }", "- rebalance: { max_partitions: 0 }"));
+        assert!(e.iter().any(|e| e.contains("max_partitions must be at least 1")), "{e:?}");
     }
 
     #[test]
