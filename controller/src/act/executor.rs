@@ -173,9 +173,11 @@ impl Executor for ClickHouseExecutor {
             Step::Ttl(s) => {
                 let change = within(to, chx::shorten_ttl(&c, s)).await?;
                 let message = format!(
-                    "TTL of {}.{} {} → {}; expired rows deleted in the background from {} partition(s)",
+                    "TTL of {}.{} {} s → {} s ({} → {}); expired rows deleted in the background from {} partition(s)",
                     s.database,
                     s.table,
+                    change.previous.seconds.map_or("?".to_string(), |s| s.to_string()),
+                    change.new_seconds,
                     change.previous.expression,
                     change.expression,
                     change.materialized.len()

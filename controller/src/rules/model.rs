@@ -223,7 +223,8 @@ pub struct AbsentMatch {
 pub enum Step {
     /// Restart ClickHouse (or another service) on the node.
     Restart(RestartStep),
-    /// Move partitions from the fullest disk/volume to the one with the most room.
+    /// Move partitions off a full disk (the one the firing names, else the fullest) to the disk or
+    /// volume of each table's storage policy with the most room.
     Rebalance(RebalanceStep),
     /// Change a StatefulSet's replicas within bounds.
     Scale(ScaleStep),
@@ -269,7 +270,10 @@ fn clickhouse_server() -> String {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum MoveTo {
+    /// `MOVE PARTITION … TO DISK`: another disk of the table's storage policy.
     Disk,
+    /// `MOVE PARTITION … TO VOLUME`: another volume of the table's storage policy (one that does
+    /// not hold the source disk); ClickHouse picks the disk inside it.
     Volume,
 }
 
@@ -335,10 +339,11 @@ fn one_i32() -> i32 {
 pub struct TtlStep {
     pub database: String,
     pub table: String,
-    /// The DateTime column the TTL is on.
+    /// The DateTime column the TTL is on; used only when the TTL's delete clause has no
+    /// `+ INTERVAL` to scale (the clause then becomes `column + INTERVAL …`).
     #[serde(default = "ts_column")]
     pub column: String,
-    /// Never shorter than this.
+    /// The delete clause is never shortened below this.
     #[serde(deserialize_with = "duration")]
     pub min: Duration,
     /// The normal TTL, restored when the pressure is gone.
