@@ -266,6 +266,54 @@ async fn a_shortened_ttl_is_restored_once_the_pressure_is_gone() -> Result<()> {
     Ok(())
 }
 
+/// The shortened TTL is in the stored audit log: a controller killed before the pressure is
+/// gone, and started again, still puts the TTL back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shortened_ttl_is_restored_even_by_a_controller_that_restarted_meanwhile() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let (ch, original, rules) = events_table_with_30_day_ttl(dir.path()).await?;
+    std::fs::write(
+        rules.join("r.yaml"),
+        "rules:
+  - name: ttl-under-pressure
+    when:
+      log: { signature: no_space_left, count: 1, window: 3s }
+    do:
+      - ttl: { database: analytics, table: events, min: 1d, max: 30d, factor: 0.5, restore_after: 8s }
+    verify: { clears_within: 30s }
+",
+    )?;
+    let log = dir.path().join("ch.log");
+    std::fs::write(&log, "")?;
+    let (url, l, r) = (ch.url(), log.to_string_lossy().to_string(), rules.to_string_lossy().to_string());
+    let args = ["--rules-dir", &r, "--remediation-interval", "500ms", "--clickhouse-node-url", &url];
+    let (grpc, http) = (free_port(), free_port());
+    let mut c = ControllerProc::start(&dir.path().join("c"), grpc, http, &args).await?;
+    let _agent = AgentProc::start(
+        &c.grpc_url(),
+        "ch-1",
+        &dir.path().join("spool"),
+        free_port(),
+        &["--interval", "500ms", "--log-file", &l],
+    )
+    .await?;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let mut f = std::fs::OpenOptions::new().append(true).open(&log)?;
+    writeln!(
+        f,
+        "2026.11.24 06:00:00.000000 [ 7 ] {{}} <Error> MergeTreeBackgroundExecutor: Code: 243. DB::Exception: Cannot reserve 1.00 MiB, not enough space. (NOT_ENOUGH_SPACE)"
+    )?;
+    drop(f);
+    wait_outcome(&c, "ttl-under-pressure", "verified", 30).await?;
+    assert_ne!(ttl_text(&ch).await?, original, "shortened while under pressure");
+    c.proc.kill9();
+    let c = ControllerProc::start(&dir.path().join("c"), grpc, http, &args).await?;
+    let a = wait_outcome(&c, "ttl-under-pressure", "restored", 40).await?;
+    assert_eq!(outcomes(&a), ["started", "acted", "verified", "restored"]);
+    assert_eq!(ttl_text(&ch).await?, original, "the previous TTL is back");
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_action_cut_short_by_a_controller_crash_is_verified_after_the_restart_not_run_again() -> Result<()> {
     let dir = tempfile::tempdir()?;

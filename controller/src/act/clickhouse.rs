@@ -10,7 +10,7 @@ use super::ActError;
 use crate::rules::load::{name_problem, sql_check};
 use crate::rules::model::{MoveTo, PartitionOrder, RebalanceStep, TtlStep};
 use clickhouse::{Client, Row};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::time::Duration;
 
@@ -56,7 +56,7 @@ fn table_name(database: &str, table: &str) -> Result<String, ActError> {
 
 /// A table's TTL clause as ClickHouse reports it, and the length of its delete clause when that
 /// is `expression + interval` (the unconditional delete; else the first `… WHERE` delete).
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TableTtl {
     pub expression: String,
     pub seconds: Option<u64>,
@@ -292,7 +292,7 @@ pub async fn table_ttl(client: &Client, database: &str, table: &str) -> Result<O
 }
 
 /// What a TTL step did, so it can be undone.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TtlChange {
     pub previous: TableTtl,
     /// The length of the (first) shortened delete clause.

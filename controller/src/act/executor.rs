@@ -29,6 +29,57 @@ pub enum Undo {
     Scale(k8s::ScaleChange),
 }
 
+/// A shortened TTL waiting to be put back, as the audit log stores it: a controller that restarts
+/// (or takes over as leader) still puts it back once the pressure is gone.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct StoredTtlUndo {
+    pub node: String,
+    pub labels: BTreeMap<String, String>,
+    pub database: String,
+    pub table: String,
+    pub column: String,
+    pub min_secs: u64,
+    pub max_secs: u64,
+    pub factor: f64,
+    pub restore_after_secs: u64,
+    pub change: chx::TtlChange,
+}
+
+impl StoredTtlUndo {
+    pub fn of(u: &Undo) -> Option<Self> {
+        let Undo::Ttl { node, labels, step, change } = u else { return None };
+        Some(Self {
+            node: node.clone(),
+            labels: labels.clone(),
+            database: step.database.clone(),
+            table: step.table.clone(),
+            column: step.column.clone(),
+            min_secs: step.min.as_secs(),
+            max_secs: step.max.as_secs(),
+            factor: step.factor,
+            restore_after_secs: step.restore_after.as_secs(),
+            change: (**change).clone(),
+        })
+    }
+
+    pub fn undo(&self) -> Undo {
+        Undo::Ttl {
+            node: self.node.clone(),
+            labels: self.labels.clone(),
+            step: TtlStep {
+                database: self.database.clone(),
+                table: self.table.clone(),
+                column: self.column.clone(),
+                min: Duration::from_secs(self.min_secs),
+                max: Duration::from_secs(self.max_secs),
+                factor: self.factor,
+                restore_after: Duration::from_secs(self.restore_after_secs),
+            },
+            change: Box::new(self.change.clone()),
+        }
+    }
+}
+
 /// What a step did.
 pub struct Done {
     pub message: String,

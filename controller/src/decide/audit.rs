@@ -81,6 +81,9 @@ pub struct AuditEntry {
     pub guard: Option<String>,
     pub evidence: String,
     pub message: String,
+    /// On a `verified` TTL action: the shortened TTLs to put back once the pressure is gone.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ttl_restore: Vec<crate::act::executor::StoredTtlUndo>,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -204,6 +207,7 @@ mod tests {
             guard: None,
             evidence: String::new(),
             message: String::new(),
+            ttl_restore: Vec::new(),
         }
     }
 

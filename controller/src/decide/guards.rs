@@ -408,6 +408,7 @@ mod tests {
             guard: None,
             evidence: "e".into(),
             message: String::new(),
+            ttl_restore: Vec::new(),
         }
     }
 

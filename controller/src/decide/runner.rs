@@ -8,7 +8,7 @@ use super::conditions::{ConditionTracker, Firing, Signals};
 use super::facts::Facts;
 use super::guards::{Decision, Fleet, GlobalLimit, GuardState};
 use crate::act::ActError;
-use crate::act::executor::{Executors, Target, Undo};
+use crate::act::executor::{Executors, StoredTtlUndo, Target, Undo};
 use crate::detect::engine::DetectionState;
 use crate::ingest::nodes::NodeTable;
 use crate::publish::alertmanager::{Alert, Alerts};
@@ -185,6 +185,88 @@ fn action_name(rule: &Rule) -> String {
         .join("+")
 }
 
+/// Adds a TTL to put back. A table shortened again before its first restoration gets one
+/// restoration: to the TTL before the first change, over the TTL Medic set last.
+fn add_restoration<'a>(
+    restorations: &'a mut Vec<Restoration>,
+    id: &str,
+    key: &Key,
+    action: &str,
+    u: &Undo,
+    due_ms: i64,
+) -> &'a Restoration {
+    let Undo::Ttl { node, step, change, .. } = u else {
+        restorations.push(Restoration {
+            id: id.into(),
+            key: key.clone(),
+            action: action.into(),
+            undo: u.clone(),
+            after: Duration::ZERO,
+            due_ms,
+        });
+        return &restorations[restorations.len() - 1];
+    };
+    let same = |r: &Restoration| match &r.undo {
+        Undo::Ttl { node: n, step: s, .. } => n == node && s.database == step.database && s.table == step.table,
+        _ => false,
+    };
+    match restorations.iter().position(same) {
+        Some(i) => {
+            let r = &mut restorations[i];
+            r.due_ms = r.due_ms.max(due_ms);
+            r.after = r.after.max(step.restore_after);
+            if let Undo::Ttl { change: first, .. } = &mut r.undo {
+                first.expression = change.expression.clone();
+                first.new_seconds = change.new_seconds;
+                first.materialized.extend(change.materialized.iter().cloned());
+            }
+            &restorations[i]
+        }
+        None => {
+            restorations.push(Restoration {
+                id: id.into(),
+                key: key.clone(),
+                action: action.into(),
+                undo: u.clone(),
+                after: step.restore_after,
+                due_ms,
+            });
+            &restorations[restorations.len() - 1]
+        }
+    }
+}
+
+/// The restorations still due according to the audit log (oldest first): each `verified` TTL
+/// action adds (or merges into) one, and a `restored` or `nothing_to_do` entry of that
+/// restoration ends it.
+fn stored_restorations(history: &[AuditEntry]) -> Vec<Restoration> {
+    let mut out: Vec<Restoration> = Vec::new();
+    for e in history {
+        match e.outcome {
+            Outcome::Verified => {
+                for s in &e.ttl_restore {
+                    let key = (e.rule.clone(), e.node.clone(), e.target.clone());
+                    let due_ms = e.at_ms + (s.restore_after_secs as i64) * 1000;
+                    let u = s.undo();
+                    // The entry already holds the merged TTL: replace, keeping the first id.
+                    if let Some(r) = out.iter_mut().find(|r| {
+                        StoredTtlUndo::of(&r.undo)
+                            .is_some_and(|x| x.node == s.node && x.database == s.database && x.table == s.table)
+                    }) {
+                        r.undo = u;
+                        r.due_ms = r.due_ms.max(due_ms);
+                    } else {
+                        add_restoration(&mut out, &e.action_id, &key, &e.action, &u, due_ms);
+                    }
+                }
+            }
+            Outcome::Restored | Outcome::NothingToDo => out.retain(|r| r.id != e.action_id),
+            _ => {}
+        }
+    }
+    out
+}
+
 /// A rule that only pages: it changes nothing, so it does not hold back other rules' actions,
 /// and a condition that outlasts its window does not stop it (the page stays open until the
 /// condition clears; a person has it).
@@ -241,7 +323,9 @@ impl Runner {
         let started_ms = now_ms();
         self.recover(&mut guards, &mut verifying);
         let mut pending: HashMap<String, Pending> = HashMap::new();
-        let mut restorations: Vec<Restoration> = Vec::new();
+        // Shortened TTLs the audit log says are still to be put back (by this controller before
+        // a restart, or by the previous leader).
+        let mut restorations = stored_restorations(&self.remediation.audit.history());
         // The last decision recorded per key, so a blocked rule is audited once, not every round.
         let mut last_decision: HashMap<Key, String> = HashMap::new();
         // Actions whose steps are running now.
@@ -377,32 +461,24 @@ impl Runner {
                 let since = if v.recovered { started_ms.max(v.since_ms) } else { v.since_ms };
                 let cleared = !holding.contains(&v.key) && self.observed_since(&by_name, &v.key, since);
                 if cleared {
-                    self.entry(&v.id, &firing, &v.action, Outcome::Verified, None, "the condition cleared".into());
-                    guards.finished(&v.id, true);
+                    let mut stored = Vec::new();
                     for u in &v.undo {
-                        if let Undo::Ttl { node, step, .. } = u {
+                        if let Undo::Ttl { step, .. } = u {
                             let due_ms = now + step.restore_after.as_millis() as i64;
-                            // A table shortened again before its first restoration: the TTL
-                            // to put back is the one before the first change, not the second.
-                            let earlier = restorations.iter_mut().find(|r| match &r.undo {
-                                Undo::Ttl { node: n, step: s, .. } => {
-                                    n == node && s.database == step.database && s.table == step.table
-                                }
-                                _ => false,
-                            });
-                            match earlier {
-                                Some(r) => r.due_ms = r.due_ms.max(due_ms),
-                                None => restorations.push(Restoration {
-                                    id: v.id.clone(),
-                                    key: v.key.clone(),
-                                    action: v.action.clone(),
-                                    undo: u.clone(),
-                                    after: step.restore_after,
-                                    due_ms,
-                                }),
-                            }
+                            let r = add_restoration(&mut restorations, &v.id, &v.key, &v.action, u, due_ms);
+                            stored.extend(StoredTtlUndo::of(&r.undo));
                         }
                     }
+                    self.record(
+                        &v.id,
+                        &firing,
+                        &v.action,
+                        Outcome::Verified,
+                        None,
+                        "the condition cleared".into(),
+                        stored,
+                    );
+                    guards.finished(&v.id, true);
                 } else if now >= v.deadline_ms {
                     let pages = by_name.get(v.key.0.as_str()).is_some_and(|r| notify_only(&r.rule));
                     if !pages {
@@ -447,6 +523,11 @@ impl Runner {
                     };
                     match self.exec.undo(&r.undo).await {
                         Ok(m) => self.entry(&r.id, &f, &r.action, Outcome::Restored, None, m),
+                        // Final: a person changed the TTL since (it is theirs now), or there is
+                        // nothing left to put back.
+                        Err(e @ (ActError::Refused(_) | ActError::NothingToDo(_))) => {
+                            self.entry(&r.id, &f, &r.action, Outcome::NothingToDo, None, format!("not restored: {e}"))
+                        }
                         Err(e) => {
                             self.entry(
                                 &r.id,
@@ -750,6 +831,20 @@ impl Runner {
     }
 
     fn entry(&self, id: &str, f: &Firing, action: &str, outcome: Outcome, guard: Option<&str>, message: String) {
+        self.record(id, f, action, outcome, guard, message, Vec::new())
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn record(
+        &self,
+        id: &str,
+        f: &Firing,
+        action: &str,
+        outcome: Outcome,
+        guard: Option<&str>,
+        message: String,
+        ttl_restore: Vec<StoredTtlUndo>,
+    ) {
         let now = now_ms();
         self.remediation.audit.record(AuditEntry {
             action_id: id.to_string(),
@@ -763,6 +858,7 @@ impl Runner {
             guard: guard.map(str::to_string),
             evidence: f.evidence.clone(),
             message,
+            ttl_restore,
         });
     }
 
@@ -859,5 +955,88 @@ impl Runner {
             ));
         }
         guards.finished(id, false);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::act::clickhouse::{TableTtl, TtlChange};
+
+    fn stored(previous: &str, now: &str) -> StoredTtlUndo {
+        StoredTtlUndo {
+            node: "ch-1".into(),
+            labels: Default::default(),
+            database: "analytics".into(),
+            table: "events".into(),
+            column: "ts".into(),
+            min_secs: 86_400,
+            max_secs: 30 * 86_400,
+            factor: 0.5,
+            restore_after_secs: 60,
+            change: TtlChange {
+                previous: TableTtl { expression: previous.into(), seconds: None },
+                new_seconds: 0,
+                expression: now.into(),
+                materialized: Vec::new(),
+            },
+        }
+    }
+
+    fn entry(id: &str, outcome: Outcome, at_ms: i64, ttl_restore: Vec<StoredTtlUndo>) -> AuditEntry {
+        AuditEntry {
+            action_id: id.into(),
+            at: String::new(),
+            at_ms,
+            rule: "ttl".into(),
+            node: "ch-1".into(),
+            target: String::new(),
+            action: "ttl".into(),
+            outcome,
+            guard: None,
+            evidence: String::new(),
+            message: String::new(),
+            ttl_restore,
+        }
+    }
+
+    fn change(r: &Restoration) -> (String, String) {
+        match &r.undo {
+            Undo::Ttl { change, .. } => (change.previous.expression.clone(), change.expression.clone()),
+            _ => (String::new(), String::new()),
+        }
+    }
+
+    #[test]
+    fn a_table_shortened_twice_is_put_back_once_to_its_first_ttl_over_the_last_one_medic_set() {
+        let mut rs = Vec::new();
+        let key: Key = ("ttl".into(), "ch-1".into(), String::new());
+        add_restoration(&mut rs, "a1", &key, "ttl", &stored("30 DAY", "15 DAY").undo(), 1_000);
+        add_restoration(&mut rs, "a2", &key, "ttl", &stored("15 DAY", "7 DAY").undo(), 5_000);
+        assert_eq!(rs.len(), 1);
+        assert_eq!(rs[0].id, "a1");
+        assert_eq!(change(&rs[0]), ("30 DAY".into(), "7 DAY".into()));
+        assert_eq!(rs[0].due_ms, 5_000, "due once the later one is");
+    }
+
+    #[test]
+    fn restorations_still_due_are_rebuilt_from_the_audit_log() {
+        let history = [
+            entry("a1", Outcome::Started, 0, vec![]),
+            entry("a1", Outcome::Verified, 1_000, vec![stored("30 DAY", "15 DAY")]),
+            // The second action's entry carries the merged TTL.
+            entry("a2", Outcome::Verified, 2_000, vec![stored("30 DAY", "7 DAY")]),
+        ];
+        let rs = stored_restorations(&history);
+        assert_eq!(rs.len(), 1);
+        assert_eq!(rs[0].id, "a1");
+        assert_eq!(change(&rs[0]), ("30 DAY".into(), "7 DAY".into()));
+        assert_eq!(rs[0].due_ms, 62_000);
+        let mut done = history.to_vec();
+        done.push(entry("a1", Outcome::Restored, 70_000, vec![]));
+        assert!(stored_restorations(&done).is_empty(), "restored: nothing left to do");
+        let mut refused = history.to_vec();
+        refused.push(entry("a1", Outcome::NothingToDo, 70_000, vec![]));
+        assert!(stored_restorations(&refused).is_empty(), "a person changed it since: theirs now");
     }
 }
