@@ -37,11 +37,14 @@ pub struct WriterOptions {
     pub max_group_batches: usize,
     /// Most samples + log records written in one durable write.
     pub max_group_items: usize,
+    /// While nothing arrives, the store is pinged this often, so that `medic_store_up` and
+    /// /healthz follow a store that goes away (or comes back) without traffic too.
+    pub idle_ping: Duration,
 }
 
 impl Default for WriterOptions {
     fn default() -> Self {
-        Self { max_group_batches: 512, max_group_items: 500_000 }
+        Self { max_group_batches: 512, max_group_items: 500_000, idle_ping: Duration::from_secs(2) }
     }
 }
 
@@ -94,7 +97,24 @@ impl Writer {
         let mut inflight: Option<tokio::task::JoinHandle<()>> = None;
         // The node records as the in-flight group leaves them (not yet in the NodeTable).
         let mut overlay: HashMap<String, NodeRecord> = HashMap::new();
-        while let Some(job) = rx.recv().await {
+        let mut idle = tokio::time::interval(this.opts.idle_ping);
+        idle.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        idle.reset();
+        loop {
+            let job = tokio::select! {
+                job = rx.recv() => match job {
+                    Some(job) => job,
+                    None => break,
+                },
+                _ = idle.tick() => {
+                    // A write in flight reports the store's state itself.
+                    if inflight.as_ref().is_none_or(|w| w.is_finished()) {
+                        this.ping_idle().await;
+                    }
+                    continue;
+                }
+            };
+            idle.reset();
             group.push(job);
             let mut items = 0;
             while group.len() < this.opts.max_group_batches && items < this.opts.max_group_items {
@@ -236,13 +256,43 @@ impl Writer {
         }
     }
 
+    /// Keeps `medic_store_up` and the store error current while no write does. Bounded, so that
+    /// a hung store delays a batch arriving meanwhile by [`crate::store::clickhouse::PING_TIMEOUT`] at most.
+    async fn ping_idle(&self) {
+        let limit = crate::store::clickhouse::PING_TIMEOUT;
+        let result = match tokio::time::timeout(limit, self.store.ping()).await {
+            Ok(r) => r,
+            Err(_) => Err(StoreError::Unavailable(format!("the store did not answer within {limit:?}"))),
+        };
+        let was_up = self.metrics.store_up.get() == 1;
+        match result {
+            Ok(()) => {
+                if !was_up {
+                    tracing::info!("the store answers again");
+                }
+                self.metrics.store_up.set(1);
+                self.nodes.set_store_error(None);
+            }
+            Err(e) => {
+                if was_up {
+                    tracing::error!(error = %e, "the store does not answer; agents are not acked until it does");
+                }
+                self.metrics.store_up.set(0);
+                self.nodes.set_store_error(Some(e.to_string()));
+            }
+        }
+    }
+
     /// Retries until the store answers: acting on a stale delivery state would store a replay
     /// twice or count a gap that is none.
     async fn refresh_until_read(&self, nodes: &[String]) -> Vec<NodeRecord> {
         let mut backoff = Duration::from_millis(100);
         loop {
             match self.store.refresh_nodes(nodes).await {
-                Ok(r) => return r,
+                Ok(r) => {
+                    self.metrics.store_up.set(1);
+                    return r;
+                }
                 Err(e) => {
                     self.metrics.store_up.set(0);
                     self.nodes.set_store_error(Some(e.to_string()));
