@@ -461,7 +461,12 @@ impl ClickHouseStore {
                 continue;
             }
             if there > 0 {
-                tracing::warn!(table, copied = there, of = from, "an earlier migration was cut off while copying events; copying them again");
+                tracing::warn!(
+                    table,
+                    copied = there,
+                    of = from,
+                    "an earlier migration was cut off while copying events; copying them again"
+                );
                 self.exec(&format!("TRUNCATE TABLE {db}.{table}")).await?;
             }
             self.exec(&format!(
@@ -937,8 +942,12 @@ impl Store for ClickHouseStore {
         if !self.ready.load(Ordering::Acquire) {
             return Err(self.waiting_error());
         }
-        self.bounded_by(self.opts.timeout.min(PING_TIMEOUT), "pinging ClickHouse", self.client.query("SELECT 1").execute())
-            .await
+        self.bounded_by(
+            self.opts.timeout.min(PING_TIMEOUT),
+            "pinging ClickHouse",
+            self.client.query("SELECT 1").execute(),
+        )
+        .await
     }
 
     /// One insert per kind. The event log retries a failed call with the same events, so each
@@ -954,8 +963,11 @@ impl Store for ClickHouseStore {
         self.connect().await?;
         for (kind, _, _, _) in EVENT_TABLES {
             let table = event_table(kind);
-            let rows: Vec<(i64, &str, String)> =
-                events.iter().filter(|e| e.kind == kind).map(|e| (e.ts_ms, e.node.as_str(), e.body.to_string())).collect();
+            let rows: Vec<(i64, &str, String)> = events
+                .iter()
+                .filter(|e| e.kind == kind)
+                .map(|e| (e.ts_ms, e.node.as_str(), e.body.to_string()))
+                .collect();
             if rows.is_empty() {
                 continue;
             }
