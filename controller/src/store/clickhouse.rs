@@ -353,7 +353,8 @@ impl ClickHouseStore {
         let limit = Some(self.opts.timeout);
         let mut insert = self.bounded(&what, self.data.insert::<T>(table)).await?.with_timeouts(limit, limit);
         if let Some(token) = token {
-            insert = insert.with_setting("insert_deduplication_token", token);
+            // Explicitly on: a user profile may have turned deduplication off.
+            insert = insert.with_setting("insert_deduplicate", "1").with_setting("insert_deduplication_token", token);
         }
         Ok(insert)
     }
