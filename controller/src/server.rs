@@ -15,7 +15,7 @@ use crate::publish::unhandled::{Unhandled, UnhandledConfig, UnhandledMetrics};
 use crate::rules::watch::{ActiveRules, RuleMetrics};
 use crate::store::EventKind;
 use crate::store::Store;
-use crate::store::clickhouse::ClickHouseStore;
+use crate::store::clickhouse::{ClickHouseStore, redact_url};
 use crate::store::embedded::EmbeddedStore;
 use crate::store::events::EventLog;
 use crate::telemetry::Metrics;
@@ -38,11 +38,10 @@ pub async fn run(cfg: ControllerConfig, shutdown: impl Future<Output = ()> + Sen
     let security = crate::security::Security::from_config(&cfg)?;
     cfg.check_leader_election()?;
     let store: Arc<dyn Store> = match cfg.clickhouse()? {
+        // Connects lazily: a ClickHouse that is not up yet is waited for (see `load_when_ready`).
         Some(opts) => {
-            let url = opts.url.clone();
-            Arc::new(ClickHouseStore::open(opts).await.with_context(|| {
-                format!("connecting to ClickHouse at {url} (check --clickhouse-url and that the server is up)")
-            })?)
+            tracing::info!(url = %redact_url(&opts.url), database = %opts.database, timeout = ?opts.timeout, "storing telemetry in ClickHouse");
+            Arc::new(ClickHouseStore::new(opts).context("checking the ClickHouse settings")?)
         }
         None => Arc::new(
             EmbeddedStore::open(&cfg.data_dir)
@@ -55,9 +54,11 @@ pub async fn run(cfg: ControllerConfig, shutdown: impl Future<Output = ()> + Sen
     metrics.register_unprefixed(|r| leadership.register(r));
     metrics.register_unprefixed(|r| security.agents.register(r));
     let security_tasks = security.start();
-    metrics.store_up.set(1);
+    // Up once the nodes' delivery state is read; until then nothing is acked.
+    metrics.store_up.set(0);
     let nodes = NodeTable::default();
-    nodes.load(store.load_nodes().await.context("loading node delivery state")?);
+    // Everything that needs the stored state (ingest, remediation, forecasters) waits for it.
+    let (ready_tx, ready_rx) = tokio::sync::watch::channel(false);
 
     let (jobs_tx, jobs_rx) = tokio::sync::mpsc::channel(cfg.ingest_queue_batches.max(1));
     let rules = cfg.rules_dir.as_ref().map(|dir| {
@@ -68,24 +69,19 @@ pub async fn run(cfg: ControllerConfig, shutdown: impl Future<Output = ()> + Sen
     let rules_task = rules.clone().map(|r| tokio::spawn(r.watch()));
     let event_log = EventLog::start(store.clone());
     let engine = crate::detect::engine::start(EngineConfig::default(), StoreSink(event_log.clone()));
-    restore_detection(store.as_ref(), &engine.state).await;
     // Forecasters are warmed from the stored history when this replica first leads (at once for a
     // single controller): followers do not detect.
     let warm_task = {
         let (store, engine, leadership) = (store.clone(), engine.clone(), election.leadership.clone());
+        let mut ready = ready_rx.clone();
         tokio::spawn(async move {
+            let _ = ready.wait_for(|r| *r).await;
             leadership.wait_for(true).await;
             warm_forecasters(store, engine, EngineConfig::default()).await
         })
     };
-    let history: Vec<AuditEntry> = match load_audit(store.as_ref()).await {
-        Ok(h) => h,
-        Err(e) => {
-            tracing::warn!(error = %e, "cannot read the stored audit log; starting with an empty one");
-            Vec::new()
-        }
-    };
-    let remediation = Remediation::with_audit(Audit::stored(event_log, history));
+    // The stored history is read once the store answers, before remediation starts.
+    let remediation = Remediation::with_audit(Audit::stored(event_log, Vec::new()));
     let kube_client = if cfg.kubernetes {
         match kube::Client::try_default().await {
             Ok(c) => Some(c),
@@ -135,7 +131,8 @@ pub async fn run(cfg: ControllerConfig, shutdown: impl Future<Output = ()> + Sen
         let (max_actions, max_actions_window) = (cfg.max_actions, cfg.max_actions_window);
         let (store, election) = (store.clone(), cfg.leader_election);
         let (audit, state) = (remediation.audit.clone(), engine.state.clone());
-        tokio::spawn(crate::ha::while_leading(
+        let mut ready = ready_rx.clone();
+        let remediate = crate::ha::while_leading(
             leadership.clone(),
             // A new leader starts from the audit log and the detection results as the previous
             // one stored them.
@@ -165,7 +162,12 @@ pub async fn run(cfg: ControllerConfig, shutdown: impl Future<Output = ()> + Sen
                 }
                 .run()
             },
-        ))
+        );
+        tokio::spawn(async move {
+            // Not before the audit log is read: cooldowns and rate limits count what it holds.
+            let _ = ready.wait_for(|r| *r).await;
+            remediate.await
+        })
     });
     // Of several replicas only the leader detects; followers relay what they store to it.
     let relay = cfg.leader_election.then(|| {
@@ -243,7 +245,22 @@ pub async fn run(cfg: ControllerConfig, shutdown: impl Future<Output = ()> + Sen
             _ => Some(b),
         }),
     );
-    let writer_task = tokio::spawn(writer.run(jobs_rx));
+    let writer_task = {
+        let (store, nodes, metrics) = (store.clone(), nodes.clone(), metrics.clone());
+        let (state, audit) = (engine.state.clone(), remediation.audit.clone());
+        tokio::spawn(async move {
+            // Ingest decides what is a replay from the stored delivery state: agents wait for it
+            // (unacked, their batches spooled) while the store does not answer.
+            nodes.load(load_when_ready(store.as_ref(), &nodes, &metrics).await);
+            restore_detection(store.as_ref(), &state).await;
+            match load_audit(store.as_ref()).await {
+                Ok(h) => audit.replace_history(h),
+                Err(e) => tracing::warn!(error = %e, "cannot read the stored audit log; starting with an empty one"),
+            }
+            let _ = ready_tx.send(true);
+            writer.run(jobs_rx).await
+        })
+    };
 
     let ingest = IngestService::new(
         jobs_tx,
@@ -364,6 +381,35 @@ pub async fn run(cfg: ControllerConfig, shutdown: impl Future<Output = ()> + Sen
     h.context("HTTP server failed")?;
     tracing::info!("controller stopped");
     Ok(())
+}
+
+/// The nodes' stored delivery state, retried until the store answers (a ClickHouse that starts
+/// after the controller, or is down at its start).
+async fn load_when_ready(store: &dyn Store, nodes: &NodeTable, metrics: &Metrics) -> Vec<crate::store::NodeRecord> {
+    let mut backoff = Duration::from_millis(250);
+    let mut said = false;
+    loop {
+        match store.load_nodes().await {
+            Ok(records) => {
+                metrics.store_up.set(1);
+                nodes.set_store_error(None);
+                if said {
+                    tracing::info!(nodes = records.len(), "the store answers; ingesting");
+                }
+                return records;
+            }
+            Err(e) => {
+                metrics.store_up.set(0);
+                nodes.set_store_error(Some(e.to_string()));
+                if !said {
+                    tracing::warn!(error = %e, "cannot read the nodes' delivery state; agents keep their batches spooled until the store answers");
+                    said = true;
+                }
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(2));
+            }
+        }
+    }
 }
 
 /// Detection results of earlier runs, back into memory so the API shows them after a restart.

@@ -122,6 +122,17 @@ impl ControllerProc {
         extra: &[&str],
         env: &[(&str, &str)],
     ) -> Result<Self> {
+        Self::spawn(data_dir, grpc, http, extra, env, "/healthz").await
+    }
+
+    async fn spawn(
+        data_dir: &Path,
+        grpc: u16,
+        http: u16,
+        extra: &[&str],
+        env: &[(&str, &str)],
+        ready_path: &str,
+    ) -> Result<Self> {
         std::fs::create_dir_all(data_dir)?;
         let mut cmd = Command::new(bin("controller")?);
         cmd.arg("--grpc-listen")
@@ -135,8 +146,13 @@ impl ControllerProc {
             .envs(env.iter().copied());
         let proc = Proc::spawn("controller", &mut cmd, &data_dir.join("controller.out"))?;
         let c = Self { proc, grpc, http, data_dir: data_dir.to_path_buf() };
-        wait_http_ok(&c.url("/healthz"), Duration::from_secs(20)).await?;
+        wait_http_ok(&c.url(ready_path), Duration::from_secs(20)).await?;
         Ok(c)
+    }
+
+    /// Started and serving HTTP, healthy or not (e.g. while its store is not up yet).
+    pub async fn start_unhealthy(data_dir: &Path, grpc: u16, http: u16, extra: &[&str]) -> Result<Self> {
+        Self::spawn(data_dir, grpc, http, extra, &[], "/metrics").await
     }
 
     pub fn grpc_url(&self) -> String {
@@ -364,6 +380,17 @@ impl ClickHouseProc {
 
     pub fn url(&self) -> String {
         format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// Freezes the server (SIGSTOP): it keeps its port, connections are accepted by the kernel,
+    /// and nothing answers — a hung ClickHouse.
+    pub fn pause(&self) {
+        self.proc.stop_signal(libc::SIGSTOP);
+    }
+
+    /// Thaws a paused server (SIGCONT): it goes on with whatever was sent to it meanwhile.
+    pub fn resume(&self) {
+        self.proc.stop_signal(libc::SIGCONT);
     }
 
     pub fn client(&self) -> clickhouse::Client {

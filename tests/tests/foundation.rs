@@ -306,6 +306,16 @@ async fn clickhouse_down_mid_stream_stops_acks_and_loses_nothing_when_it_returns
         Ok((r.status() == 503).then_some(()))
     })
     .await?;
+    eventually(Duration::from_secs(15), || async {
+        let m = scrape(&controller.url("/metrics")).await?;
+        let (up, errors) = (m.get("medic_store_up"), m.get("medic_store_write_errors_total"));
+        if up == Some(&0.0) && errors.is_some_and(|e| *e >= 1.0) {
+            Ok(Some(()))
+        } else {
+            bail!("medic_store_up {up:?}, medic_store_write_errors_total {errors:?}")
+        }
+    })
+    .await?;
     let spooled = eventually(Duration::from_secs(10), || async {
         let m = agent.metrics().await?;
         let n = m.get("medic_agent_spool_batches").copied().unwrap_or(0.0);
@@ -326,5 +336,144 @@ async fn clickhouse_down_mid_stream_stops_acks_and_loses_nothing_when_it_returns
         .parse()?;
     assert_eq!(Some(rows), node["samples"].as_u64(), "rows stored exactly once");
     wait_http_ok(&controller.url("/healthz"), Duration::from_secs(10)).await?;
+    assert_eq!(scrape(&controller.url("/metrics")).await?.get("medic_store_up"), Some(&1.0));
+    Ok(())
+}
+
+/// `(acked, last)` sequence numbers of an agent's spool.
+async fn spool_seqs(agent: &AgentProc) -> Result<(f64, f64)> {
+    let m = agent.metrics().await?;
+    Ok((
+        m.get("medic_agent_spool_acked_seq").copied().unwrap_or(0.0),
+        m.get("medic_agent_spool_last_seq").copied().unwrap_or(0.0),
+    ))
+}
+
+/// /healthz as a Kubernetes probe sees it (5 s timeout): status and body.
+async fn probe(controller: &ControllerProc) -> Result<(u16, String)> {
+    let probe = reqwest::Client::builder().timeout(Duration::from_secs(5)).build()?;
+    let r = probe.get(controller.url("/healthz")).send().await?;
+    Ok((r.status().as_u16(), r.text().await?))
+}
+
+/// Checks that every batch the agent produced is in ClickHouse exactly once.
+async fn stored_exactly_once(ch: &ClickHouseProc, agent: &AgentProc, controller: &ControllerProc) -> Result<()> {
+    let node = drained(agent, controller).await?;
+    assert_eq!(node["seq_gaps"], 0, "{node}");
+    assert_eq!(node["batches"], node["last_seq"], "{node}");
+    let last_seq = node["last_seq"].as_u64().unwrap_or(0);
+    let name = &agent.node;
+    let rows =
+        ch.query(&format!("SELECT count() FROM medic.samples WHERE node = '{name}' AND seq <= {last_seq}")).await?;
+    assert_eq!(rows.trim().parse::<u64>().ok(), node["samples"].as_u64(), "rows stored exactly once: {node}");
+    let seqs = ch.query(&format!("SELECT uniqExact(seq) FROM medic.samples WHERE node = '{name}'")).await?;
+    assert_eq!(seqs.trim().parse::<u64>().ok(), Some(last_seq), "every batch has its rows");
+    Ok(())
+}
+
+/// A hung ClickHouse (SIGSTOP: it accepts connections and answers nothing). The controller
+/// stops acking, its /healthz answers 503 with the reason instead of hanging the probe, and
+/// `medic_store_up` drops to 0; once ClickHouse thaws, everything the agent produced meanwhile
+/// is stored exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frozen_clickhouse_stops_acks_turns_healthz_unhealthy_and_loses_nothing_when_it_thaws() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let ch = ClickHouseProc::start(&dir.path().join("clickhouse")).await?;
+    let url = ch.url();
+    // A timeout above the probe's, as in production (default 30 s): /healthz must not wait for it.
+    let args = ["--clickhouse-url", url.as_str(), "--clickhouse-timeout", "8s"];
+    let controller = ControllerProc::start(&dir.path().join("c"), free_port(), free_port(), &args).await?;
+    let agent = AgentProc::start(
+        &controller.grpc_url(),
+        "frozen",
+        &dir.path().join("spool"),
+        free_port(),
+        &["--interval", "200ms"],
+    )
+    .await?;
+    eventually(Duration::from_secs(10), || async { Ok((spool_seqs(&agent).await?.0 >= 3.0).then_some(())) }).await?;
+
+    ch.pause();
+    let body = eventually(Duration::from_secs(10), || async {
+        let (status, body) = probe(&controller).await?;
+        Ok((status == 503).then_some(body))
+    })
+    .await?;
+    assert!(body.contains("error"), "the reason: {body}");
+    eventually(Duration::from_secs(10), || async {
+        let m = scrape(&controller.url("/metrics")).await?;
+        Ok((m.get("medic_store_up") == Some(&0.0)).then_some(()))
+    })
+    .await?;
+    // Nothing is acked while the agent goes on producing.
+    let (acked, _) = spool_seqs(&agent).await?;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let (acked_later, last) = spool_seqs(&agent).await?;
+    assert_eq!(acked, acked_later, "no ack while ClickHouse is frozen");
+    assert!(last >= acked + 5.0, "the agent spools meanwhile: acked {acked}, last {last}");
+
+    ch.resume();
+    stored_exactly_once(&ch, &agent, &controller).await?;
+    let (status, body) = probe(&controller).await?;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(scrape(&controller.url("/metrics")).await?.get("medic_store_up"), Some(&1.0));
+    Ok(())
+}
+
+/// With no agent sending anything, `medic_store_up` and /healthz still follow ClickHouse.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_traffic_medic_store_up_follows_clickhouse() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let ch_dir = dir.path().join("clickhouse");
+    let mut ch = ClickHouseProc::start(&ch_dir).await?;
+    let (port, url) = (ch.port, ch.url());
+    let controller =
+        ControllerProc::start(&dir.path().join("c"), free_port(), free_port(), &["--clickhouse-url", &url]).await?;
+    let store_up = || async {
+        anyhow::Ok(scrape(&controller.url("/metrics")).await?.get("medic_store_up").copied().unwrap_or(-1.0))
+    };
+    assert_eq!(store_up().await?, 1.0);
+    ch.proc.kill9();
+    eventually(Duration::from_secs(10), || async { Ok((store_up().await? == 0.0).then_some(())) }).await?;
+    assert_eq!(probe(&controller).await?.0, 503);
+    let _ch = ClickHouseProc::start_on(&ch_dir, port).await?;
+    eventually(Duration::from_secs(10), || async { Ok((store_up().await? == 1.0).then_some(())) }).await?;
+    assert_eq!(probe(&controller).await?.0, 200);
+    Ok(())
+}
+
+/// ClickHouse is not up when the controller starts (both started together, say). The
+/// controller runs anyway: /healthz answers 503 "waiting for ClickHouse at URL: …", /metrics
+/// answers, agents are not acked and keep their batches; as soon as ClickHouse answers, the
+/// controller creates its schema and stores everything, exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_controller_started_before_clickhouse_waits_for_it_and_then_stores_everything_once() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let port = free_port();
+    let url = format!("http://127.0.0.1:{port}");
+    let controller =
+        ControllerProc::start_unhealthy(&dir.path().join("c"), free_port(), free_port(), &["--clickhouse-url", &url])
+            .await?;
+    let (status, body) = probe(&controller).await?;
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains(&format!("waiting for ClickHouse at {url}: ")), "{body}");
+    let m = scrape(&controller.url("/metrics")).await?;
+    assert_eq!(m.get("medic_store_up"), Some(&0.0));
+
+    let agent = AgentProc::start(
+        &controller.grpc_url(),
+        "early",
+        &dir.path().join("spool"),
+        free_port(),
+        &["--interval", "200ms"],
+    )
+    .await?;
+    eventually(Duration::from_secs(10), || async { Ok((spool_seqs(&agent).await?.1 >= 5.0).then_some(())) }).await?;
+    assert_eq!(spool_seqs(&agent).await?.0, 0.0, "nothing is acked before the store is up");
+
+    let ch = ClickHouseProc::start_on(&dir.path().join("clickhouse"), port).await?;
+    stored_exactly_once(&ch, &agent, &controller).await?;
+    let (status, body) = probe(&controller).await?;
+    assert_eq!(status, 200, "{body}");
     Ok(())
 }

@@ -1,7 +1,7 @@
 //! One specification, two stores: everything the controller relies on from its store holds for
 //! the embedded store and for ClickHouse (the real engine, `tests/clickhouse/server.py`).
 
-use anyhow::Result;
+use anyhow::{Result, bail};
 use controller::store::clickhouse::{ClickHouseOptions, ClickHouseStore};
 use controller::store::embedded::EmbeddedStore;
 use controller::store::{LogQuery, NodeRecord, SeriesQuery, Store, WriteSet};
@@ -199,8 +199,16 @@ async fn the_clickhouse_schema_is_created_migrated_once_and_carries_the_retentio
         ch.query("SELECT groupArray(version) FROM (SELECT version FROM medic.schema_migrations ORDER BY version)")
             .await?
             .trim(),
-        "[1,2,3]",
+        "[1,2,3,4]",
         "each applied exactly once"
+    );
+    // Retried inserts are deduplicated by their token (schema v4).
+    let dedup = ch
+        .query("SELECT name FROM system.tables WHERE database = 'medic' AND create_table_query LIKE '%non_replicated_deduplication_window = 10000%' ORDER BY name")
+        .await?;
+    assert_eq!(
+        dedup.split_whitespace().collect::<Vec<_>>(),
+        ["actions", "anomalies", "changepoints", "forecasts", "logs", "outliers", "samples"]
     );
     let tables = ch.query("SELECT name FROM system.tables WHERE database = 'medic' ORDER BY name").await?;
     assert_eq!(
@@ -326,7 +334,7 @@ async fn events_stored_by_schema_version_2_move_to_the_table_of_their_kind() -> 
         "DROP TABLE medic.outliers",
         "DROP TABLE medic.changepoints",
         "DROP TABLE medic.forecasts",
-        "ALTER TABLE medic.schema_migrations DELETE WHERE version = 3 SETTINGS mutations_sync = 2",
+        "ALTER TABLE medic.schema_migrations DELETE WHERE version >= 3 SETTINGS mutations_sync = 2",
         "CREATE TABLE medic.events (ts DateTime64(3, 'UTC'), kind LowCardinality(String),
              node LowCardinality(String), body String) ENGINE = MergeTree PARTITION BY toDate(ts) ORDER BY (kind, ts, node)",
         r#"INSERT INTO medic.events VALUES
@@ -380,5 +388,396 @@ async fn rows_of_a_write_that_never_committed_are_removed_when_their_node_says_h
     // The replayed batch then lands once.
     store.write(set("n", 2, vec![sample("m_total", &[], T0 + 10_000, 2.0)], vec![])).await?;
     assert_eq!(ch.query("SELECT count() FROM medic.samples").await?.trim(), "2");
+    Ok(())
+}
+
+/// What a network or a sick server does to one request, injected by [`FaultProxy`].
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Fault {
+    /// The request reaches ClickHouse and is applied; its answer is lost (the connection drops).
+    LoseAnswer,
+    /// The connection drops before the request reaches ClickHouse.
+    Refuse,
+    /// The request is held back until [`FaultProxy::release`], long after its client gave up:
+    /// what a frozen server does with what it received before it froze.
+    Hold,
+}
+
+#[derive(Default)]
+struct ProxyState {
+    /// (text in the request's head, fault), each used once.
+    armed: Vec<(String, Fault)>,
+    /// Held requests that ClickHouse has answered since their release.
+    held_answered: usize,
+}
+
+/// A TCP proxy in front of ClickHouse that injects one fault into the next request whose head
+/// (request line: the INSERT's table is in the `query` parameter) contains a given text.
+struct FaultProxy {
+    port: u16,
+    state: Arc<std::sync::Mutex<ProxyState>>,
+    release: tokio::sync::watch::Sender<bool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl FaultProxy {
+    async fn start(upstream: u16) -> Result<Self> {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let port = listener.local_addr()?.port();
+        let state: Arc<std::sync::Mutex<ProxyState>> = Arc::default();
+        let (release, released) = tokio::sync::watch::channel(false);
+        let st = state.clone();
+        let task = tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                let (st, released) = (st.clone(), released.clone());
+                tokio::spawn(async move {
+                    let _ = proxy_connection(client, upstream, st, released).await;
+                });
+            }
+        });
+        Ok(Self { port, state, release, task })
+    }
+
+    fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    fn arm(&self, marker: &str, fault: Fault) {
+        self.state.lock().unwrap_or_else(|p| p.into_inner()).armed.push((marker.to_string(), fault));
+    }
+
+    fn release(&self) {
+        let _ = self.release.send(true);
+    }
+
+    async fn wait_held_answered(&self, n: usize) -> Result<()> {
+        medic_tests::eventually(Duration::from_secs(20), || async {
+            let got = self.state.lock().unwrap_or_else(|p| p.into_inner()).held_answered;
+            Ok((got >= n).then_some(()))
+        })
+        .await
+    }
+}
+
+impl Drop for FaultProxy {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+async fn proxy_connection(
+    client: tokio::net::TcpStream,
+    upstream: u16,
+    state: Arc<std::sync::Mutex<ProxyState>>,
+    mut released: tokio::sync::watch::Receiver<bool>,
+) -> Result<()> {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let server = tokio::net::TcpStream::connect(("127.0.0.1", upstream)).await?;
+    let (mut cr, mut cw) = client.into_split();
+    let (mut sr, mut sw) = server.into_split();
+    let lose_answer = Arc::new(AtomicBool::new(false));
+    let held = Arc::new(AtomicBool::new(false));
+    let (lose, hold) = (lose_answer.clone(), held.clone());
+    let answers = state.clone();
+    let to_server = async move {
+        let mut buf = vec![0u8; 64 << 10];
+        let mut kept: Vec<u8> = Vec::new();
+        let mut holding = false;
+        let mut client_open = true;
+        loop {
+            if holding {
+                tokio::select! {
+                    _ = async { let _ = released.wait_for(|r| *r).await; } => {
+                        sw.write_all(&kept).await?;
+                        kept.clear();
+                        holding = false;
+                        if !client_open {
+                            sw.shutdown().await?;
+                            // Keep the connection until ClickHouse answered.
+                            std::future::pending::<()>().await;
+                        }
+                        continue;
+                    }
+                    n = cr.read(&mut buf), if client_open => {
+                        let n = n.unwrap_or(0);
+                        if n == 0 { client_open = false; } else { kept.extend_from_slice(&buf[..n]); }
+                        continue;
+                    }
+                }
+            }
+            let n = cr.read(&mut buf).await?;
+            if n == 0 {
+                sw.shutdown().await?;
+                return Ok::<(), anyhow::Error>(());
+            }
+            let chunk = &buf[..n];
+            let head = String::from_utf8_lossy(&chunk[..n.min(2048)]).to_string();
+            let fault = {
+                let mut st = state.lock().unwrap_or_else(|p| p.into_inner());
+                let i = st.armed.iter().position(|(m, _)| head.contains(m.as_str()));
+                i.map(|i| st.armed.remove(i).1)
+            };
+            match fault {
+                Some(Fault::Refuse) => bail!("refused"),
+                Some(Fault::LoseAnswer) => lose.store(true, Ordering::SeqCst),
+                Some(Fault::Hold) => {
+                    hold.store(true, Ordering::SeqCst);
+                    holding = true;
+                    kept.extend_from_slice(chunk);
+                    continue;
+                }
+                None => {}
+            }
+            sw.write_all(chunk).await?;
+        }
+    };
+    let to_client = async move {
+        let mut buf = vec![0u8; 64 << 10];
+        loop {
+            let n = sr.read(&mut buf).await?;
+            if held.load(Ordering::SeqCst) && n > 0 {
+                answers.lock().unwrap_or_else(|p| p.into_inner()).held_answered += 1;
+                bail!("held request answered");
+            }
+            if n == 0 {
+                cw.shutdown().await?;
+                return Ok::<(), anyhow::Error>(());
+            }
+            if lose_answer.load(Ordering::SeqCst) {
+                bail!("answer lost");
+            }
+            cw.write_all(&buf[..n]).await?;
+        }
+    };
+    // Either side ending ends the connection (dropping both sockets).
+    tokio::select! {
+        r = to_server => r,
+        r = to_client => r,
+    }
+}
+
+/// A store call that must end by itself (a bounded failure is fine; hanging is not).
+async fn within<T>(call: impl Future<Output = T>) -> Result<T> {
+    tokio::time::timeout(Duration::from_secs(30), call)
+        .await
+        .map_err(|_| anyhow::anyhow!("the store call hung for 30 s: it has no bound"))
+}
+
+fn options(url: String, timeout: Duration) -> ClickHouseOptions {
+    let mut o = ClickHouseOptions::new(url);
+    o.timeout = timeout;
+    o
+}
+
+async fn count(ch: &ClickHouseProc, sql: &str) -> Result<u64> {
+    Ok(ch.query(sql).await?.trim().parse()?)
+}
+
+/// The commit record is applied by ClickHouse but its answer is lost (a timeout): the group is
+/// stored. Nothing of it may be deleted afterwards — not even when the controller then dies in
+/// the middle of its retry — or the agent's replay, which the stored state calls a duplicate,
+/// would never bring it back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_commit_record_that_landed_unseen_keeps_its_rows_even_if_the_retry_is_cut_off() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let ch = ClickHouseProc::start(dir.path()).await?;
+    let proxy = FaultProxy::start(ch.port).await?;
+    let store = ClickHouseStore::open(options(proxy.url(), Duration::from_secs(5))).await?;
+    store.write(set("n", 1, vec![sample("m_total", &[], T0, 1.0)], vec![log(T0, LogLevel::Info, "one")])).await?;
+
+    let second =
+        || set("n", 2, vec![sample("m_total", &[], T0 + 10_000, 2.0)], vec![log(T0 + 1, LogLevel::Info, "two")]);
+    proxy.arm("%60nodes%60", Fault::LoseAnswer);
+    assert!(store.write(second()).await.is_err(), "the answer to the commit record was lost");
+    assert!(
+        ch.query("SELECT argMax(record, version) FROM medic.nodes WHERE node = 'n'").await?.contains("\"last_seq\":2"),
+        "ClickHouse applied the commit record"
+    );
+    // The retry dies before it writes anything (the controller crashes during it).
+    proxy.arm("%60samples%60", Fault::Refuse);
+    assert!(store.write(second()).await.is_err());
+    drop(store);
+
+    // The agent says hello to the next controller: seq 2 is stored, and so are its rows.
+    let store = ClickHouseStore::open(options(ch.url(), Duration::from_secs(5))).await?;
+    let fresh = store.refresh_nodes(&["n".to_string()]).await?;
+    assert_eq!(fresh[0].last_seq, 2);
+    assert_eq!(count(&ch, "SELECT count() FROM medic.samples WHERE seq = 2").await?, 1, "seq 2's sample is stored");
+    assert_eq!(count(&ch, "SELECT count() FROM medic.logs WHERE seq = 2").await?, 1, "seq 2's log record is stored");
+    assert_eq!(count(&ch, "SELECT count() FROM medic.samples").await?, 2);
+    Ok(())
+}
+
+/// A frozen ClickHouse applies the inserts it received before it froze once it thaws — after
+/// the controller has long given up on them and retried. Retries are idempotent: whichever copy
+/// lands first is kept, for telemetry and for recorded events alike.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_insert_that_lands_after_its_retry_is_stored_once() -> Result<()> {
+    use controller::store::{EventKind, EventRecord};
+    let dir = tempfile::tempdir()?;
+    let ch = ClickHouseProc::start(dir.path()).await?;
+    let proxy = FaultProxy::start(ch.port).await?;
+    let store = ClickHouseStore::open(options(proxy.url(), Duration::from_secs(1))).await?;
+    let group = |seq: u64| {
+        set(
+            "n",
+            seq,
+            vec![
+                sample("m_total", &[("a", "1")], T0 + seq as i64, 1.0),
+                sample("m_total", &[("a", "2")], T0 + seq as i64, 2.0),
+            ],
+            vec![log(T0 + seq as i64, LogLevel::Info, "once")],
+        )
+    };
+    // Group 1's samples are held; group 2's samples land and its log records are held.
+    proxy.arm("%60samples%60", Fault::Hold);
+    assert!(within(store.write(group(1))).await?.is_err(), "the held insert timed out");
+    within(store.write(group(1))).await??;
+    proxy.arm("%60logs%60", Fault::Hold);
+    assert!(within(store.write(group(2))).await?.is_err(), "the held insert timed out");
+    within(store.write(group(2))).await??;
+
+    let ev =
+        |kind, what: &str| EventRecord { kind, ts_ms: T0, node: "n".into(), body: serde_json::json!({"what": what}) };
+    let events = || vec![ev(EventKind::Action, "restart"), ev(EventKind::Anomaly, "spike")];
+    // The audit entry lands, the anomaly's insert is held: the event log retries both.
+    proxy.arm("%60anomalies%60", Fault::Hold);
+    assert!(within(store.write_events(events())).await?.is_err(), "the held insert timed out");
+    within(store.write_events(events())).await??;
+
+    proxy.release();
+    proxy.wait_held_answered(3).await?;
+    assert_eq!(count(&ch, "SELECT count() FROM medic.samples").await?, 4, "samples stored once");
+    assert_eq!(count(&ch, "SELECT count() FROM medic.logs").await?, 2, "log records stored once");
+    assert_eq!(count(&ch, "SELECT count() FROM medic.actions").await?, 1, "audit entry recorded once");
+    assert_eq!(count(&ch, "SELECT count() FROM medic.anomalies").await?, 1, "anomaly recorded once");
+    Ok(())
+}
+
+/// A hung ClickHouse (SIGSTOP: connections are accepted, nothing answers) makes every call fail
+/// within `--clickhouse-timeout` instead of hanging; once it thaws, the retried write is stored
+/// once, whatever the thawed server does with what it received while frozen.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_call_to_a_frozen_clickhouse_fails_within_the_timeout_and_the_retry_stores_once() -> Result<()> {
+    use controller::store::{EventKind, EventRecord, StoreError};
+    let dir = tempfile::tempdir()?;
+    let ch = ClickHouseProc::start(dir.path()).await?;
+    let store = ClickHouseStore::open(options(ch.url(), Duration::from_secs(1))).await?;
+    store.write(set("n", 1, vec![sample("m_total", &[], T0, 1.0)], vec![])).await?;
+    let second = || set("n", 2, vec![sample("m_total", &[], T0 + 1, 2.0)], vec![log(T0, LogLevel::Info, "two")]);
+    // A hello changes only the node record: a group with nothing but the commit record.
+    let hello_only = || WriteSet { batches: vec![], nodes: second().nodes };
+    let event =
+        || vec![EventRecord { kind: EventKind::Action, ts_ms: T0, node: "n".into(), body: serde_json::json!({}) }];
+
+    ch.pause();
+    let unavailable = |what: &str, r: Result<(), StoreError>| match r {
+        Err(StoreError::Unavailable(_)) => Ok(()),
+        other => Err(anyhow::anyhow!("{what} on a frozen ClickHouse: {other:?}")),
+    };
+    unavailable("write", within(store.write(second())).await?)?;
+    unavailable("commit record", within(store.write(hello_only())).await?)?;
+    unavailable("write_events", within(store.write_events(event())).await?)?;
+    unavailable("ping", within(store.ping()).await?)?;
+    unavailable("refresh_nodes", within(store.refresh_nodes(&["n".into()])).await?.map(|_| ()))?;
+    unavailable("load_nodes", within(store.load_nodes()).await?.map(|_| ()))?;
+    unavailable("metric_names", within(store.metric_names("n")).await?.map(|_| ()))?;
+    ch.resume();
+
+    within(store.write(second())).await??;
+    within(store.write_events(event())).await??;
+    // What the thawed server received while frozen is applied by now or deduplicated later.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(count(&ch, "SELECT count() FROM medic.samples").await?, 2, "each sample once");
+    assert_eq!(count(&ch, "SELECT count() FROM medic.logs").await?, 1, "the log record once");
+    assert_eq!(count(&ch, "SELECT count() FROM medic.actions").await?, 1, "the audit entry once");
+    assert_eq!(store.load_nodes().await?[0].last_seq, 2);
+    Ok(())
+}
+
+/// A controller may start before ClickHouse: its store answers "waiting for ClickHouse at URL"
+/// until the server is up, then creates the schema and works.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_created_before_clickhouse_is_up_sets_up_its_schema_once_it_answers() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let port = medic_tests::free_port();
+    let url = format!("http://127.0.0.1:{port}");
+    let store = ClickHouseStore::new(options(url.clone(), Duration::from_secs(2)))?;
+    let e = store.load_nodes().await.expect_err("nothing listens yet");
+    assert!(e.to_string().contains(&format!("waiting for ClickHouse at {url}: ")), "{e}");
+    assert!(store.ping().await.is_err());
+
+    let ch = ClickHouseProc::start_on(dir.path(), port).await?;
+    let nodes = medic_tests::eventually(Duration::from_secs(20), || async {
+        match store.load_nodes().await {
+            Ok(n) => Ok(Some(n)),
+            Err(e) => Err(e.into()),
+        }
+    })
+    .await?;
+    assert!(nodes.is_empty());
+    store.ping().await?;
+    store.write(set("n", 1, vec![sample("m_total", &[], T0, 1.0)], vec![])).await?;
+    assert_eq!(count(&ch, "SELECT count() FROM medic.samples").await?, 1);
+    assert_eq!(
+        ch.query("SELECT groupArray(version) FROM (SELECT version FROM medic.schema_migrations ORDER BY version)")
+            .await?
+            .trim(),
+        "[1,2,3,4]"
+    );
+    Ok(())
+}
+
+/// Schema v3 moves v2's `events` into a table per kind and drops `events`. Cut off anywhere — after
+/// copying some kinds, in the middle of one, or after the drop but before v3 was recorded — the
+/// next start finishes it with every event exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_schema_migration_cut_off_anywhere_is_finished_by_the_next_start_without_copying_twice() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let ch = ClickHouseProc::start(dir.path()).await?;
+    let open = clickhouse_opener(ch.url(), Duration::from_secs(7 * 86400));
+    drop(open().await?);
+    // v2's table and its events, v3 unrecorded; `actions` was copied whole and `anomalies` half
+    // when the first attempt at v3 was cut off.
+    for sql in [
+        "ALTER TABLE medic.schema_migrations DELETE WHERE version >= 3 SETTINGS mutations_sync = 2",
+        "CREATE TABLE medic.events (ts DateTime64(3, 'UTC'), kind LowCardinality(String),
+             node LowCardinality(String), body String) ENGINE = MergeTree PARTITION BY toDate(ts) ORDER BY (kind, ts, node)",
+        r#"INSERT INTO medic.events VALUES
+             ('2026-11-24 00:00:00.000', 'action', 'ch-1', '{"action_id":"a-7","rule":"r","outcome":"verified"}'),
+             ('2026-11-24 00:00:01.000', 'action', 'ch-2', '{"action_id":"a-8","rule":"r","outcome":"escalated"}'),
+             ('2026-11-24 00:00:02.000', 'anomaly', 'ch-1', '{"metric":"m","score":0.9}'),
+             ('2026-11-25 00:00:02.000', 'anomaly', 'ch-2', '{"metric":"n","score":0.8}'),
+             ('2026-11-25 00:00:03.000', 'forecast', 'ch-2', '{"resource":"memory","model":"ets"}')"#,
+        "INSERT INTO medic.actions (ts, node, body) SELECT ts, node, body FROM medic.events WHERE kind = 'action'",
+        "INSERT INTO medic.anomalies (ts, node, body) SELECT ts, node, body FROM medic.events WHERE kind = 'anomaly' AND node = 'ch-1'",
+    ] {
+        ch.query(sql).await?;
+    }
+    let moved = || async {
+        let q = "SELECT (SELECT count() FROM medic.actions), (SELECT count() FROM medic.anomalies),
+                        (SELECT count() FROM medic.forecasts), (SELECT count() FROM medic.outliers) FORMAT TSV";
+        anyhow::Ok(ch.query(q).await?.trim().to_string())
+    };
+    drop(open().await?);
+    assert_eq!(moved().await?, "2\t2\t1\t0", "every event once, in the table of its kind");
+    assert_eq!(ch.query("EXISTS TABLE medic.events").await?.trim(), "0");
+    assert_eq!(
+        ch.query("SELECT groupArray(metric) FROM (SELECT metric FROM medic.anomalies ORDER BY ts)").await?.trim(),
+        "['m','n']"
+    );
+
+    // Cut after the drop, before v3 (and v4) were recorded: the next start just records them.
+    ch.query("ALTER TABLE medic.schema_migrations DELETE WHERE version >= 3 SETTINGS mutations_sync = 2").await?;
+    let store = open().await?;
+    assert_eq!(moved().await?, "2\t2\t1\t0");
+    assert_eq!(
+        ch.query("SELECT groupArray(version) FROM (SELECT version FROM medic.schema_migrations ORDER BY version)")
+            .await?
+            .trim(),
+        "[1,2,3,4]"
+    );
+    assert_eq!(store.events(controller::store::EventKind::Action, 10).await?.len(), 2);
     Ok(())
 }

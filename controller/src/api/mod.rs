@@ -70,10 +70,15 @@ fn bad(msg: impl Into<String>) -> ApiError {
     ApiError(StatusCode::BAD_REQUEST, msg.into())
 }
 
+/// How long /healthz waits for the store: a hung store must turn the probe into a 503 with the
+/// reason, not into a probe that times out.
+pub const HEALTH_PING_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
+
 async fn healthz(State(s): State<ApiState>) -> Response {
-    let store_error = match s.store.ping().await {
-        Err(e) => Some(e.to_string()),
-        Ok(()) => s.nodes.store_error(),
+    let store_error = match tokio::time::timeout(HEALTH_PING_TIMEOUT, s.store.ping()).await {
+        Err(_) => Some(format!("the {} store did not answer within {HEALTH_PING_TIMEOUT:?}", s.store.kind())),
+        Ok(Err(e)) => Some(e.to_string()),
+        Ok(Ok(())) => s.nodes.store_error(),
     };
     // A follower is healthy: it ingests. Leadership is information, not health.
     let leadership = s.leadership.view();

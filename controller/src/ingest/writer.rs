@@ -37,11 +37,36 @@ pub struct WriterOptions {
     pub max_group_batches: usize,
     /// Most samples + log records written in one durable write.
     pub max_group_items: usize,
+    /// How often the store is pinged while no write tells how it is (nothing to write, or a write
+    /// that hangs), so that `medic_store_up` and /healthz follow a store that goes away or comes
+    /// back without traffic too.
+    pub health_every: Duration,
 }
 
 impl Default for WriterOptions {
     fn default() -> Self {
-        Self { max_group_batches: 512, max_group_items: 500_000 }
+        Self { max_group_batches: 512, max_group_items: 500_000, health_every: Duration::from_secs(2) }
+    }
+}
+
+/// What the writes say about the store, for the health check.
+#[derive(Default)]
+struct Health {
+    /// Bumped whenever a write or read of the delivery state succeeds or fails.
+    outcomes: u64,
+    last_outcome: Option<Instant>,
+    /// When the store call now in flight started.
+    busy_since: Option<Instant>,
+    /// The last call failed: the writer retries it, and says how the store is itself.
+    retrying: bool,
+}
+
+/// Aborts the task when dropped (the writer's helpers end with it).
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 
@@ -52,6 +77,7 @@ pub struct Writer {
     opts: WriterOptions,
     /// Stored batches go on to detection (never blocking this task).
     detection: Option<EngineHandle>,
+    health: std::sync::Mutex<Health>,
 }
 
 /// One group's decisions, waiting for its durable write.
@@ -77,7 +103,7 @@ fn now_ms() -> i64 {
 
 impl Writer {
     pub fn new(store: Arc<dyn Store>, nodes: NodeTable, metrics: Arc<Metrics>, opts: WriterOptions) -> Self {
-        Self { store, nodes, metrics, opts, detection: None }
+        Self { store, nodes, metrics, opts, detection: None, health: Default::default() }
     }
 
     pub fn with_detection(mut self, engine: EngineHandle) -> Self {
@@ -94,6 +120,7 @@ impl Writer {
         let mut inflight: Option<tokio::task::JoinHandle<()>> = None;
         // The node records as the in-flight group leaves them (not yet in the NodeTable).
         let mut overlay: HashMap<String, NodeRecord> = HashMap::new();
+        let _health = AbortOnDrop(tokio::spawn(this.clone().watch_store()));
         while let Some(job) = rx.recv().await {
             group.push(job);
             let mut items = 0;
@@ -236,13 +263,76 @@ impl Writer {
         }
     }
 
+    /// Keeps `medic_store_up` and the store error current while no write does: pings the store
+    /// when nothing was written for a while, or when a write has been hanging for longer than a
+    /// ping may take. A write that answers meanwhile knows better, and wins.
+    async fn watch_store(self: Arc<Self>) {
+        let limit = crate::store::clickhouse::PING_TIMEOUT;
+        loop {
+            tokio::time::sleep(self.opts.health_every).await;
+            let outcomes = {
+                let h = self.health.lock().unwrap_or_else(|p| p.into_inner());
+                let hanging = h.busy_since.is_some_and(|t| t.elapsed() > limit);
+                let idle = h.busy_since.is_none()
+                    && !h.retrying
+                    && h.last_outcome.is_none_or(|t| t.elapsed() >= self.opts.health_every);
+                if !hanging && !idle {
+                    continue;
+                }
+                h.outcomes
+            };
+            let result = match tokio::time::timeout(limit, self.store.ping()).await {
+                Ok(r) => r,
+                Err(_) => Err(StoreError::Unavailable(format!("the store did not answer within {limit:?}"))),
+            };
+            if self.health.lock().unwrap_or_else(|p| p.into_inner()).outcomes != outcomes {
+                continue;
+            }
+            let was_up = self.metrics.store_up.get() == 1;
+            match result {
+                Ok(()) => {
+                    if !was_up {
+                        tracing::info!("the store answers again");
+                    }
+                    self.metrics.store_up.set(1);
+                    self.nodes.set_store_error(None);
+                }
+                Err(e) => {
+                    if was_up {
+                        tracing::error!(error = %e, "the store does not answer; agents are not acked until it does");
+                    }
+                    self.metrics.store_up.set(0);
+                    self.nodes.set_store_error(Some(e.to_string()));
+                }
+            }
+        }
+    }
+
+    fn store_call_started(&self) {
+        self.health.lock().unwrap_or_else(|p| p.into_inner()).busy_since = Some(Instant::now());
+    }
+
+    fn store_call_ended(&self, ok: bool) {
+        let mut h = self.health.lock().unwrap_or_else(|p| p.into_inner());
+        h.busy_since = None;
+        h.retrying = !ok;
+        h.outcomes += 1;
+        h.last_outcome = Some(Instant::now());
+    }
+
     /// Retries until the store answers: acting on a stale delivery state would store a replay
     /// twice or count a gap that is none.
     async fn refresh_until_read(&self, nodes: &[String]) -> Vec<NodeRecord> {
         let mut backoff = Duration::from_millis(100);
         loop {
-            match self.store.refresh_nodes(nodes).await {
-                Ok(r) => return r,
+            self.store_call_started();
+            let result = self.store.refresh_nodes(nodes).await;
+            self.store_call_ended(result.is_ok());
+            match result {
+                Ok(r) => {
+                    self.metrics.store_up.set(1);
+                    return r;
+                }
                 Err(e) => {
                     self.metrics.store_up.set(0);
                     self.nodes.set_store_error(Some(e.to_string()));
@@ -260,7 +350,10 @@ impl Writer {
         let mut backoff = Duration::from_millis(100);
         loop {
             let started = Instant::now();
-            match self.store.write(set.clone()).await {
+            self.store_call_started();
+            let result = self.store.write(set.clone()).await;
+            self.store_call_ended(result.is_ok());
+            match result {
                 Ok(()) => {
                     self.metrics.store_write_seconds.observe(started.elapsed().as_secs_f64());
                     self.metrics.store_up.set(1);
@@ -295,6 +388,8 @@ mod tests {
         inner: EmbeddedStore,
         fail: AtomicUsize,
         writes: AtomicUsize,
+        /// Pings fail while set (a store that is down while nothing is written).
+        down: std::sync::atomic::AtomicBool,
     }
 
     #[async_trait::async_trait]
@@ -326,6 +421,9 @@ mod tests {
             self.inner.enforce_retention(c).await
         }
         async fn ping(&self) -> Result<(), StoreError> {
+            if self.down.load(Ordering::SeqCst) {
+                return Err(StoreError::Unavailable("down for the test".into()));
+            }
             Ok(())
         }
         async fn write_events(&self, e: Vec<crate::store::EventRecord>) -> Result<(), StoreError> {
@@ -353,6 +451,7 @@ mod tests {
             inner: EmbeddedStore::open(dir.path()).unwrap(),
             fail: AtomicUsize::new(fail),
             writes: AtomicUsize::new(0),
+            down: Default::default(),
         });
         let nodes = NodeTable::default();
         let (jobs, rx) = mpsc::channel(64);
@@ -481,6 +580,7 @@ mod tests {
                     inner: EmbeddedStore::open(&dir.path().join("unused")).unwrap(),
                     fail: AtomicUsize::new(0),
                     writes: AtomicUsize::new(0),
+                    down: Default::default(),
                 }),
                 _dir: tempfile::tempdir().unwrap(),
             };
@@ -495,5 +595,38 @@ mod tests {
             task.abort();
             let _ = task.await;
         }
+    }
+
+    #[tokio::test]
+    async fn with_nothing_to_write_the_store_state_still_follows_the_store() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(Flaky {
+            inner: EmbeddedStore::open(dir.path()).unwrap(),
+            fail: AtomicUsize::new(0),
+            writes: AtomicUsize::new(0),
+            down: Default::default(),
+        });
+        let (nodes, metrics) = (NodeTable::default(), Arc::new(Metrics::new("t")));
+        let opts = WriterOptions { health_every: Duration::from_millis(20), ..Default::default() };
+        let (_jobs, rx) = mpsc::channel(8);
+        let task = tokio::spawn(Writer::new(store.clone(), nodes.clone(), metrics.clone(), opts).run(rx));
+        let until = |want: i64| {
+            let (metrics, nodes) = (metrics.clone(), nodes.clone());
+            async move {
+                for _ in 0..500 {
+                    if metrics.store_up.get() == want && nodes.store_error().is_some() == (want == 0) {
+                        return;
+                    }
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+                panic!("store_up never became {want} (error: {:?})", nodes.store_error());
+            }
+        };
+        until(1).await;
+        store.down.store(true, Ordering::SeqCst);
+        until(0).await;
+        store.down.store(false, Ordering::SeqCst);
+        until(1).await;
+        task.abort();
     }
 }

@@ -7,24 +7,44 @@
 //! carry it and their node's `spool` and `seq`; only after ClickHouse confirmed them is the
 //! group's node state written to `nodes`, and only then does the controller ack. The node state
 //! says what is stored: a node's rows with its current spool and a `seq` above the stored
-//! `last_seq` belong to a group that failed or was cut off by a crash. They are deleted before
-//! that node writes again — when the node says hello (on whichever replica), see
-//! [`Store::refresh_nodes`] — and the agent, which never got an ack, replays them. After a failed
-//! write, this instance also removes the rows of its own uncommitted group before the retry. A
-//! batch is therefore never stored twice and never acked unstored, even when an insert was
-//! applied only in part, and whichever replica the agent talks to next.
+//! `last_seq` belong to a group that was cut off by a crash. They are deleted before that node
+//! writes again — when the node says hello (on whichever replica), see [`Store::refresh_nodes`] —
+//! and the agent, which never got an ack, replays them.
+//!
+//! Retries are idempotent. A failed write is retried with the same rows under the same commit
+//! number, and every insert carries `insert_deduplication_token` = (commit, table), which the
+//! tables keep for their last [`DEDUP_WINDOW`] blocks: whichever copy of a block lands first is
+//! the one kept. So a write that ClickHouse applied although the client saw an error (a timeout,
+//! an answer lost), or an insert a frozen server applies only after its retry, is never stored
+//! twice — and nothing is deleted after a failed write, so a commit record that landed unseen
+//! never has its rows taken away. A batch is therefore never stored twice and never acked
+//! unstored, whichever replica the agent talks to next.
 //!
 //! `nodes` is a ReplacingMergeTree keyed by node whose `version` grows by one with every write of
 //! that node, continuing from the stored version the writing replica read — so the newest state
 //! wins whichever replica wrote it.
+//!
+//! Every call to ClickHouse is bounded by `--clickhouse-timeout`. The store connects lazily:
+//! [`ClickHouseStore::new`] does no I/O, and until the schema is set up (at the first call that
+//! finds ClickHouse answering) every call fails with `Unavailable("waiting for ClickHouse at …")`.
 
 use super::{EventKind, EventRecord, LogQuery, NodeRecord, Point, SeriesQuery, Store, StoreError, StoredLog, WriteSet};
 use async_trait::async_trait;
-use clickhouse::{Client, Row, inserter::Inserter};
+use clickhouse::{Client, Row, insert::Insert};
 use medic_proto::v1::{Label, LogRecord};
 use serde::{Deserialize, Serialize};
-use std::time::Duration;
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
 use tokio::sync::Mutex;
+
+/// Blocks whose deduplication token each telemetry and event table remembers: far more than
+/// can land between an insert and its last retry (one group writes a block or two per table).
+pub const DEDUP_WINDOW: u32 = 10_000;
+
+/// Upper bound for the liveness probe (`/healthz`, the writer's idle check), below any sensible
+/// `--clickhouse-timeout`: a hung server must make a probe answer "unhealthy", not time out.
+pub const PING_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Where and how to reach ClickHouse. Credentials never come from the command line.
 #[derive(Clone)]
@@ -43,7 +63,7 @@ pub struct ClickHouseOptions {
 impl std::fmt::Debug for ClickHouseOptions {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ClickHouseOptions")
-            .field("url", &self.url)
+            .field("url", &redact_url(&self.url))
             .field("database", &self.database)
             .field("user", &self.user)
             .field("password", &self.password.as_ref().map(|_| "<redacted>"))
@@ -63,6 +83,25 @@ impl ClickHouseOptions {
             retention: Duration::from_secs(7 * 86400),
             timeout: Duration::from_secs(30),
         }
+    }
+}
+
+/// The URL without any `user:password@`, for logs and error messages.
+pub fn redact_url(url: &str) -> String {
+    let (scheme, rest) = match url.split_once("://") {
+        Some((scheme, rest)) => (Some(scheme), rest),
+        None => (None, url),
+    };
+    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    match rest[..authority_end].rfind('@') {
+        Some(at) => {
+            let host = &rest[at + 1..];
+            match scheme {
+                Some(scheme) => format!("{scheme}://<redacted>@{host}"),
+                None => format!("<redacted>@{host}"),
+            }
+        }
+        None => url.to_string(),
     }
 }
 
@@ -98,6 +137,13 @@ struct NodeRow<'a> {
     node: &'a str,
     version: u64,
     record: &'a str,
+}
+
+/// The message of an error without its kind's prefix, to embed in another message.
+fn message(e: &StoreError) -> &str {
+    match e {
+        StoreError::Io(m) | StoreError::Corrupt(m) | StoreError::Unavailable(m) | StoreError::BadQuery(m) => m,
+    }
 }
 
 fn ch_err(context: &str, e: clickhouse::error::Error) -> StoreError {
@@ -157,17 +203,26 @@ pub fn decode_labels(s: &str) -> Result<Vec<(String, String)>, StoreError> {
     Ok(out)
 }
 
+/// One step of a schema migration.
+enum Step {
+    Sql(String),
+    /// v3: v2's `events` rows into the table of their kind (decided from what is there).
+    MoveEventsToKindTables,
+}
+
 struct Writers {
-    samples: Option<Inserter<SampleRow<'static>>>,
-    logs: Option<Inserter<LogRow<'static>>>,
-    /// This instance's commit numbers are `incarnation << 32 | n`.
-    incarnation: u64,
-    /// Highest commit number of ours whose node state is stored.
+    /// Highest commit number of ours whose node state is stored; this instance's commit numbers
+    /// are `incarnation << 32 | n`, and a group is written (and retried) as `committed + 1`.
     committed: u64,
-    /// Set when a write failed part-way: its rows must be removed before anything else is written.
-    dirty: bool,
     /// The stored `nodes.version` of every node this instance has read or written.
     versions: std::collections::HashMap<String, u64>,
+}
+
+/// Connecting and migrating, retried with backoff until ClickHouse answers.
+struct Setup {
+    /// No attempt before this (a server that is down is not asked on every call).
+    next_attempt: Option<Instant>,
+    delay: Duration,
 }
 
 pub struct ClickHouseStore {
@@ -177,17 +232,26 @@ pub struct ClickHouseStore {
     data: Client,
     opts: ClickHouseOptions,
     writers: Mutex<Writers>,
+    /// The schema is set up: calls go through.
+    ready: AtomicBool,
+    setup: Mutex<Setup>,
+    /// Why the schema is not set up yet, for the errors of every call meanwhile.
+    waiting: std::sync::Mutex<String>,
 }
 
 impl ClickHouseStore {
-    /// Connects, creates or migrates the schema, and removes rows of any group that was not
-    /// completely stored before the last stop.
-    pub async fn open(opts: ClickHouseOptions) -> Result<Self, StoreError> {
+    /// Checks the options and prepares the connection, without contacting ClickHouse: the schema
+    /// is created or migrated at the first call that finds the server answering (see
+    /// [`Self::connect`]); until then every call fails with `StoreError::Unavailable`.
+    pub fn new(opts: ClickHouseOptions) -> Result<Self, StoreError> {
         if !opts.database.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') || opts.database.is_empty() {
             return Err(StoreError::BadQuery(format!(
                 "database name {:?} must be letters, digits and '_'",
                 opts.database
             )));
+        }
+        if opts.timeout.is_zero() {
+            return Err(StoreError::BadQuery("the ClickHouse timeout must be above zero".into()));
         }
         let mut client = Client::default()
             .with_url(&opts.url)
@@ -201,21 +265,98 @@ impl ClickHouseStore {
         let data = client.clone().with_database(&opts.database);
         // Never 0: commit numbers below 2^32 are those of controllers that predate incarnations.
         let incarnation = u64::from(rand::random::<u32>() >> 1) + 1;
-        let store = Self {
+        Ok(Self {
             client,
             data,
             opts,
-            writers: Mutex::new(Writers {
-                samples: None,
-                logs: None,
-                incarnation,
-                committed: incarnation << 32,
-                dirty: false,
-                versions: Default::default(),
-            }),
-        };
+            writers: Mutex::new(Writers { committed: incarnation << 32, versions: Default::default() }),
+            ready: AtomicBool::new(false),
+            setup: Mutex::new(Setup { next_attempt: None, delay: Duration::from_millis(250) }),
+            waiting: std::sync::Mutex::new("not connected yet".into()),
+        })
+    }
+
+    /// Connects and creates or migrates the schema now, failing if ClickHouse does not answer.
+    pub async fn open(opts: ClickHouseOptions) -> Result<Self, StoreError> {
+        let store = Self::new(opts)?;
         store.migrate().await?;
+        store.ready.store(true, Ordering::Release);
         Ok(store)
+    }
+
+    /// Sets the schema up if it is not yet (at most one attempt at a time, backing off while
+    /// ClickHouse does not answer). Every call but [`Store::ping`] goes through here first.
+    pub async fn connect(&self) -> Result<(), StoreError> {
+        if self.ready.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        // Whoever holds the lock is trying right now; the others are told to wait.
+        if let Ok(mut setup) = self.setup.try_lock() {
+            if self.ready.load(Ordering::Acquire) {
+                return Ok(());
+            }
+            if setup.next_attempt.is_none_or(|t| Instant::now() >= t) {
+                match self.migrate().await {
+                    Ok(()) => {
+                        self.ready.store(true, Ordering::Release);
+                        tracing::info!(url = %redact_url(&self.opts.url), database = %self.db(), "ClickHouse store ready");
+                        return Ok(());
+                    }
+                    Err(e) => {
+                        let reason = message(&e).to_string();
+                        let mut waiting = self.waiting.lock().unwrap_or_else(|p| p.into_inner());
+                        // Said once per reason, not at every attempt.
+                        if *waiting != reason {
+                            tracing::warn!(url = %redact_url(&self.opts.url), error = %reason, "cannot set up the ClickHouse schema; retrying until ClickHouse answers");
+                            *waiting = reason;
+                        }
+                        drop(waiting);
+                        setup.next_attempt = Some(Instant::now() + setup.delay);
+                        setup.delay = (setup.delay * 2).min(Duration::from_secs(5));
+                    }
+                }
+            }
+        }
+        Err(self.waiting_error())
+    }
+
+    fn waiting_error(&self) -> StoreError {
+        let reason = self.waiting.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        StoreError::Unavailable(format!("waiting for ClickHouse at {}: {reason}", redact_url(&self.opts.url)))
+    }
+
+    /// Runs a ClickHouse call with the configured bound: a hung server must not hang its caller.
+    async fn bounded<T>(
+        &self,
+        what: &str,
+        fut: impl Future<Output = Result<T, clickhouse::error::Error>>,
+    ) -> Result<T, StoreError> {
+        self.bounded_by(self.opts.timeout, what, fut).await
+    }
+
+    async fn bounded_by<T>(
+        &self,
+        limit: Duration,
+        what: &str,
+        fut: impl Future<Output = Result<T, clickhouse::error::Error>>,
+    ) -> Result<T, StoreError> {
+        match tokio::time::timeout(limit, fut).await {
+            Ok(r) => r.map_err(|e| ch_err(what, e)),
+            Err(_) => Err(StoreError::Unavailable(format!("{what}: ClickHouse did not answer within {limit:?}"))),
+        }
+    }
+
+    /// An INSERT into Medic's `table`, bounded like every call, deduplicated by `token` if given.
+    async fn open_insert<T: Row>(&self, table: &str, token: Option<&str>) -> Result<Insert<T>, StoreError> {
+        let what = format!("inserting into {table}");
+        // With row validation the first insert into a table reads its schema: bounded too.
+        let limit = Some(self.opts.timeout);
+        let mut insert = self.bounded(&what, self.data.insert::<T>(table)).await?.with_timeouts(limit, limit);
+        if let Some(token) = token {
+            // Explicitly on: a user profile may have turned deduplication off.
+            insert = insert.with_setting("insert_deduplicate", "1").with_setting("insert_deduplication_token", token);
+        }
+        Ok(insert)
     }
 
     fn db(&self) -> &str {
@@ -223,35 +364,43 @@ impl ClickHouseStore {
     }
 
     async fn exec(&self, sql: &str) -> Result<(), StoreError> {
-        let fut = self.client.query(sql).execute();
-        match tokio::time::timeout(self.opts.timeout, fut).await {
-            Ok(r) => r.map_err(|e| ch_err(sql.lines().next().unwrap_or(sql), e)),
-            Err(_) => Err(StoreError::Unavailable(format!("ClickHouse did not answer within {:?}", self.opts.timeout))),
-        }
+        self.bounded(sql.lines().next().unwrap_or(sql).trim(), self.client.query(sql).execute()).await
     }
 
     async fn fetch<T>(&self, q: clickhouse::query::Query, what: &str) -> Result<Vec<T>, StoreError>
     where
         T: clickhouse::RowOwned + clickhouse::RowRead,
     {
-        match tokio::time::timeout(self.opts.timeout, q.fetch_all::<T>()).await {
-            Ok(r) => r.map_err(|e| ch_err(what, e)),
-            Err(_) => Err(StoreError::Unavailable(format!("{what}: no answer within {:?}", self.opts.timeout))),
+        self.bounded(what, q.fetch_all::<T>()).await
+    }
+
+    async fn count(&self, sql: &str, what: &str) -> Result<u64, StoreError> {
+        #[derive(Row, Deserialize)]
+        struct C {
+            n: u64,
         }
+        let rows: Vec<C> = self.fetch(self.client.query(sql), what).await?;
+        Ok(rows.first().map(|c| c.n).unwrap_or(0))
     }
 
     /// Schema versions, applied in order and recorded in `schema_migrations`. Changing a table
-    /// means adding a migration, never editing an applied one.
-    fn migrations(&self) -> Vec<(u32, Vec<String>)> {
+    /// means adding a migration, never editing an applied one. Every step can run again after a
+    /// cut anywhere (a crash, ClickHouse gone) before its version was recorded: DDL with
+    /// `IF [NOT] EXISTS`, and data moves decided in Rust from what is actually there.
+    fn migrations(&self) -> Vec<(u32, Vec<Step>)> {
         let db = self.db();
-        let mut v = self.migrations_v1();
+        let mut v: Vec<(u32, Vec<Step>)> = self
+            .migrations_v1()
+            .into_iter()
+            .map(|(version, sql)| (version, sql.into_iter().map(Step::Sql).collect()))
+            .collect();
         // v2: one table for detection and remediation events (audit log, anomalies, outliers,
         // changepoints, forecasts), each row the full record as JSON; the v1 per-kind tables
         // were never written and are dropped.
         v.push((
             2,
             vec![
-                format!(
+                Step::Sql(format!(
                     "CREATE TABLE IF NOT EXISTS {db}.events (
                         ts DateTime64(3, 'UTC') CODEC(DoubleDelta, ZSTD(1)),
                         kind LowCardinality(String),
@@ -260,10 +409,10 @@ impl ClickHouseStore {
                     ) ENGINE = MergeTree
                     PARTITION BY toDate(ts)
                     ORDER BY (kind, ts, node)"
-                ),
-                format!("DROP TABLE IF EXISTS {db}.anomalies"),
-                format!("DROP TABLE IF EXISTS {db}.forecasts"),
-                format!("DROP TABLE IF EXISTS {db}.actions"),
+                )),
+                Step::Sql(format!("DROP TABLE IF EXISTS {db}.anomalies")),
+                Step::Sql(format!("DROP TABLE IF EXISTS {db}.forecasts")),
+                Step::Sql(format!("DROP TABLE IF EXISTS {db}.actions")),
             ],
         ));
         // v3: a table per kind of event, so the audit log, anomalies and forecasts can be queried
@@ -271,17 +420,62 @@ impl ClickHouseStore {
         // columns are DEFAULT expressions over `body`, the full record as the API shows it: the
         // controller writes (ts, node, body) only, so adding a field to a record never breaks an
         // insert, and the rows of v2's `events` are copied over by the same expressions.
-        let mut v3: Vec<String> =
-            EVENT_TABLES.iter().map(|(_, table, columns, order)| event_table_ddl(db, table, columns, order)).collect();
-        for (kind, table, _, _) in EVENT_TABLES {
-            v3.push(format!(
-                "INSERT INTO {db}.{table} (ts, node, body) SELECT ts, node, body FROM {db}.events WHERE kind = '{}'",
-                kind.as_str()
-            ));
-        }
-        v3.push(format!("DROP TABLE IF EXISTS {db}.events"));
+        let mut v3: Vec<Step> = EVENT_TABLES
+            .iter()
+            .map(|(_, table, columns, order)| Step::Sql(event_table_ddl(db, table, columns, order)))
+            .collect();
+        v3.push(Step::MoveEventsToKindTables);
         v.push((3, v3));
+        // v4: retried inserts are deduplicated by their token (see the module docs).
+        let mut v4 = Vec::new();
+        for table in ["samples", "logs"].into_iter().chain(EVENT_TABLES.iter().map(|(_, table, _, _)| *table)) {
+            v4.push(Step::Sql(format!(
+                "ALTER TABLE {db}.{table} MODIFY SETTING non_replicated_deduplication_window = {DEDUP_WINDOW}"
+            )));
+        }
+        v.push((4, v4));
         v
+    }
+
+    /// v3's data move, safe to run again: copies v2's `events` into the table of each kind — a
+    /// kind whose table already holds as many rows was copied by an earlier run, one holding
+    /// fewer was cut off part-way and is copied over again — and then drops `events`. Once
+    /// `events` is gone, there is nothing left to do.
+    async fn move_events_to_kind_tables(&self) -> Result<(), StoreError> {
+        let db = self.db().to_string();
+        let exists = self
+            .count(
+                &format!("SELECT count() AS n FROM system.tables WHERE database = '{db}' AND name = 'events'"),
+                "looking for v2's events table",
+            )
+            .await?;
+        if exists == 0 {
+            return Ok(());
+        }
+        for (kind, table, _, _) in EVENT_TABLES {
+            let kind = kind.as_str();
+            let from = self
+                .count(&format!("SELECT count() AS n FROM {db}.events WHERE kind = '{kind}'"), "counting v2 events")
+                .await?;
+            let there = self.count(&format!("SELECT count() AS n FROM {db}.{table}"), "counting moved events").await?;
+            if there == from {
+                continue;
+            }
+            if there > 0 {
+                tracing::warn!(
+                    table,
+                    copied = there,
+                    of = from,
+                    "an earlier migration was cut off while copying events; copying them again"
+                );
+                self.exec(&format!("TRUNCATE TABLE {db}.{table}")).await?;
+            }
+            self.exec(&format!(
+                "INSERT INTO {db}.{table} (ts, node, body) SELECT ts, node, body FROM {db}.events WHERE kind = '{kind}'"
+            ))
+            .await?;
+        }
+        self.exec(&format!("DROP TABLE IF EXISTS {db}.events")).await
     }
 
     fn migrations_v1(&self) -> Vec<(u32, Vec<String>)> {
@@ -398,13 +592,16 @@ impl ClickHouseStore {
             .fetch(self.client.query(&format!("SELECT version FROM {db}.schema_migrations")), "reading schema version")
             .await?;
         let applied: std::collections::BTreeSet<u32> = applied.into_iter().map(|v| v.version).collect();
-        for (version, statements) in self.migrations() {
+        for (version, steps) in self.migrations() {
             if applied.contains(&version) {
                 continue;
             }
             tracing::info!(version, database = %db, "applying ClickHouse schema migration");
-            for s in statements {
-                self.exec(&s).await?;
+            for step in steps {
+                match step {
+                    Step::Sql(sql) => self.exec(&sql).await?,
+                    Step::MoveEventsToKindTables => self.move_events_to_kind_tables().await?,
+                }
             }
             self.exec(&format!("INSERT INTO {db}.schema_migrations (version) VALUES ({version})")).await?;
         }
@@ -438,39 +635,6 @@ impl ClickHouseStore {
                 .await?;
             }
         }
-        Ok(())
-    }
-
-    /// After a failed write: deletes this instance's rows that no node state accounts for.
-    /// Only this instance writes commit numbers in its range, so no other replica's rows (nor a
-    /// write of theirs in progress) are touched.
-    async fn clean_uncommitted(&self, w: &mut Writers) -> Result<(), StoreError> {
-        let db = self.db().to_string();
-        let (from, to) = (w.committed, (w.incarnation + 1) << 32);
-        for table in ["samples", "logs"] {
-            #[derive(Row, Deserialize)]
-            struct C {
-                n: u64,
-            }
-            let c: Vec<C> = self
-                .fetch(
-                    self.client
-                        .query(&format!("SELECT count() AS n FROM {db}.{table} WHERE commit > ? AND commit < ?"))
-                        .bind(from)
-                        .bind(to),
-                    "counting uncommitted rows",
-                )
-                .await?;
-            let n = c.first().map(|c| c.n).unwrap_or(0);
-            if n > 0 {
-                tracing::warn!(table, rows = n, "removing rows of a write that was never committed; it is retried");
-                self.exec(&format!(
-                    "ALTER TABLE {db}.{table} DELETE WHERE commit > {from} AND commit < {to} SETTINGS mutations_sync = 2"
-                ))
-                .await?;
-            }
-        }
-        w.dirty = false;
         Ok(())
     }
 
@@ -549,87 +713,89 @@ impl ClickHouseStore {
                     .bind(&r.node)
                     .bind(&r.spool_id)
                     .bind(r.last_seq);
-                match tokio::time::timeout(self.opts.timeout, q.execute()).await {
-                    Ok(r) => r.map_err(|e| ch_err("removing unaccounted rows", e))?,
-                    Err(_) => {
-                        return Err(StoreError::Unavailable("removing unaccounted rows: no answer in time".into()));
-                    }
-                }
+                self.bounded("removing unaccounted rows", q.execute()).await?;
             }
         }
         Ok(())
     }
 
+    /// Writes one group: its samples, its logs, then the commit record. A retry after an error
+    /// writes the same rows under the same commit number and the same deduplication tokens, so
+    /// whatever part of an earlier attempt landed (or lands later) is kept once.
     async fn write_group(&self, w: &mut Writers, set: &WriteSet) -> Result<(), StoreError> {
-        if w.dirty {
-            self.clean_uncommitted(w).await?;
-        }
         // Consecutive numbers: in the samples' sort order they grow by one per round, which
         // DoubleDelta stores in almost nothing.
         let commit = w.committed + 1;
-        let timeouts = (Some(self.opts.timeout), Some(self.opts.timeout));
-        let samples = w.samples.get_or_insert_with(|| {
-            self.data.inserter("samples").with_max_rows(u64::MAX).with_timeouts(timeouts.0, timeouts.1)
-        });
-        let mut labels = String::new();
-        for (node, batch) in &set.batches {
-            let spool = set.nodes.iter().find(|n| &n.node == node).map(|n| n.spool_id.as_str()).unwrap_or("");
-            for s in batch.series_refs() {
-                encode_labels(s.labels, &mut labels);
-                for (ts, value) in s.points() {
-                    let row = SampleRow {
-                        node,
-                        metric: s.metric,
-                        labels: &labels,
-                        ts,
-                        value,
-                        kind: s.kind.clamp(0, 2) as i8,
-                        spool,
-                        seq: batch.seq,
-                        commit,
-                    };
-                    samples.write(&row).await.map_err(|e| ch_err("inserting samples", e))?;
+        let spool_of =
+            |node: &str| set.nodes.iter().find(|n| n.node == node).map(|n| n.spool_id.as_str()).unwrap_or("");
+
+        if set.batches.iter().any(|(_, b)| b.sample_count() > 0) {
+            let token = format!("medic-{commit}-samples");
+            let mut insert = self.open_insert::<SampleRow<'static>>("samples", Some(&token)).await?;
+            let mut labels = String::new();
+            for (node, batch) in &set.batches {
+                let spool = spool_of(node);
+                for s in batch.series_refs() {
+                    encode_labels(s.labels, &mut labels);
+                    for (ts, value) in s.points() {
+                        let row = SampleRow {
+                            node,
+                            metric: s.metric,
+                            labels: &labels,
+                            ts,
+                            value,
+                            kind: s.kind.clamp(0, 2) as i8,
+                            spool,
+                            seq: batch.seq,
+                            commit,
+                        };
+                        insert.write(&row).await.map_err(|e| ch_err("inserting samples", e))?;
+                    }
                 }
             }
+            insert.end().await.map_err(|e| ch_err("inserting samples", e))?;
         }
-        samples.force_commit().await.map_err(|e| ch_err("inserting samples", e))?;
 
-        let logs = w.logs.get_or_insert_with(|| {
-            self.data.inserter("logs").with_max_rows(u64::MAX).with_timeouts(timeouts.0, timeouts.1)
-        });
-        for (node, batch) in &set.batches {
-            let spool = set.nodes.iter().find(|n| &n.node == node).map(|n| n.spool_id.as_str()).unwrap_or("");
-            for (idx, l) in batch.logs.iter().enumerate() {
-                let row = LogRow {
-                    node,
-                    ts: l.timestamp_ms,
-                    source: &l.source,
-                    level: l.level.clamp(0, 8) as i8,
-                    message: &l.message,
-                    fields: l.fields.iter().map(|f| (f.name.as_str(), f.value.as_str())).collect(),
-                    spool,
-                    seq: batch.seq,
-                    idx: idx as u32,
-                    commit,
-                };
-                logs.write(&row).await.map_err(|e| ch_err("inserting logs", e))?;
+        if set.batches.iter().any(|(_, b)| !b.logs.is_empty()) {
+            let token = format!("medic-{commit}-logs");
+            let mut insert = self.open_insert::<LogRow<'static>>("logs", Some(&token)).await?;
+            for (node, batch) in &set.batches {
+                let spool = spool_of(node);
+                for (idx, l) in batch.logs.iter().enumerate() {
+                    let row = LogRow {
+                        node,
+                        ts: l.timestamp_ms,
+                        source: &l.source,
+                        level: l.level.clamp(0, 8) as i8,
+                        message: &l.message,
+                        fields: l.fields.iter().map(|f| (f.name.as_str(), f.value.as_str())).collect(),
+                        spool,
+                        seq: batch.seq,
+                        idx: idx as u32,
+                        commit,
+                    };
+                    insert.write(&row).await.map_err(|e| ch_err("inserting logs", e))?;
+                }
             }
+            insert.end().await.map_err(|e| ch_err("inserting logs", e))?;
         }
-        logs.force_commit().await.map_err(|e| ch_err("inserting logs", e))?;
 
-        // The commit record: written last, it makes the group's rows count.
-        let mut insert = self.data.insert::<NodeRow<'static>>("nodes").await.map_err(|e| ch_err("committing", e))?;
+        // The commit record: written last, it makes the group's rows count. Written twice (a
+        // retry after an answer was lost), its rows are identical: same node, same version.
         let mut versions = Vec::with_capacity(set.nodes.len());
-        for n in &set.nodes {
-            let record = serde_json::to_string(n).map_err(|e| StoreError::Io(e.to_string()))?;
-            let version = w.versions.get(&n.node).copied().unwrap_or(0) + 1;
-            insert
-                .write(&NodeRow { node: &n.node, version, record: &record })
-                .await
-                .map_err(|e| ch_err("committing", e))?;
-            versions.push((n.node.clone(), version));
+        if !set.nodes.is_empty() {
+            let mut insert = self.open_insert::<NodeRow<'static>>("nodes", None).await?;
+            for n in &set.nodes {
+                let record = serde_json::to_string(n).map_err(|e| StoreError::Io(e.to_string()))?;
+                let version = w.versions.get(&n.node).copied().unwrap_or(0) + 1;
+                insert
+                    .write(&NodeRow { node: &n.node, version, record: &record })
+                    .await
+                    .map_err(|e| ch_err("committing", e))?;
+                versions.push((n.node.clone(), version));
+            }
+            insert.end().await.map_err(|e| ch_err("committing", e))?;
         }
-        insert.end().await.map_err(|e| ch_err("committing", e))?;
         w.committed = commit;
         w.versions.extend(versions);
         Ok(())
@@ -643,6 +809,7 @@ impl Store for ClickHouseStore {
     }
 
     async fn load_nodes(&self) -> Result<Vec<NodeRecord>, StoreError> {
+        self.connect().await?;
         let stored = self.stored_nodes(None).await?;
         let mut w = self.writers.lock().await;
         for (r, v) in &stored {
@@ -652,6 +819,7 @@ impl Store for ClickHouseStore {
     }
 
     async fn refresh_nodes(&self, nodes: &[String]) -> Result<Vec<NodeRecord>, StoreError> {
+        self.connect().await?;
         // Under the writers' lock: no write of ours is between data and commit record now.
         let mut w = self.writers.lock().await;
         let stored = self.stored_nodes(Some(nodes)).await?;
@@ -664,21 +832,13 @@ impl Store for ClickHouseStore {
     }
 
     async fn write(&self, set: WriteSet) -> Result<(), StoreError> {
+        self.connect().await?;
         let mut w = self.writers.lock().await;
-        match self.write_group(&mut w, &set).await {
-            Ok(()) => Ok(()),
-            Err(e) => {
-                // An inserter that failed must not be used again, and whatever part of this group
-                // reached ClickHouse has to go before the retry.
-                w.samples = None;
-                w.logs = None;
-                w.dirty = true;
-                Err(e)
-            }
-        }
+        self.write_group(&mut w, &set).await
     }
 
     async fn metric_names(&self, node: &str) -> Result<Vec<String>, StoreError> {
+        self.connect().await?;
         #[derive(Row, Deserialize)]
         struct M {
             metric: String,
@@ -692,6 +852,7 @@ impl Store for ClickHouseStore {
     }
 
     async fn series(&self, q: &SeriesQuery) -> Result<Vec<Point>, StoreError> {
+        self.connect().await?;
         #[derive(Row, Deserialize)]
         struct P {
             labels: String,
@@ -730,6 +891,7 @@ impl Store for ClickHouseStore {
     }
 
     async fn logs(&self, q: &LogQuery) -> Result<Vec<StoredLog>, StoreError> {
+        self.connect().await?;
         #[derive(Row, Deserialize)]
         struct L {
             ts_ms: i64,
@@ -776,10 +938,22 @@ impl Store for ClickHouseStore {
         Ok(0)
     }
 
+    /// Reports, never sets up: a probe bounded by [`PING_TIMEOUT`] must not cut a migration short.
     async fn ping(&self) -> Result<(), StoreError> {
-        self.exec("SELECT 1").await
+        if !self.ready.load(Ordering::Acquire) {
+            return Err(self.waiting_error());
+        }
+        self.bounded_by(
+            self.opts.timeout.min(PING_TIMEOUT),
+            "pinging ClickHouse",
+            self.client.query("SELECT 1").execute(),
+        )
+        .await
     }
 
+    /// One insert per kind. The event log retries a failed call with the same events, so each
+    /// insert's deduplication token is a digest of its rows: the kinds that landed before the
+    /// failure are not recorded twice.
     async fn write_events(&self, events: Vec<EventRecord>) -> Result<(), StoreError> {
         #[derive(Row, Serialize)]
         struct E<'a> {
@@ -787,19 +961,21 @@ impl Store for ClickHouseStore {
             node: &'a str,
             body: &'a str,
         }
+        self.connect().await?;
         for (kind, _, _, _) in EVENT_TABLES {
             let table = event_table(kind);
-            let of_kind: Vec<&EventRecord> = events.iter().filter(|e| e.kind == kind).collect();
-            if of_kind.is_empty() {
+            let rows: Vec<(i64, &str, String)> = events
+                .iter()
+                .filter(|e| e.kind == kind)
+                .map(|e| (e.ts_ms, e.node.as_str(), e.body.to_string()))
+                .collect();
+            if rows.is_empty() {
                 continue;
             }
-            let mut insert = self.data.insert::<E<'static>>(table).await.map_err(|e| ch_err("recording events", e))?;
-            for ev in of_kind {
-                let body = ev.body.to_string();
-                insert
-                    .write(&E { ts: ev.ts_ms, node: &ev.node, body: &body })
-                    .await
-                    .map_err(|e| ch_err("recording events", e))?;
+            let token = format!("medic-events-{table}-{}", digest(&rows));
+            let mut insert = self.open_insert::<E<'static>>(table, Some(&token)).await?;
+            for (ts, node, body) in &rows {
+                insert.write(&E { ts: *ts, node, body }).await.map_err(|e| ch_err("recording events", e))?;
             }
             insert.end().await.map_err(|e| ch_err("recording events", e))?;
         }
@@ -807,6 +983,7 @@ impl Store for ClickHouseStore {
     }
 
     async fn events(&self, kind: EventKind, limit: usize) -> Result<Vec<EventRecord>, StoreError> {
+        self.connect().await?;
         #[derive(Row, Deserialize)]
         struct E {
             ts_ms: i64,
@@ -894,6 +1071,18 @@ const EVENT_TABLES: [(EventKind, &str, &str, &str); 5] = [
     ),
 ];
 
+/// 128 bits identifying a list of event rows (two SipHash digests with different keys), stable
+/// for the life of the process: all a retry needs.
+fn digest(rows: &[(i64, &str, String)]) -> String {
+    use std::hash::{Hash, Hasher};
+    let mut a = std::hash::DefaultHasher::new();
+    let mut b = std::hash::DefaultHasher::new();
+    0xa5a5_u16.hash(&mut b);
+    rows.hash(&mut a);
+    rows.hash(&mut b);
+    format!("{:016x}{:016x}", a.finish(), b.finish())
+}
+
 fn event_table(kind: EventKind) -> &'static str {
     match kind {
         EventKind::Action => "actions",
@@ -933,5 +1122,34 @@ mod tests {
         assert_eq!(back, expected);
         assert_eq!(decode_labels("").unwrap(), vec![]);
         assert!(decode_labels("a=\"unterminated").is_err());
+    }
+
+    #[test]
+    fn credentials_in_a_url_never_reach_a_log_line() {
+        assert_eq!(redact_url("http://medic:s3cret@ch:8123/?x=1"), "http://<redacted>@ch:8123/?x=1");
+        assert_eq!(redact_url("https://ch:8443"), "https://ch:8443");
+        assert_eq!(redact_url("http://ch:8123/a@b"), "http://ch:8123/a@b");
+        assert_eq!(redact_url("http://ch:8123?user=a@b"), "http://ch:8123?user=a@b");
+        assert_eq!(redact_url("u:p@ch:8123"), "<redacted>@ch:8123");
+        let mut o = ClickHouseOptions::new("http://medic:s3cret@ch:8123");
+        o.password = Some("hunter2".into());
+        let shown = format!("{o:?}");
+        assert!(!shown.contains("s3cret") && !shown.contains("hunter2"), "{shown}");
+        assert!(shown.contains("http://<redacted>@ch:8123"), "{shown}");
+    }
+
+    #[tokio::test]
+    async fn a_store_whose_server_is_not_up_says_what_it_waits_for() {
+        // Nothing listens on port 9 of loopback (discard service): refused at once.
+        let mut o = ClickHouseOptions::new("http://medic:s3cret@127.0.0.1:9");
+        o.timeout = Duration::from_secs(2);
+        let store = ClickHouseStore::new(o).expect("valid options");
+        let e = store.load_nodes().await.expect_err("no server");
+        let shown = e.to_string();
+        assert!(matches!(e, StoreError::Unavailable(_)), "{shown}");
+        assert!(shown.contains("waiting for ClickHouse at http://<redacted>@127.0.0.1:9: "), "{shown}");
+        assert!(!shown.contains("s3cret"), "{shown}");
+        let e = store.ping().await.expect_err("not set up");
+        assert!(e.to_string().contains("waiting for ClickHouse"), "{e}");
     }
 }
