@@ -30,7 +30,7 @@
 
 use super::{EventKind, EventRecord, LogQuery, NodeRecord, Point, SeriesQuery, Store, StoreError, StoredLog, WriteSet};
 use async_trait::async_trait;
-use clickhouse::{Client, Row, insert::Insert};
+use clickhouse::{Client, Row, insert::Insert, inserter::Inserter};
 use medic_proto::v1::{Label, LogRecord};
 use serde::{Deserialize, Serialize};
 use std::future::Future;
@@ -344,6 +344,24 @@ impl ClickHouseStore {
             Ok(r) => r.map_err(|e| ch_err(what, e)),
             Err(_) => Err(StoreError::Unavailable(format!("{what}: ClickHouse did not answer within {limit:?}"))),
         }
+    }
+
+    /// The crate's batching inserter for one group's rows of `table`: one INSERT, streamed as the
+    /// rows are written (never a row count or period that would commit half a group), ended by
+    /// `end()`, deduplicated by `token`. Its sends and its end are bounded by the timeout; the
+    /// first write, which opens the INSERT (and reads the table's schema for row validation), is
+    /// bounded by the caller.
+    fn open_inserter<T: Row>(&self, table: &str, token: &str) -> Inserter<T> {
+        let limit = Some(self.opts.timeout);
+        self.data
+            .inserter::<T>(table)
+            .with_max_rows(u64::MAX)
+            .with_max_bytes(u64::MAX)
+            .with_period(None)
+            .with_timeouts(limit, limit)
+            // Explicitly on: a user profile may have turned deduplication off.
+            .with_setting("insert_deduplicate", "1")
+            .with_setting("insert_deduplication_token", token)
     }
 
     /// An INSERT into Medic's `table`, bounded like every call, deduplicated by `token` if given.
@@ -731,7 +749,8 @@ impl ClickHouseStore {
 
         if set.batches.iter().any(|(_, b)| b.sample_count() > 0) {
             let token = format!("medic-{commit}-samples");
-            let mut insert = self.open_insert::<SampleRow<'static>>("samples", Some(&token)).await?;
+            let mut insert = self.open_inserter::<SampleRow<'static>>("samples", &token);
+            let mut opened = false;
             let mut labels = String::new();
             for (node, batch) in &set.batches {
                 let spool = spool_of(node);
@@ -749,16 +768,22 @@ impl ClickHouseStore {
                             seq: batch.seq,
                             commit,
                         };
-                        insert.write(&row).await.map_err(|e| ch_err("inserting samples", e))?;
+                        if opened {
+                            insert.write(&row).await.map_err(|e| ch_err("inserting samples", e))?;
+                        } else {
+                            self.bounded("inserting samples", insert.write(&row)).await?;
+                            opened = true;
+                        }
                     }
                 }
             }
-            insert.end().await.map_err(|e| ch_err("inserting samples", e))?;
+            self.bounded("inserting samples", insert.end()).await?;
         }
 
         if set.batches.iter().any(|(_, b)| !b.logs.is_empty()) {
             let token = format!("medic-{commit}-logs");
-            let mut insert = self.open_insert::<LogRow<'static>>("logs", Some(&token)).await?;
+            let mut insert = self.open_inserter::<LogRow<'static>>("logs", &token);
+            let mut opened = false;
             for (node, batch) in &set.batches {
                 let spool = spool_of(node);
                 for (idx, l) in batch.logs.iter().enumerate() {
@@ -774,10 +799,15 @@ impl ClickHouseStore {
                         idx: idx as u32,
                         commit,
                     };
-                    insert.write(&row).await.map_err(|e| ch_err("inserting logs", e))?;
+                    if opened {
+                        insert.write(&row).await.map_err(|e| ch_err("inserting logs", e))?;
+                    } else {
+                        self.bounded("inserting logs", insert.write(&row)).await?;
+                        opened = true;
+                    }
                 }
             }
-            insert.end().await.map_err(|e| ch_err("inserting logs", e))?;
+            self.bounded("inserting logs", insert.end()).await?;
         }
 
         // The commit record: written last, it makes the group's rows count. Written twice (a
