@@ -503,6 +503,20 @@ async fn run_local(mut cfg: ControllerConfig, local: LocalArgs) -> anyhow::Resul
 #[global_allocator]
 static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+/// A POST to the controller's mutating API, with the API token when one is configured.
+async fn post_api(http: &reqwest::Client, url: &str, cfg: &ControllerConfig) -> anyhow::Result<()> {
+    let mut req = http.post(url);
+    if let Some(token) = controller::security::api::client_token(cfg.api_token_file.as_deref())? {
+        use secrecy::ExposeSecret;
+        req = req.bearer_auth(token.expose_secret());
+    }
+    let resp = req.send().await?;
+    let status = resp.status();
+    let body = resp.text().await?;
+    anyhow::ensure!(status.is_success(), "{status}: {body}");
+    Ok(())
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
@@ -532,28 +546,12 @@ async fn main() -> anyhow::Result<()> {
                     Ok(())
                 }
                 ActionsCmd::Approve { id } => {
-                    let mut req = http.post(format!("{base}/api/v1/actions/{id}/approve"));
-                    if let Some(token) = controller::security::api::client_token(cfg.api_token_file.as_deref())? {
-                        use secrecy::ExposeSecret;
-                        req = req.bearer_auth(token.expose_secret());
-                    }
-                    let resp = req.send().await?;
-                    let status = resp.status();
-                    let body = resp.text().await?;
-                    anyhow::ensure!(status.is_success(), "{status}: {body}");
+                    post_api(&http, &format!("{base}/api/v1/actions/{id}/approve"), &cfg).await?;
                     println!("approved {id}; it runs at the next remediation round");
                     Ok(())
                 }
                 ActionsCmd::Reenable { rule } => {
-                    let mut req = http.post(format!("{base}/api/v1/rules/{rule}/reenable"));
-                    if let Some(token) = controller::security::api::client_token(cfg.api_token_file.as_deref())? {
-                        use secrecy::ExposeSecret;
-                        req = req.bearer_auth(token.expose_secret());
-                    }
-                    let resp = req.send().await?;
-                    let status = resp.status();
-                    let body = resp.text().await?;
-                    anyhow::ensure!(status.is_success(), "{status}: {body}");
+                    post_api(&http, &format!("{base}/api/v1/rules/{rule}/reenable"), &cfg).await?;
                     println!("re-enabled rule {rule}; it acts again from the next remediation round");
                     Ok(())
                 }

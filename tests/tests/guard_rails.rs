@@ -74,6 +74,14 @@ async fn report(agents: &mut [SyntheticAgent], value: f64) -> Result<()> {
     Ok(())
 }
 
+/// The nodes' problem goes on: they report it every 500 ms until the test is done.
+async fn keep_reporting(agents: &mut [SyntheticAgent]) -> Result<()> {
+    loop {
+        report(agents, 1.0).await?;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
 const STORM: &str = "rules:
   - name: storm
     when:
@@ -243,14 +251,7 @@ async fn a_rule_stopped_by_a_failed_verification_acts_again_once_a_person_reenab
     let url = ch.url();
     let c = controller(dir.path(), &rules, &["--clickhouse-node-url", &url]).await?;
     let mut agents = nodes(&c, 1).await?;
-    let keep_failing = async {
-        loop {
-            report(&mut agents, 1.0).await?;
-            tokio::time::sleep(Duration::from_millis(500)).await;
-        }
-        #[allow(unreachable_code)]
-        Ok::<(), anyhow::Error>(())
-    };
+    let keep_failing = keep_reporting(&mut agents);
     let check = async {
         wait_outcome(&c, "does-not-help", "escalated", 1, 30).await?;
         wait_outcome(&c, "does-not-help", "skipped", 1, 10).await?;
@@ -311,14 +312,7 @@ async fn nothing_to_do_on_a_target_pages_without_stopping_the_rule() -> Result<(
     let url = ch.url();
     let c = controller(dir.path(), &rules, &["--clickhouse-node-url", &url]).await?;
     let mut agents = nodes(&c, 1).await?;
-    let keep_firing = async {
-        loop {
-            report(&mut agents, 1.0).await?;
-            tokio::time::sleep(Duration::from_millis(500)).await;
-        }
-        #[allow(unreachable_code)]
-        Ok::<(), anyhow::Error>(())
-    };
+    let keep_firing = keep_reporting(&mut agents);
     let check = async {
         // Tried again after its cooldown: the rule was not stopped.
         wait_outcome(&c, "ttl-at-its-floor", "nothing_to_do", 2, 40).await?;

@@ -879,17 +879,7 @@ impl Runner {
     ) {
         self.entry(id, f, action, Outcome::NothingToDo, None, why.to_string());
         if rule.on_failure.rollback {
-            for u in undo.iter().rev() {
-                match self.exec.undo(u).await {
-                    Ok(m) => self.entry(id, f, action, Outcome::RolledBack, None, m),
-                    // Not an error: what Medic changed was changed again since (a person
-                    // rescaled), so it is left as it is.
-                    Err(ActError::NothingToDo(m)) => {
-                        self.entry(id, f, action, Outcome::NothingToDo, None, format!("not rolled back: {m}"))
-                    }
-                    Err(e) => self.entry(id, f, action, Outcome::Failed, None, format!("rollback failed: {e}")),
-                }
-            }
+            self.roll_back(id, f, action, undo).await;
         }
         guards.finished(id, true);
         if rule.on_failure.escalate {
@@ -915,20 +905,25 @@ impl Runner {
         }
     }
 
+    /// Undoes what the steps changed, last first.
+    async fn roll_back(&self, id: &str, f: &Firing, action: &str, undo: &[Undo]) {
+        for u in undo.iter().rev() {
+            match self.exec.undo(u).await {
+                Ok(m) => self.entry(id, f, action, Outcome::RolledBack, None, m),
+                // Not an error: what Medic changed was changed again since (a person
+                // rescaled), so it is left as it is.
+                Err(ActError::NothingToDo(m)) => {
+                    self.entry(id, f, action, Outcome::NothingToDo, None, format!("not rolled back: {m}"))
+                }
+                Err(e) => self.entry(id, f, action, Outcome::Failed, None, format!("rollback failed: {e}")),
+            }
+        }
+    }
+
     /// After a failed step or verification: undo what can be undone, tell people, stop the rule.
     async fn fail(&self, id: &str, rule: &Rule, action: &str, f: &Firing, undo: &[Undo], guards: &mut GuardState) {
         if rule.on_failure.rollback {
-            for u in undo.iter().rev() {
-                match self.exec.undo(u).await {
-                    Ok(m) => self.entry(id, f, action, Outcome::RolledBack, None, m),
-                    // Not an error: what Medic changed was changed again since (a person
-                    // rescaled), so it is left as it is.
-                    Err(ActError::NothingToDo(m)) => {
-                        self.entry(id, f, action, Outcome::NothingToDo, None, format!("not rolled back: {m}"))
-                    }
-                    Err(e) => self.entry(id, f, action, Outcome::Failed, None, format!("rollback failed: {e}")),
-                }
-            }
+            self.roll_back(id, f, action, undo).await;
         }
         if rule.on_failure.escalate {
             self.entry(
