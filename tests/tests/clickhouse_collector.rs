@@ -299,3 +299,47 @@ async fn agentd_ships_clickhouse_metrics_to_the_controller() -> Result<()> {
     assert!(log.contains("collecting ClickHouse metrics"), "{log}");
     Ok(())
 }
+
+/// A hung ClickHouse (SIGSTOP) is reported down within the timeout, and the node's host metrics
+/// keep arriving every interval meanwhile: the ClickHouse collector never holds up the others.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hung_clickhouse_is_reported_down_while_host_metrics_keep_flowing() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let ch = ClickHouseProc::start(&dir.path().join("ch")).await?;
+    let controller = ControllerProc::start(&dir.path().join("c"), free_port(), free_port(), &[]).await?;
+    let url = ch.url();
+    let _agent = AgentProc::start(
+        &controller.grpc_url(),
+        "hung",
+        &dir.path().join("spool"),
+        free_port(),
+        &["--interval", "500ms", "--clickhouse-url", &url, "--clickhouse-timeout", "1s"],
+    )
+    .await?;
+    let points = |metric: &'static str| {
+        let c = &controller;
+        async move {
+            let p: Vec<serde_json::Value> =
+                get_json(&c.url(&format!("/api/v1/series?node=hung&metric={metric}&limit=100000"))).await?;
+            Ok::<_, anyhow::Error>(p)
+        }
+    };
+    eventually(Duration::from_secs(15), || async {
+        Ok(points("clickhouse_up").await?.iter().any(|p| p["value"] == 1.0).then_some(()))
+    })
+    .await?;
+    ch.pause();
+    let paused_at = chrono::Utc::now().timestamp_millis();
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    let down = points("clickhouse_up").await?;
+    let load = points("node_load1").await?;
+    ch.resume();
+    let after = |p: &[serde_json::Value]| {
+        p.iter().filter(|x| x["timestamp_ms"].as_i64().is_some_and(|t| t > paused_at)).cloned().collect::<Vec<_>>()
+    };
+    let (down, load) = (after(&down), after(&load));
+    assert!(down.iter().any(|p| p["value"] == 0.0), "reported down while hung: {down:?}");
+    // Six seconds at 500 ms: well over half of the rounds' host samples arrived while it hung.
+    assert!(load.len() >= 6, "host metrics kept flowing: {} node_load1 points in 6 s", load.len());
+    Ok(())
+}
