@@ -13,7 +13,7 @@
 use anyhow::{Context, Result};
 use clap::Parser;
 use controller::store::clickhouse::{ClickHouseOptions, ClickHouseStore};
-use controller::store::embedded::EmbeddedStore;
+use controller::store::embedded::{COMPACT_LAG_MS, EmbeddedStore};
 use controller::store::{NodeRecord, Store, WriteSet};
 use medic_proto::v1::{Batch, MetricKind, Sample};
 use medic_tests::ClickHouseProc;
@@ -130,18 +130,18 @@ fn host_catalog() -> Vec<Sample> {
     out
 }
 
-fn dir_size(p: &std::path::Path) -> u64 {
-    std::fs::read_dir(p)
-        .map(|rd| {
-            rd.filter_map(|e| e.ok())
-                .map(|e| match e.metadata() {
-                    Ok(m) if m.is_dir() => dir_size(&e.path()),
-                    Ok(m) => m.len(),
-                    Err(_) => 0,
-                })
-                .sum()
+/// (apparent, allocated) bytes of the files under `p`. fjall preallocates its journal as a
+/// sparse 64 MiB file: what it takes on disk is the allocated size (`du`), not its length.
+fn dir_size(p: &std::path::Path) -> (u64, u64) {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(rd) = std::fs::read_dir(p) else { return (0, 0) };
+    rd.filter_map(|e| e.ok())
+        .map(|e| match e.metadata() {
+            Ok(m) if m.is_dir() => dir_size(&e.path()),
+            Ok(m) => (m.len(), m.blocks() * 512),
+            Err(_) => (0, 0),
         })
-        .unwrap_or(0)
+        .fold((0, 0), |a, b| (a.0 + b.0, a.1 + b.1))
 }
 
 #[tokio::main]
@@ -164,7 +164,8 @@ async fn main() -> Result<()> {
     let mut opts = ClickHouseOptions::new(ch.url());
     opts.retention = Duration::from_secs(3650 * 86400);
     let clickhouse: Arc<dyn Store> = Arc::new(ClickHouseStore::open(opts).await?);
-    let embedded: Arc<dyn Store> = Arc::new(EmbeddedStore::open(&dir.path().join("embedded"))?);
+    let embedded_store = EmbeddedStore::open(&dir.path().join("embedded"))?;
+    let embedded: Arc<dyn Store> = Arc::new(embedded_store.clone());
 
     let mut rng = rand::rngs::StdRng::seed_from_u64(7);
     let mut values: Vec<Vec<f64>> = (0..args.nodes).map(|_| catalog.iter().map(|s| s.value).collect()).collect();
@@ -262,9 +263,36 @@ async fn main() -> Result<()> {
             .await?;
         println!("  value CODEC({codec}): {:.3} bytes/sample", b.trim().parse::<f64>().unwrap_or(0.0) / f[0]);
     }
+    // What the background compaction has done by the time the buckets closed.
+    let compacting = Instant::now();
+    let stats = embedded_store.compact(chrono::Utc::now().timestamp_millis() - COMPACT_LAG_MS)?;
+    println!(
+        "embedded compaction: {} buckets, {} blocks, {} points, {} → {} bytes in {:.1} s",
+        stats.buckets,
+        stats.blocks,
+        stats.points,
+        stats.bytes_in,
+        stats.bytes_out,
+        compacting.elapsed().as_secs_f64()
+    );
+    embedded_store.flush()?;
     drop(embedded);
-    let embedded_bytes = dir_size(&dir.path().join("embedded"));
-    println!("embedded store: {embedded_bytes} bytes on disk");
+    drop(embedded_store);
+    let (embedded_len, embedded_bytes) = dir_size(&dir.path().join("embedded"));
+    println!("embedded store: {embedded_bytes} bytes on disk ({embedded_len} bytes of file length)");
+    let store_dir = dir.path().join("embedded").join("store");
+    for entry in std::fs::read_dir(&store_dir).into_iter().flatten().flatten() {
+        let (len, size) = dir_size(&entry.path());
+        let (len, size) = if entry.path().is_dir() {
+            (len, size)
+        } else {
+            entry.metadata().map_or((0, 0), |m| {
+                use std::os::unix::fs::MetadataExt;
+                (m.len(), m.blocks() * 512)
+            })
+        };
+        println!("  {:<12} {size} ({len})", entry.file_name().to_string_lossy());
+    }
     println!("embedded_bytes_per_sample={:.2}", embedded_bytes as f64 / total as f64);
     println!("clickhouse_bytes_per_sample={:.3}", f[1] / f[0]);
     Ok(())

@@ -10,24 +10,32 @@
 //!   [`block`] of the samples one batch had in that 10-minute bucket. Block numbers are
 //!   store-wide and increasing, so later writes sort after earlier ones within a bucket and a
 //!   query can let the last write of a (series, timestamp) win, as a per-sample key would;
+//! - `chunks_YYYYMMDD`: node \0 bucket start (8) → the [`chunk`]s of every series of the node in
+//!   that bucket, written by [`compact`]ion once the bucket closed, in the same atomic batch that
+//!   removes the blocks it merged. A query applies a bucket's chunks, then the blocks still
+//!   beside them (all written later);
 //! - `logs_YYYYMMDD`: node \0 timestamp (8) + seq (8) + index in batch (4) → protobuf LogRecord.
 //!
 //! Every [`WriteSet`] is one fjall write batch committed with `SyncAll`, so it is atomic and on
 //! disk before the controller acks.
 
 mod block;
+mod chunk;
+mod compact;
 mod series_index;
+
+pub use compact::{COMPACT_LAG_MS, CompactionStats};
 
 use super::{EventKind, EventRecord, LogQuery, NodeRecord, Point, SeriesQuery, Store, StoreError, StoredLog, WriteSet};
 use async_trait::async_trait;
-use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
+use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode, Readable};
 use medic_proto::v1::Batch;
 use medic_proto::v1::LogRecord;
 use prost::Message;
 use series_index::{SeriesDesc, SeriesIndex};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::Path;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 const DAY_MS: i64 = 86_400_000;
@@ -49,6 +57,35 @@ fn block_key(node: &str, bucket_ms: i64, block: u64) -> Vec<u8> {
     k.extend_from_slice(&ts_bytes(bucket_ms));
     k.extend_from_slice(&block.to_be_bytes());
     k
+}
+
+/// node \0 bucket start (8): a node's compacted buckets sort by time.
+fn chunk_key(node: &str, bucket_ms: i64) -> Vec<u8> {
+    let mut k = Vec::with_capacity(node.len() + 9);
+    k.extend_from_slice(node.as_bytes());
+    k.push(0);
+    k.extend_from_slice(&ts_bytes(bucket_ms));
+    k
+}
+
+/// The bucket start of a [`chunk_key`].
+fn chunk_bucket(key: &[u8]) -> Option<i64> {
+    ts_from(key.get(key.len().checked_sub(8)?..)?)
+}
+
+/// The block number of a [`block_key`].
+fn block_number(key: &[u8]) -> Option<u64> {
+    Some(u64::from_be_bytes(key.get(key.len().checked_sub(8)?..)?.try_into().ok()?))
+}
+
+/// (node, bucket start, block number) of a [`block_key`].
+fn parse_block_key(key: &[u8]) -> Option<(&str, i64, u64)> {
+    let node_end = key.len().checked_sub(17)?;
+    if key[node_end] != 0 {
+        return None;
+    }
+    let node = std::str::from_utf8(&key[..node_end]).ok()?;
+    Some((node, ts_from(&key[node_end + 1..node_end + 9])?, block_number(key)?))
 }
 
 fn ts_from(bytes: &[u8]) -> Option<i64> {
@@ -158,7 +195,16 @@ struct Inner {
     /// Next sample block number; advanced only after the write that used it committed, under
     /// the `index` lock (which serialises writes).
     next_block: Mutex<u64>,
+    /// Open day keyspaces. Held while a keyspace is created or dropped, and while a query
+    /// resolves its keyspaces and takes its snapshot, so that a query sees either the blocks or
+    /// the chunks compaction made of them.
     days: Mutex<HashMap<String, Keyspace>>,
+    /// (bucket start, node) of every bucket holding sample blocks not yet compacted.
+    uncompacted: Mutex<BTreeSet<(i64, String)>>,
+    /// Whether `uncompacted` holds what earlier runs left (found by the first compaction).
+    scanned: AtomicBool,
+    /// Serialises compaction and retention.
+    maintenance: Mutex<()>,
 }
 
 /// Sample blocks and log records are large values written once and never updated: stored apart
@@ -177,6 +223,26 @@ impl Inner {
         let ks = self.db.keyspace(name, day_keyspace_options).map_err(io)?;
         days.insert(name.to_string(), ks.clone());
         Ok(ks)
+    }
+
+    /// The keyspace `name` if it exists; never creates it.
+    fn find_keyspace(&self, name: &str) -> Result<Option<Keyspace>, StoreError> {
+        let days = self.days.lock().map_err(|_| io("day keyspace lock poisoned"))?;
+        self.find_keyspace_locked(&days, name)
+    }
+
+    fn find_keyspace_locked(
+        &self,
+        days: &HashMap<String, Keyspace>,
+        name: &str,
+    ) -> Result<Option<Keyspace>, StoreError> {
+        if let Some(ks) = days.get(name) {
+            return Ok(Some(ks.clone()));
+        }
+        if !self.db.keyspace_exists(name) {
+            return Ok(None);
+        }
+        self.db.keyspace(name, day_keyspace_options).map(Some).map_err(io)
     }
 
     /// Existing day keyspaces with this prefix overlapping [from, to], oldest first.
@@ -244,8 +310,12 @@ impl Inner {
             }
         }
 
+        let mut touched: Vec<(i64, &str)> = Vec::new();
         for ((node, batch), blocks) in set.batches.iter().zip(blocks_of) {
             for (start, bytes) in blocks {
+                if touched.last() != Some(&(start, node.as_str())) {
+                    touched.push((start, node));
+                }
                 let name = day_name("samples", day_of(start));
                 let ks = match day_ks.get(&name) {
                     Some(ks) => ks,
@@ -282,6 +352,13 @@ impl Inner {
         wb.insert(&self.meta, NEXT_BLOCK_KEY, next_block.to_be_bytes());
         wb.commit().map_err(io)?;
         *next_block_guard = next_block;
+        // Before the write lock goes: compaction decides that a day holds no blocks under it.
+        {
+            let mut uncompacted = self.uncompacted.lock().map_err(|_| io("compaction lock poisoned"))?;
+            for (start, node) in touched {
+                uncompacted.insert((start, node.to_string()));
+            }
+        }
         // Only now that the series are durable may later writes refer to them.
         index.absorb(pending);
         Ok(())
@@ -305,30 +382,73 @@ impl Inner {
         // series id → its position in the output order.
         let rank: foldhash::HashMap<u64, usize> = descs.iter().enumerate().map(|(i, (id, _))| (*id, i)).collect();
         let mut points: BTreeMap<(usize, i64), f64> = BTreeMap::new();
+        let mut keep = |r: usize, ts: i64, value: f64| {
+            if ts < q.from_ms || ts > q.to_ms {
+                return;
+            }
+            points.insert((r, ts), value);
+            if points.len() > q.limit {
+                points.pop_last();
+            }
+        };
         let first_bucket = q.from_ms.div_euclid(BUCKET_MS) * BUCKET_MS;
-        let lo = block_key(&q.node, first_bucket, 0);
-        let hi = block_key(&q.node, q.to_ms.div_euclid(BUCKET_MS) * BUCKET_MS, u64::MAX);
-        for day in self.existing_days("samples", first_bucket, q.to_ms) {
-            let ks = self.day_keyspace(&day)?;
-            for item in ks.range(lo.clone()..=hi.clone()) {
-                let (k, v) = item.into_inner().map_err(io)?;
-                let start = k
-                    .len()
-                    .checked_sub(16)
-                    .and_then(|at| ts_from(&k[at..at + 8]))
-                    .ok_or_else(|| StoreError::Corrupt("sample block key".into()))?;
-                block::decode(start, &v, |id, ts, value| {
-                    if ts < q.from_ms || ts > q.to_ms {
-                        return;
+        let last_bucket = q.to_ms.div_euclid(BUCKET_MS) * BUCKET_MS;
+        // Keyspaces and snapshot are taken together under the day lock: compaction creates a
+        // `chunks_` keyspace before it moves blocks into it, and drops a `samples_` keyspace only
+        // after the last of its blocks moved.
+        let (snapshot, days) = {
+            let days = self.days.lock().map_err(|_| io("day keyspace lock poisoned"))?;
+            let mut found = Vec::new();
+            for day in day_of(first_bucket)..=day_of(q.to_ms) {
+                let chunks = self.find_keyspace_locked(&days, &day_name("chunks", day))?;
+                let blocks = self.find_keyspace_locked(&days, &day_name("samples", day))?;
+                if chunks.is_some() || blocks.is_some() {
+                    found.push((day, chunks, blocks));
+                }
+            }
+            (self.db.snapshot(), found)
+        };
+        let corrupt = |what: &str, day: i64, e: &dyn std::fmt::Display| {
+            StoreError::Corrupt(format!("{what} in {}: {e}", day_name("samples", day)))
+        };
+        for (day, chunks, blocks) in days {
+            // bucket → the last block its chunks hold.
+            let mut through: HashMap<i64, u64> = HashMap::new();
+            if let Some(ks) = chunks {
+                let range = chunk_key(&q.node, first_bucket)..=chunk_key(&q.node, last_bucket);
+                for item in snapshot.range(&ks, range) {
+                    let (k, v) = item.into_inner().map_err(io)?;
+                    let start = chunk_bucket(&k).ok_or_else(|| corrupt("chunk key", day, &"too short"))?;
+                    through.insert(start, chunk::through_block(&v).map_err(|e| corrupt("chunk", day, &e))?);
+                    chunk::decode(
+                        start,
+                        &v,
+                        |id| rank.contains_key(&id),
+                        |id, ts, value| {
+                            if let Some(&r) = rank.get(&id) {
+                                keep(r, ts, value);
+                            }
+                        },
+                    )
+                    .map_err(|e| corrupt("chunk", day, &e))?;
+                }
+            }
+            if let Some(ks) = blocks {
+                let range = block_key(&q.node, first_bucket, 0)..=block_key(&q.node, last_bucket, u64::MAX);
+                for item in snapshot.range(&ks, range) {
+                    let (k, v) = item.into_inner().map_err(io)?;
+                    let (_, start, n) =
+                        parse_block_key(&k).ok_or_else(|| corrupt("sample block key", day, &"malformed"))?;
+                    if through.get(&start).is_some_and(|&t| n <= t) {
+                        continue;
                     }
-                    if let Some(&r) = rank.get(&id) {
-                        points.insert((r, ts), value);
-                        if points.len() > q.limit {
-                            points.pop_last();
+                    block::decode(start, &v, |id, ts, value| {
+                        if let Some(&r) = rank.get(&id) {
+                            keep(r, ts, value);
                         }
-                    }
-                })
-                .map_err(|e| StoreError::Corrupt(format!("sample block in {day}: {e}")))?;
+                    })
+                    .map_err(|e| corrupt("sample block", day, &e))?;
+                }
             }
         }
         let labels: Vec<BTreeMap<String, String>> =
@@ -348,6 +468,8 @@ impl Inner {
 /// The default store: no external service, survives kill -9.
 #[derive(Clone)]
 pub struct EmbeddedStore {
+    /// First, so that dropping the last handle stops the thread before the database closes.
+    _compactor: Arc<compact::Compactor>,
     inner: Arc<Inner>,
 }
 
@@ -384,18 +506,38 @@ impl EmbeddedStore {
                 serde_json::from_slice(&v).map_err(|e| StoreError::Corrupt(format!("series {id}: {e}")))?;
             index.insert(id, desc);
         }
-        Ok(Self {
-            inner: Arc::new(Inner {
-                db,
-                nodes,
-                series,
-                meta,
-                events,
-                index: Mutex::new(index),
-                next_block: Mutex::new(next_block),
-                days: Mutex::new(HashMap::new()),
-            }),
-        })
+        let inner = Arc::new(Inner {
+            db,
+            nodes,
+            series,
+            meta,
+            events,
+            index: Mutex::new(index),
+            next_block: Mutex::new(next_block),
+            days: Mutex::new(HashMap::new()),
+            uncompacted: Mutex::new(BTreeSet::new()),
+            scanned: AtomicBool::new(false),
+            maintenance: Mutex::new(()),
+        });
+        Ok(Self { _compactor: Arc::new(compact::start(&inner)?), inner })
+    }
+
+    /// Compacts, now and on the calling thread, every bucket that ended at or before
+    /// `closed_before_ms` (the background thread does the same every minute for buckets closed
+    /// [`COMPACT_LAG_MS`] ago). For benchmarks, tests and tools; blocking.
+    pub fn compact(&self, closed_before_ms: i64) -> Result<CompactionStats, StoreError> {
+        self.inner.compact_closed(closed_before_ms, &|| false)
+    }
+
+    /// Writes every keyspace's in-memory writes out to its tables and waits, so that the files
+    /// say what the data takes at rest (the journal keeps what it holds until it rotates). For
+    /// benchmarks; the store does not need it.
+    pub fn flush(&self) -> Result<(), StoreError> {
+        for name in self.inner.db.list_keyspace_names() {
+            let ks = self.inner.db.keyspace(&name, KeyspaceCreateOptions::default).map_err(io)?;
+            ks.rotate_memtable_and_wait().map_err(io)?;
+        }
+        Ok(())
     }
 
     async fn blocking<T: Send + 'static>(
@@ -479,6 +621,7 @@ impl Store for EmbeddedStore {
 
     async fn enforce_retention(&self, cutoff_ms: i64) -> Result<u64, StoreError> {
         self.blocking(move |inner| {
+            let _maintenance = inner.maintenance.lock().map_err(|_| io("maintenance lock poisoned"))?;
             let cutoff_day = day_of(cutoff_ms);
             let mut dropped = 0;
             let names: BTreeSet<String> = inner.db.list_keyspace_names().into_iter().map(|n| n.to_string()).collect();
@@ -486,12 +629,9 @@ impl Store for EmbeddedStore {
                 let Some((prefix, day)) = day_from_name(&name) else { continue };
                 // A day keyspace holds data up to the end of its day: drop it only when all of it
                 // is older than the cutoff.
-                if (prefix == "samples" || prefix == "logs") && day < cutoff_day {
-                    let ks = {
-                        let mut days = inner.days.lock().map_err(|_| io("day keyspace lock poisoned"))?;
-                        days.remove(&name)
-                    };
-                    let ks = match ks {
+                if matches!(prefix.as_str(), "samples" | "chunks" | "logs") && day < cutoff_day {
+                    let mut days = inner.days.lock().map_err(|_| io("day keyspace lock poisoned"))?;
+                    let ks = match days.remove(&name) {
                         Some(ks) => ks,
                         None => inner.db.keyspace(&name, KeyspaceCreateOptions::default).map_err(io)?,
                     };

@@ -1,0 +1,304 @@
+//! Background compaction: rewrites the sample blocks of a node's closed time bucket into one
+//! value of per-series chunks ([`chunk`]), so samples cost ~1–2 bytes instead of ~13.
+//!
+//! Why this shape:
+//! - **Blocks stay the write path.** Ingest keeps writing one block per (node, batch, bucket): it
+//!   is what made ingest fast (see `block`), and a block holds one point per series, so nothing
+//!   in it compresses across time. Compaction happens later, off the write path, on one thread.
+//! - **When.** A bucket is compacted once it closed [`COMPACT_LAG`] ago by the wall clock: by then
+//!   the agents have delivered it. A batch that arrives later (an agent replaying its spool after
+//!   an outage) is stored as a block as usual and compacted again with the bucket's chunks on a
+//!   later pass — a compacted bucket is never closed to writes.
+//! - **Atomic.** The new chunks and the removal of the blocks they merged are one fjall batch, so
+//!   a crash leaves either the blocks or the chunks, never both or neither; a crash before the
+//!   batch only means the work is redone. The batch is not fsynced: losing it loses no point (the
+//!   blocks are still there), and the next ingest write syncs the journal anyway.
+//! - **Later writes win.** Block numbers grow with every write. A chunk records the highest block
+//!   it merged (`through`): every block still stored beside it is later, so a read applies the
+//!   chunk first and the blocks after it, and compaction merges them in the same order.
+//! - **Space.** Removed blocks leave tombstones that the LSM purges in its own compactions; once
+//!   a whole day is compacted and closed its `samples_` keyspace (blocks and tombstones) holds no
+//!   data and is dropped whole, like retention drops days.
+//! - **Per bucket, not longer.** One value per (node, 10-minute bucket): a query for the last
+//!   minutes reads little, and a late batch rewrites ten minutes, not a day. A chunk of 60 points
+//!   at 10 s pays its headers (~10 bytes per series) over 60 points: a fraction of a byte each.
+
+use super::chunk::{self, BucketWriter};
+use super::{
+    BUCKET_MS, DAY_MS, Inner, StoreError, block, block_key, block_number, chunk_key, day_name, day_of, io,
+    parse_block_key,
+};
+use fjall::{Keyspace, Readable};
+use std::collections::BTreeSet;
+use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender, TryRecvError};
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+/// How long after a bucket ends it is compacted: agents deliver a bucket within seconds, and a
+/// bucket compacted too early only costs a second compaction when its late batches arrive.
+pub const COMPACT_LAG_MS: i64 = 2 * BUCKET_MS;
+/// How often the background thread looks for closed buckets.
+const COMPACT_EVERY: Duration = Duration::from_secs(60);
+/// The first look after opening, to catch up on what an earlier run left.
+const FIRST_PASS_AFTER: Duration = Duration::from_secs(5);
+
+/// What one compaction run did.
+#[derive(Debug, Default, Clone, Copy, PartialEq)]
+pub struct CompactionStats {
+    /// (node, bucket) values written.
+    pub buckets: u64,
+    /// Sample blocks merged and removed.
+    pub blocks: u64,
+    /// Points in the chunks written (after merging).
+    pub points: u64,
+    /// Bytes of the blocks and older chunks read, and of the chunks written.
+    pub bytes_in: u64,
+    pub bytes_out: u64,
+    /// Whole `samples_` day keyspaces dropped because everything in them was compacted.
+    pub days_dropped: u64,
+}
+
+impl std::ops::AddAssign for CompactionStats {
+    fn add_assign(&mut self, o: Self) {
+        self.buckets += o.buckets;
+        self.blocks += o.blocks;
+        self.points += o.points;
+        self.bytes_in += o.bytes_in;
+        self.bytes_out += o.bytes_out;
+        self.days_dropped += o.days_dropped;
+    }
+}
+
+/// The background thread; stopping it (dropping this) waits for the bucket in progress.
+pub(super) struct Compactor {
+    stop: Option<Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Compactor {
+    /// Holds the store weakly: dropping the last `EmbeddedStore` closes the database even while
+    /// this thread sleeps.
+    pub fn start(inner: Weak<Inner>) -> Result<Self, StoreError> {
+        let (stop, rx) = std::sync::mpsc::channel();
+        let thread = std::thread::Builder::new()
+            .name("medic-compact".into())
+            .spawn(move || run(inner, rx))
+            .map_err(|e| io(format!("starting the compaction thread: {e}")))?;
+        Ok(Self { stop: Some(stop), thread: Some(thread) })
+    }
+}
+
+impl Drop for Compactor {
+    fn drop(&mut self) {
+        drop(self.stop.take());
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn now_ms() -> i64 {
+    chrono::Utc::now().timestamp_millis()
+}
+
+fn run(inner: Weak<Inner>, rx: Receiver<()>) {
+    let mut wait = FIRST_PASS_AFTER;
+    loop {
+        match rx.recv_timeout(wait) {
+            Err(RecvTimeoutError::Timeout) => {}
+            _ => return,
+        }
+        wait = COMPACT_EVERY;
+        let Some(inner) = inner.upgrade() else { return };
+        let stopping = || matches!(rx.try_recv(), Err(TryRecvError::Disconnected));
+        match inner.compact_closed(now_ms() - COMPACT_LAG_MS, &stopping) {
+            Ok(s) if s.buckets > 0 || s.days_dropped > 0 => tracing::debug!(
+                buckets = s.buckets,
+                blocks = s.blocks,
+                points = s.points,
+                bytes_in = s.bytes_in,
+                bytes_out = s.bytes_out,
+                days_dropped = s.days_dropped,
+                "compacted sample blocks"
+            ),
+            Ok(_) => {}
+            Err(e) => tracing::warn!("sample compaction failed, will retry: {e}"),
+        }
+    }
+}
+
+impl Inner {
+    /// Records every bucket that holds blocks, once per process: the blocks an earlier run
+    /// left uncompacted. Reads keys only.
+    fn scan_uncompacted(&self) -> Result<(), StoreError> {
+        let mut found = BTreeSet::new();
+        for name in self.existing_days("samples", i64::MIN / 2, i64::MAX / 2) {
+            let Some(ks) = self.find_keyspace(&name)? else { continue };
+            for item in ks.iter() {
+                let k = item.key().map_err(io)?;
+                let (node, bucket, _) =
+                    parse_block_key(&k).ok_or_else(|| StoreError::Corrupt(format!("sample block key in {name}")))?;
+                found.insert((bucket, node.to_string()));
+            }
+        }
+        self.uncompacted.lock().map_err(|_| io("compaction lock poisoned"))?.extend(found);
+        Ok(())
+    }
+
+    /// Compacts every bucket that ended at or before `closed_before_ms`, then drops the
+    /// `samples_` keyspaces of closed days that hold nothing any more. `stopping` is asked
+    /// between buckets.
+    pub(super) fn compact_closed(
+        &self,
+        closed_before_ms: i64,
+        stopping: &dyn Fn() -> bool,
+    ) -> Result<CompactionStats, StoreError> {
+        let mut stats = CompactionStats::default();
+        if !self.scanned.load(std::sync::atomic::Ordering::Acquire) {
+            self.scan_uncompacted()?;
+            self.scanned.store(true, std::sync::atomic::Ordering::Release);
+        }
+        let work: Vec<(i64, String)> = {
+            let mut set = self.uncompacted.lock().map_err(|_| io("compaction lock poisoned"))?;
+            let closed: Vec<(i64, String)> = set
+                .iter()
+                .take_while(|(bucket, _)| bucket.saturating_add(BUCKET_MS) <= closed_before_ms)
+                .cloned()
+                .collect();
+            for k in &closed {
+                set.remove(k);
+            }
+            closed
+        };
+        let mut failed = Vec::new();
+        let mut first_error = None;
+        for (i, (bucket, node)) in work.iter().enumerate() {
+            if stopping() {
+                failed.extend_from_slice(&work[i..]);
+                break;
+            }
+            match self.compact_bucket(node, *bucket) {
+                Ok(s) => stats += s,
+                Err(e) => {
+                    failed.push((*bucket, node.clone()));
+                    first_error.get_or_insert_with(|| {
+                        StoreError::Corrupt(format!("compacting node {node:?} bucket {bucket}: {e}"))
+                    });
+                }
+            }
+        }
+        // Retried on the next pass.
+        self.uncompacted.lock().map_err(|_| io("compaction lock poisoned"))?.extend(failed);
+        if let Some(e) = first_error {
+            return Err(e);
+        }
+        stats.days_dropped = self.drop_compacted_days(closed_before_ms)?;
+        Ok(stats)
+    }
+
+    /// Merges a bucket's blocks (and its earlier chunks, if any) into new chunks and removes
+    /// the blocks, in one atomic batch.
+    pub(super) fn compact_bucket(&self, node: &str, bucket: i64) -> Result<CompactionStats, StoreError> {
+        let _maintenance = self.maintenance.lock().map_err(|_| io("maintenance lock poisoned"))?;
+        let day = day_of(bucket);
+        let (raw, chunks, snapshot) = {
+            let days = self.days.lock().map_err(|_| io("day keyspace lock poisoned"))?;
+            let Some(raw) = self.find_keyspace_locked(&days, &day_name("samples", day))? else {
+                return Ok(CompactionStats::default());
+            };
+            drop(days);
+            let chunks = self.day_keyspace(&day_name("chunks", day))?;
+            (raw, chunks, self.db.snapshot())
+        };
+        let mut stats = CompactionStats::default();
+        // (series, timestamp, write order, value): sorted, the last write of a (series,
+        // timestamp) is the one kept. The existing chunk is order 0, blocks their number + 1.
+        let mut points: Vec<(u64, i64, u64, f64)> = Vec::new();
+        let ckey = chunk_key(node, bucket);
+        let mut through = None;
+        if let Some(old) = snapshot.get(&chunks, &ckey).map_err(io)? {
+            stats.bytes_in += old.len() as u64;
+            through = Some(chunk::through_block(&old).map_err(|e| StoreError::Corrupt(e.to_string()))?);
+            chunk::decode(bucket, &old, |_| true, |s, t, v| points.push((s, t, 0, v)))
+                .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        }
+        let mut removed = Vec::new();
+        let mut last_block = through;
+        for item in snapshot.range(&raw, block_key(node, bucket, 0)..=block_key(node, bucket, u64::MAX)) {
+            let (k, v) = item.into_inner().map_err(io)?;
+            let n = block_number(&k).ok_or_else(|| StoreError::Corrupt("sample block key".into()))?;
+            // Blocks a chunk already holds cannot exist beside it (they go in the same batch);
+            // if one did, it is already merged.
+            if through.is_none_or(|t| n > t) {
+                stats.bytes_in += v.len() as u64;
+                block::decode(bucket, &v, |s, t, val| points.push((s, t, n + 1, val)))
+                    .map_err(|e| StoreError::Corrupt(format!("sample block {n}: {e}")))?;
+                last_block = last_block.max(Some(n));
+            }
+            removed.push(k);
+        }
+        if removed.is_empty() {
+            return Ok(stats);
+        }
+        points.sort_unstable_by_key(|&(s, t, order, _)| (s, t, order));
+        let mut w = BucketWriter::new(bucket, last_block.unwrap_or(0));
+        for (i, &(s, t, _, v)) in points.iter().enumerate() {
+            let superseded = points.get(i + 1).is_some_and(|&(s2, t2, _, _)| (s2, t2) == (s, t));
+            if !superseded {
+                w.push(s, t, v);
+                stats.points += 1;
+            }
+        }
+        let value = w.finish();
+        stats.bytes_out = value.len() as u64;
+        stats.blocks = removed.len() as u64;
+        stats.buckets = 1;
+        let mut batch = self.db.batch();
+        batch.insert(&chunks, ckey, value);
+        for k in removed {
+            batch.remove(&raw, k);
+        }
+        batch.commit().map_err(io)?;
+        Ok(stats)
+    }
+
+    /// Drops the `samples_` keyspace of every day that ended before `closed_before_ms` and has
+    /// no uncompacted bucket left: only tombstones remain in it.
+    fn drop_compacted_days(&self, closed_before_ms: i64) -> Result<u64, StoreError> {
+        let _maintenance = self.maintenance.lock().map_err(|_| io("maintenance lock poisoned"))?;
+        let mut dropped = 0;
+        for name in self.existing_days("samples", i64::MIN / 2, i64::MAX / 2) {
+            let Some((_, day)) = super::day_from_name(&name) else { continue };
+            if (day + 1).saturating_mul(DAY_MS) > closed_before_ms {
+                continue;
+            }
+            let Some(ks) = self.find_keyspace(&name)? else { continue };
+            // A cheap look without blocking writes first; then, holding the write lock, the
+            // uncompacted set: a write since the look would have added its bucket to it.
+            if ks.first_key_value().is_some() {
+                continue;
+            }
+            let _writes = self.index.lock().map_err(|_| io("series index lock poisoned"))?;
+            let pending = self
+                .uncompacted
+                .lock()
+                .map_err(|_| io("compaction lock poisoned"))?
+                .iter()
+                .any(|(bucket, _)| day_of(*bucket) == day);
+            if pending {
+                continue;
+            }
+            let mut days = self.days.lock().map_err(|_| io("day keyspace lock poisoned"))?;
+            days.remove(&name);
+            let ks: Keyspace = ks;
+            self.db.delete_keyspace(ks).map_err(io)?;
+            dropped += 1;
+        }
+        Ok(dropped)
+    }
+}
+
+/// Opens the compactor for an `Arc<Inner>`.
+pub(super) fn start(inner: &Arc<Inner>) -> Result<Compactor, StoreError> {
+    Compactor::start(Arc::downgrade(inner))
+}
