@@ -3,7 +3,7 @@
 
 use anyhow::{Result, bail};
 use controller::store::clickhouse::{ClickHouseOptions, ClickHouseStore};
-use controller::store::embedded::EmbeddedStore;
+use controller::store::embedded::{EmbeddedOptions, EmbeddedStore};
 use controller::store::{LogQuery, NodeRecord, SeriesQuery, Store, WriteSet};
 use medic_proto::v1::{Batch, Label, LogLevel, LogRecord, MetricKind, Sample};
 use medic_tests::ClickHouseProc;
@@ -167,6 +167,20 @@ fn embedded_opener(dir: &Path) -> Opener {
     })
 }
 
+/// The embedded store compacting everything it holds whenever it is opened, so that the
+/// contract's reads after reopening come from compacted chunks rather than sample blocks.
+fn embedded_compacting_opener(dir: &Path) -> Opener {
+    let dir = dir.to_path_buf();
+    Box::new(move || {
+        let dir = dir.clone();
+        Box::pin(async move {
+            let store = EmbeddedStore::open_with(&dir, EmbeddedOptions { background_compaction: false })?;
+            store.compact(i64::MAX)?;
+            Ok(Arc::new(store) as Arc<dyn Store>)
+        })
+    })
+}
+
 fn clickhouse_opener(url: String, retention: Duration) -> Opener {
     Box::new(move || {
         let mut o = ClickHouseOptions::new(url.clone());
@@ -179,6 +193,12 @@ fn clickhouse_opener(url: String, retention: Duration) -> Opener {
 async fn the_embedded_store_keeps_the_store_contract() -> Result<()> {
     let dir = tempfile::tempdir()?;
     store_contract(embedded_opener(dir.path())).await
+}
+
+#[tokio::test]
+async fn the_embedded_store_keeps_the_store_contract_once_everything_is_compacted() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    store_contract(embedded_compacting_opener(dir.path())).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

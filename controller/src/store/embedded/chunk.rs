@@ -319,7 +319,8 @@ const MANTISSA_LIMIT: f64 = (1u64 << 53) as f64;
 
 fn to_decimal(v: f64, e: usize) -> Option<i64> {
     let scaled = (v * POW10[e]).round();
-    if !(scaled.abs() < MANTISSA_LIMIT) {
+    // NaN and infinities fail this too.
+    if scaled.is_nan() || scaled.abs() >= MANTISSA_LIMIT {
         return None;
     }
     let m = scaled as i64;
@@ -554,14 +555,8 @@ pub fn through_block(mut buf: &[u8]) -> Result<u64> {
     varint(&mut buf)
 }
 
-/// Calls `f(series, timestamp, value)` for every point of the series `want` accepts, in
-/// (series, timestamp) order; skips the other series without decoding them.
-pub fn decode(
-    start: i64,
-    mut buf: &[u8],
-    mut want: impl FnMut(u64) -> bool,
-    mut f: impl FnMut(u64, i64, f64),
-) -> Result<()> {
+/// The series of an encoded bucket with their bodies, in id order.
+fn index(mut buf: &[u8]) -> Result<Vec<(u64, &[u8])>> {
     let format = byte(&mut buf)?;
     if format != FORMAT {
         return Err(ChunkError::Format(format));
@@ -571,7 +566,7 @@ pub fn decode(
     if n > buf.len() as u64 / 2 {
         return Err(ChunkError::Malformed("bad series count"));
     }
-    let mut index = Vec::with_capacity(n as usize);
+    let mut lens = Vec::with_capacity(n as usize);
     let mut series = 0u64;
     for i in 0..n {
         let delta = varint(&mut buf)?;
@@ -580,21 +575,50 @@ pub fn decode(
         }
         series = series.checked_add(delta).ok_or(ChunkError::Malformed("series id overflows"))?;
         let len = usize::try_from(varint(&mut buf)?).map_err(|_| ChunkError::Truncated)?;
-        index.push((series, len));
+        lens.push((series, len));
     }
-    let mut scratch = Scratch::default();
-    for (series, len) in index {
+    let mut out = Vec::with_capacity(lens.len());
+    for (series, len) in lens {
         if len > buf.len() {
             return Err(ChunkError::Truncated);
         }
         let (body, rest) = buf.split_at(len);
         buf = rest;
-        if want(series) {
-            decode_series(start, body, &mut scratch, |t, v| f(series, t, v))?;
-        }
+        out.push((series, body));
     }
     if !buf.is_empty() {
         return Err(ChunkError::Malformed("trailing bytes"));
+    }
+    Ok(out)
+}
+
+/// (series, point count) of every series of an encoded bucket, without decoding the points.
+pub fn series_counts(buf: &[u8]) -> Result<Vec<(u64, u64)>> {
+    index(buf)?
+        .into_iter()
+        .map(|(series, mut body)| {
+            let n = varint(&mut body)?;
+            if n == 0 || n > MAX_POINTS {
+                return Err(ChunkError::Malformed("bad point count"));
+            }
+            Ok((series, n))
+        })
+        .collect()
+}
+
+/// Calls `f(series, timestamp, value)` for every point of the series `want` accepts, in
+/// (series, timestamp) order; skips the other series without decoding them.
+pub fn decode(
+    start: i64,
+    buf: &[u8],
+    mut want: impl FnMut(u64) -> bool,
+    mut f: impl FnMut(u64, i64, f64),
+) -> Result<()> {
+    let mut scratch = Scratch::default();
+    for (series, body) in index(buf)? {
+        if want(series) {
+            decode_series(start, body, &mut scratch, |t, v| f(series, t, v))?;
+        }
     }
     Ok(())
 }
@@ -718,6 +742,7 @@ mod tests {
         decode(START, &bytes, |s| s == 9, |s, t, v| seen.push((s, t, v))).unwrap();
         assert_eq!(seen, points[5..]);
         assert_eq!(through_block(&bytes).unwrap(), 42);
+        assert_eq!(series_counts(&bytes).unwrap(), [(3, 5), (9, 5)]);
     }
 
     #[test]

@@ -28,8 +28,8 @@ use super::{
     BUCKET_MS, DAY_MS, Inner, StoreError, block, block_key, block_number, chunk_key, day_name, day_of, io,
     parse_block_key,
 };
-use fjall::{Keyspace, Readable};
-use std::collections::BTreeSet;
+use fjall::{Keyspace, PersistMode, Readable};
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender, TryRecvError};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
@@ -41,6 +41,42 @@ pub const COMPACT_LAG_MS: i64 = 2 * BUCKET_MS;
 const COMPACT_EVERY: Duration = Duration::from_secs(60);
 /// The first look after opening, to catch up on what an earlier run left.
 const FIRST_PASS_AFTER: Duration = Duration::from_secs(5);
+/// A bucket whose blocks and chunks take less than `single_part_bytes` is compacted into one
+/// value; a larger one (an agent at a 100 ms interval with thousands of series) is split by
+/// series into parts of about `points_per_part` points, so that compaction's memory and a
+/// value's size stay bounded.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct PartLimits {
+    pub single_part_bytes: u64,
+    pub points_per_part: u64,
+}
+
+pub(super) const PART_LIMITS: PartLimits = PartLimits { single_part_bytes: 8 << 20, points_per_part: 500_000 };
+
+/// Consecutive series ranges, each with about `per_part` points (a series is never split).
+fn group_series(counts: &BTreeMap<u64, u64>, per_part: u64) -> Vec<(u64, u64)> {
+    let mut groups = Vec::new();
+    let (mut lo, mut sum) = (None, 0);
+    for (&s, &n) in counts {
+        let start = *lo.get_or_insert(s);
+        sum += n;
+        if sum >= per_part {
+            groups.push((start, s));
+            (lo, sum) = (None, 0);
+        }
+    }
+    if let Some(start) = lo {
+        groups.push((start, u64::MAX));
+    }
+    match groups.last_mut() {
+        Some(last) => last.1 = u64::MAX,
+        None => groups.push((0, u64::MAX)),
+    }
+    if let Some(first) = groups.first_mut() {
+        first.0 = 0;
+    }
+    groups
+}
 
 /// What one compaction run did.
 #[derive(Debug, Default, Clone, Copy, PartialEq)]
@@ -177,7 +213,7 @@ impl Inner {
                 failed.extend_from_slice(&work[i..]);
                 break;
             }
-            match self.compact_bucket(node, *bucket) {
+            match self.compact_bucket(node, *bucket, PART_LIMITS) {
                 Ok(s) => stats += s,
                 Err(e) => {
                     failed.push((*bucket, node.clone()));
@@ -198,7 +234,12 @@ impl Inner {
 
     /// Merges a bucket's blocks (and its earlier chunks, if any) into new chunks and removes
     /// the blocks, in one atomic batch.
-    pub(super) fn compact_bucket(&self, node: &str, bucket: i64) -> Result<CompactionStats, StoreError> {
+    pub(super) fn compact_bucket(
+        &self,
+        node: &str,
+        bucket: i64,
+        limits: PartLimits,
+    ) -> Result<CompactionStats, StoreError> {
         let _maintenance = self.maintenance.lock().map_err(|_| io("maintenance lock poisoned"))?;
         let day = day_of(bucket);
         let (raw, chunks, snapshot) = {
@@ -210,51 +251,96 @@ impl Inner {
             let chunks = self.day_keyspace(&day_name("chunks", day))?;
             (raw, chunks, self.db.snapshot())
         };
+        let corrupt = |what: String| StoreError::Corrupt(format!("node {node:?} bucket {bucket}: {what}"));
         let mut stats = CompactionStats::default();
-        // (series, timestamp, write order, value): sorted, the last write of a (series,
-        // timestamp) is the one kept. The existing chunk is order 0, blocks their number + 1.
-        let mut points: Vec<(u64, i64, u64, f64)> = Vec::new();
-        let ckey = chunk_key(node, bucket);
-        let mut through = None;
-        if let Some(old) = snapshot.get(&chunks, &ckey).map_err(io)? {
-            stats.bytes_in += old.len() as u64;
-            through = Some(chunk::through_block(&old).map_err(|e| StoreError::Corrupt(e.to_string()))?);
-            chunk::decode(bucket, &old, |_| true, |s, t, v| points.push((s, t, 0, v)))
-                .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+
+        let mut old_parts = Vec::new();
+        for item in snapshot.range(&chunks, chunk_key(node, bucket, 0)..=chunk_key(node, bucket, u16::MAX)) {
+            old_parts.push(item.into_inner().map_err(io)?);
         }
+        let mut through = None;
+        for (_, v) in &old_parts {
+            stats.bytes_in += v.len() as u64;
+            let t = chunk::through_block(v).map_err(|e| corrupt(format!("chunk: {e}")))?;
+            through = through.max(Some(t));
+        }
+        let mut blocks = Vec::new();
         let mut removed = Vec::new();
-        let mut last_block = through;
         for item in snapshot.range(&raw, block_key(node, bucket, 0)..=block_key(node, bucket, u64::MAX)) {
             let (k, v) = item.into_inner().map_err(io)?;
-            let n = block_number(&k).ok_or_else(|| StoreError::Corrupt("sample block key".into()))?;
+            let n = block_number(&k).ok_or_else(|| corrupt("sample block key".into()))?;
             // Blocks a chunk already holds cannot exist beside it (they go in the same batch);
             // if one did, it is already merged.
             if through.is_none_or(|t| n > t) {
                 stats.bytes_in += v.len() as u64;
-                block::decode(bucket, &v, |s, t, val| points.push((s, t, n + 1, val)))
-                    .map_err(|e| StoreError::Corrupt(format!("sample block {n}: {e}")))?;
-                last_block = last_block.max(Some(n));
+                blocks.push((n, v));
             }
             removed.push(k);
         }
         if removed.is_empty() {
             return Ok(stats);
         }
-        points.sort_unstable_by_key(|&(s, t, order, _)| (s, t, order));
-        let mut w = BucketWriter::new(bucket, last_block.unwrap_or(0));
-        for (i, &(s, t, _, v)) in points.iter().enumerate() {
-            let superseded = points.get(i + 1).is_some_and(|&(s2, t2, _, _)| (s2, t2) == (s, t));
-            if !superseded {
-                w.push(s, t, v);
-                stats.points += 1;
+        let last_block = blocks.iter().map(|(n, _)| *n).max().max(through).unwrap_or(0);
+
+        // Series ranges whose points make one part each.
+        let groups = if stats.bytes_in <= limits.single_part_bytes {
+            vec![(0, u64::MAX)]
+        } else {
+            let mut counts: BTreeMap<u64, u64> = BTreeMap::new();
+            for (_, v) in &old_parts {
+                for (s, n) in chunk::series_counts(v).map_err(|e| corrupt(format!("chunk: {e}")))? {
+                    *counts.entry(s).or_default() += n;
+                }
             }
+            for (n, v) in &blocks {
+                block::decode(bucket, v, |s, _, _| *counts.entry(s).or_default() += 1)
+                    .map_err(|e| corrupt(format!("sample block {n}: {e}")))?;
+            }
+            group_series(&counts, limits.points_per_part)
+        };
+        if groups.len() > u16::MAX as usize {
+            return Err(corrupt(format!("{} parts needed", groups.len())));
         }
-        let value = w.finish();
-        stats.bytes_out = value.len() as u64;
+
+        let mut batch = self.db.batch();
+        // (series, timestamp, write order, value), gathered in write order: earlier chunks, then
+        // the blocks by number, each in its own order. Sorted, the last write of a (series,
+        // timestamp) is the one kept.
+        let mut points: Vec<(u64, i64, u64, f64)> = Vec::new();
+        for (part, &(lo, hi)) in groups.iter().enumerate() {
+            points.clear();
+            let mine = |s: u64| s >= lo && s <= hi;
+            for (_, v) in &old_parts {
+                chunk::decode(bucket, v, mine, |s, t, v| points.push((s, t, points.len() as u64, v)))
+                    .map_err(|e| corrupt(format!("chunk: {e}")))?;
+            }
+            for (n, v) in &blocks {
+                block::decode(bucket, v, |s, t, val| {
+                    if mine(s) {
+                        points.push((s, t, points.len() as u64, val))
+                    }
+                })
+                .map_err(|e| corrupt(format!("sample block {n}: {e}")))?;
+            }
+            points.sort_unstable_by_key(|&(s, t, order, _)| (s, t, order));
+            let mut w = BucketWriter::new(bucket, last_block);
+            for (i, &(s, t, _, v)) in points.iter().enumerate() {
+                let superseded = points.get(i + 1).is_some_and(|&(s2, t2, _, _)| (s2, t2) == (s, t));
+                if !superseded {
+                    w.push(s, t, v);
+                    stats.points += 1;
+                }
+            }
+            let value = w.finish();
+            stats.bytes_out += value.len() as u64;
+            batch.insert(&chunks, chunk_key(node, bucket, part as u16), value);
+        }
+        // Parts of an earlier, larger split that the new one does not overwrite.
+        for (k, _) in old_parts.iter().skip(groups.len()) {
+            batch.remove(&chunks, k.clone());
+        }
         stats.blocks = removed.len() as u64;
         stats.buckets = 1;
-        let mut batch = self.db.batch();
-        batch.insert(&chunks, ckey, value);
         for k in removed {
             batch.remove(&raw, k);
         }
@@ -288,6 +374,9 @@ impl Inner {
             if pending {
                 continue;
             }
+            // The batches that moved its blocks into chunks were not synced; they must be on
+            // disk before the blocks' keyspace goes (dropping it is durable at once).
+            self.db.persist(PersistMode::SyncAll).map_err(io)?;
             let mut days = self.days.lock().map_err(|_| io("day keyspace lock poisoned"))?;
             days.remove(&name);
             let ks: Keyspace = ks;

@@ -35,6 +35,8 @@ use prost::Message;
 use series_index::{SeriesDesc, SeriesIndex};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::Path;
+#[cfg(test)]
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -59,18 +61,21 @@ fn block_key(node: &str, bucket_ms: i64, block: u64) -> Vec<u8> {
     k
 }
 
-/// node \0 bucket start (8): a node's compacted buckets sort by time.
-fn chunk_key(node: &str, bucket_ms: i64) -> Vec<u8> {
-    let mut k = Vec::with_capacity(node.len() + 9);
+/// node \0 bucket start (8) + part (2): a node's compacted buckets sort by time. A bucket is
+/// one part unless it holds more points than one value should (see `compact`).
+fn chunk_key(node: &str, bucket_ms: i64, part: u16) -> Vec<u8> {
+    let mut k = Vec::with_capacity(node.len() + 11);
     k.extend_from_slice(node.as_bytes());
     k.push(0);
     k.extend_from_slice(&ts_bytes(bucket_ms));
+    k.extend_from_slice(&part.to_be_bytes());
     k
 }
 
 /// The bucket start of a [`chunk_key`].
 fn chunk_bucket(key: &[u8]) -> Option<i64> {
-    ts_from(key.get(key.len().checked_sub(8)?..)?)
+    let at = key.len().checked_sub(10)?;
+    ts_from(&key[at..at + 8])
 }
 
 /// The block number of a [`block_key`].
@@ -398,24 +403,27 @@ impl Inner {
         // after the last of its blocks moved.
         let (snapshot, days) = {
             let days = self.days.lock().map_err(|_| io("day keyspace lock poisoned"))?;
-            let mut found = Vec::new();
-            for day in day_of(first_bucket)..=day_of(q.to_ms) {
-                let chunks = self.find_keyspace_locked(&days, &day_name("chunks", day))?;
-                let blocks = self.find_keyspace_locked(&days, &day_name("samples", day))?;
-                if chunks.is_some() || blocks.is_some() {
-                    found.push((day, chunks, blocks));
+            let (from, to) = (day_of(first_bucket), day_of(q.to_ms));
+            let mut found: BTreeMap<i64, (Option<Keyspace>, Option<Keyspace>)> = BTreeMap::new();
+            for name in self.db.list_keyspace_names() {
+                let Some((prefix, day)) = day_from_name(&name) else { continue };
+                if day < from || day > to || !matches!(prefix.as_str(), "chunks" | "samples") {
+                    continue;
                 }
+                let ks = self.find_keyspace_locked(&days, &name)?;
+                let entry = found.entry(day).or_default();
+                if prefix == "chunks" { entry.0 = ks } else { entry.1 = ks }
             }
             (self.db.snapshot(), found)
         };
         let corrupt = |what: &str, day: i64, e: &dyn std::fmt::Display| {
             StoreError::Corrupt(format!("{what} in {}: {e}", day_name("samples", day)))
         };
-        for (day, chunks, blocks) in days {
+        for (day, (chunks, blocks)) in days {
             // bucket → the last block its chunks hold.
             let mut through: HashMap<i64, u64> = HashMap::new();
             if let Some(ks) = chunks {
-                let range = chunk_key(&q.node, first_bucket)..=chunk_key(&q.node, last_bucket);
+                let range = chunk_key(&q.node, first_bucket, 0)..=chunk_key(&q.node, last_bucket, u16::MAX);
                 for item in snapshot.range(&ks, range) {
                     let (k, v) = item.into_inner().map_err(io)?;
                     let start = chunk_bucket(&k).ok_or_else(|| corrupt("chunk key", day, &"too short"))?;
@@ -465,17 +473,35 @@ impl Inner {
     }
 }
 
+/// How the embedded store is opened.
+#[derive(Debug, Clone)]
+pub struct EmbeddedOptions {
+    /// Compact closed buckets on a background thread. Default: on. Benchmarks and tests that
+    /// want to say when compaction happens turn it off and call [`EmbeddedStore::compact`].
+    pub background_compaction: bool,
+}
+
+impl Default for EmbeddedOptions {
+    fn default() -> Self {
+        Self { background_compaction: true }
+    }
+}
+
 /// The default store: no external service, survives kill -9.
 #[derive(Clone)]
 pub struct EmbeddedStore {
     /// First, so that dropping the last handle stops the thread before the database closes.
-    _compactor: Arc<compact::Compactor>,
+    _compactor: Option<Arc<compact::Compactor>>,
     inner: Arc<Inner>,
 }
 
 impl EmbeddedStore {
     /// Opens (or creates) the store in `dir`, recovering from the journal after a crash.
     pub fn open(dir: &Path) -> Result<Self, StoreError> {
+        Self::open_with(dir, EmbeddedOptions::default())
+    }
+
+    pub fn open_with(dir: &Path, options: EmbeddedOptions) -> Result<Self, StoreError> {
         std::fs::create_dir_all(dir)
             .map_err(|e| StoreError::Io(format!("creating data dir {}: {e}", dir.display())))?;
         let db = Database::builder(dir.join("store"))
@@ -519,7 +545,11 @@ impl EmbeddedStore {
             scanned: AtomicBool::new(false),
             maintenance: Mutex::new(()),
         });
-        Ok(Self { _compactor: Arc::new(compact::start(&inner)?), inner })
+        let compactor = match options.background_compaction {
+            true => Some(Arc::new(compact::start(&inner)?)),
+            false => None,
+        };
+        Ok(Self { _compactor: compactor, inner })
     }
 
     /// Compacts, now and on the calling thread, every bucket that ended at or before
@@ -911,5 +941,348 @@ mod tests {
             SeriesQuery { node: "n".into(), metric: "m_total".into(), from_ms: 0, to_ms: T0 + 10 * DAY_MS, limit: 100 };
         let values: Vec<f64> = store.series(&q).await.unwrap().iter().map(|p| p.value).collect();
         assert_eq!(values, [1.0, 2.0]);
+    }
+
+    // ---- Compaction: the chunks must say exactly what the blocks said. ----
+
+    fn manual(dir: &Path) -> EmbeddedStore {
+        EmbeddedStore::open_with(dir, EmbeddedOptions { background_compaction: false }).unwrap()
+    }
+
+    /// Every point of `metric` on `node`, as (cpu label, timestamp, value bits).
+    async fn all_points(store: &EmbeddedStore, node: &str, metric: &str) -> Vec<(String, i64, u64)> {
+        store
+            .series(&query(node, metric, i64::MIN / 2, i64::MAX / 2, usize::MAX))
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|p| (p.labels["cpu"].clone(), p.timestamp_ms, p.value.to_bits()))
+            .collect()
+    }
+
+    fn keyspaces(store: &EmbeddedStore, prefix: &str) -> Vec<String> {
+        let mut names: Vec<String> = store
+            .inner
+            .db
+            .list_keyspace_names()
+            .into_iter()
+            .map(|n| n.to_string())
+            .filter(|n| n.starts_with(prefix))
+            .collect();
+        names.sort();
+        names
+    }
+
+    /// Values that must survive bit for bit, however they are encoded.
+    fn awkward_values() -> Vec<f64> {
+        vec![
+            0.0,
+            -0.0,
+            f64::NAN,
+            f64::from_bits(0x7ff8_dead_beef_0001),
+            f64::from_bits(0xfff0_0000_0000_0001),
+            f64::INFINITY,
+            f64::NEG_INFINITY,
+            f64::MIN_POSITIVE / 3.0,
+            f64::MAX,
+            0.1 + 0.2,
+            123.45,
+            1e15 + 0.5,
+        ]
+    }
+
+    /// Batches over two days and several buckets: decimal counters, awkward values, a point
+    /// written twice in one batch, and points rewritten by later batches.
+    async fn write_history(store: &EmbeddedStore, node: &str) {
+        let awkward = awkward_values();
+        let mut seq = 0;
+        for round in 0..40i64 {
+            let ts = T0 + DAY_MS - 100_000 + round * 10_000;
+            let mut samples = vec![
+                sample("m_total", "0", ts, 1_000.0 + round as f64 * 0.37),
+                sample("m_total", "1", ts, awkward[round as usize % awkward.len()]),
+                sample("m_total", "2", ts + 1, (round * 4096) as f64),
+            ];
+            if round % 7 == 3 {
+                // Twice in one batch: the later one counts.
+                samples.push(sample("m_total", "2", ts + 1, -1.0));
+                samples.push(sample("m_total", "2", ts + 1, -2.0));
+            }
+            seq += 1;
+            store.write(set(node, seq, samples, vec![])).await.unwrap();
+        }
+        // A later batch rewriting points of several buckets (a replay with new values).
+        let rewrite = (0..40i64).step_by(9).map(|r| sample("m_total", "0", T0 + DAY_MS - 100_000 + r * 10_000, 7.5));
+        store.write(set(node, seq + 1, rewrite.collect(), vec![])).await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn compaction_keeps_every_point_bit_exactly_and_later_writes_still_win() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = manual(dir.path());
+        write_history(&store, "n").await;
+        write_history(&store, "other").await;
+        let before = all_points(&store, "n", "m_total").await;
+        assert_eq!(before.len(), 120);
+        let twice = before.iter().find(|p| p.0 == "2" && p.1 == T0 + DAY_MS - 100_000 + 3 * 10_000 + 1).unwrap();
+        assert_eq!(f64::from_bits(twice.2), -2.0);
+        assert_eq!(before.iter().filter(|p| p.0 == "0" && f64::from_bits(p.2) == 7.5).count(), 5);
+
+        let stats = store.compact(i64::MAX).unwrap();
+        assert_eq!(stats.points, 240, "{stats:?}");
+        assert!(stats.buckets == 4 && stats.bytes_out < stats.bytes_in / 2, "{stats:?}");
+        assert_eq!(all_points(&store, "n", "m_total").await, before);
+        // Nothing is left to compact, and the blocks' day keyspaces went.
+        assert_eq!(store.compact(i64::MAX).unwrap().buckets, 0);
+        assert!(keyspaces(&store, "samples_").is_empty(), "{:?}", keyspaces(&store, "samples_"));
+        drop(store);
+        let store = manual(dir.path());
+        assert_eq!(all_points(&store, "n", "m_total").await, before);
+        assert_eq!(all_points(&store, "other", "m_total").await.len(), 120);
+    }
+
+    #[tokio::test]
+    async fn a_batch_replayed_after_compaction_wins_before_and_after_the_next_compaction() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = manual(dir.path());
+        store
+            .write(set("n", 1, vec![sample("m_total", "0", T0, 1.0), sample("m_total", "0", T0 + 10_000, 2.0)], vec![]))
+            .await
+            .unwrap();
+        store.compact(i64::MAX).unwrap();
+        // A replay of the first point with another value, and a new point, in the compacted
+        // bucket.
+        store
+            .write(set("n", 2, vec![sample("m_total", "0", T0, 10.0), sample("m_total", "0", T0 + 5_000, 5.0)], vec![]))
+            .await
+            .unwrap();
+        let values = |p: Vec<(String, i64, u64)>| -> Vec<(i64, f64)> {
+            p.into_iter().map(|(_, t, v)| (t - T0, f64::from_bits(v))).collect()
+        };
+        let want: Vec<(i64, f64)> = vec![(0, 10.0), (5_000, 5.0), (10_000, 2.0)];
+        assert_eq!(values(all_points(&store, "n", "m_total").await), want);
+        assert_eq!(store.compact(i64::MAX).unwrap().blocks, 1);
+        assert_eq!(values(all_points(&store, "n", "m_total").await), want);
+        // And once more over the merged chunk, across a restart.
+        store.write(set("n", 3, vec![sample("m_total", "0", T0 + 10_000, -0.0)], vec![])).await.unwrap();
+        drop(store);
+        let store = manual(dir.path());
+        let got: Vec<(i64, u64)> =
+            all_points(&store, "n", "m_total").await.into_iter().map(|(_, t, v)| (t - T0, v)).collect();
+        assert_eq!(got, [(0, 10f64.to_bits()), (5_000, 5f64.to_bits()), (10_000, (-0.0f64).to_bits())]);
+        store.compact(i64::MAX).unwrap();
+        let again: Vec<(i64, u64)> =
+            all_points(&store, "n", "m_total").await.into_iter().map(|(_, t, v)| (t - T0, v)).collect();
+        assert_eq!(again, got);
+    }
+
+    #[tokio::test]
+    async fn only_buckets_closed_before_the_cutoff_are_compacted() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = manual(dir.path());
+        let samples = (0..3).map(|b| sample("m_total", "0", T0 + b * BUCKET_MS, b as f64)).collect();
+        store.write(set("n", 1, samples, vec![])).await.unwrap();
+        // The second bucket ends at T0 + 2 buckets: closed at that instant, not a millisecond before.
+        assert_eq!(store.compact(T0 + 2 * BUCKET_MS - 1).unwrap().buckets, 1);
+        assert_eq!(store.compact(T0 + 2 * BUCKET_MS).unwrap().buckets, 1);
+        assert_eq!(store.compact(T0 + 2 * BUCKET_MS).unwrap().buckets, 0);
+        // The day is not over: its blocks keyspace stays, holding the open bucket.
+        assert_eq!(keyspaces(&store, "samples_").len(), 1);
+        assert_eq!(all_points(&store, "n", "m_total").await.len(), 3);
+    }
+
+    /// How far the journal has been written: fjall preallocates it with zeros.
+    fn journal_end(dir: &Path) -> (PathBuf, usize) {
+        let mut journals: Vec<PathBuf> = std::fs::read_dir(dir.join("store"))
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.extension().is_some_and(|e| e == "jnl"))
+            .collect();
+        journals.sort();
+        let path = journals.pop().expect("a journal");
+        let bytes = std::fs::read(&path).unwrap();
+        let end = bytes.iter().rposition(|&b| b != 0).map_or(0, |i| i + 1);
+        (path, end)
+    }
+
+    fn copy_dir(from: &Path, to: &Path) {
+        std::fs::create_dir_all(to).unwrap();
+        for e in std::fs::read_dir(from).unwrap() {
+            let e = e.unwrap();
+            if e.file_type().unwrap().is_dir() {
+                copy_dir(&e.path(), &to.join(e.file_name()));
+            } else {
+                std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn a_crash_anywhere_in_a_compaction_loses_and_duplicates_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = manual(dir.path());
+        write_history(&store, "n").await;
+        let want = all_points(&store, "n", "m_total").await;
+        let (_, before) = journal_end(dir.path());
+        let buckets: Vec<(i64, String)> = store.inner.uncompacted.lock().unwrap().iter().cloned().collect();
+        for (bucket, node) in &buckets {
+            store.inner.compact_bucket(node, *bucket, compact::PART_LIMITS).unwrap();
+        }
+        store.inner.db.persist(PersistMode::SyncAll).unwrap();
+        // The files as a power cut would leave them, with the compactions' journal entries torn
+        // anywhere from their first byte to their last.
+        let image = tempfile::tempdir().unwrap();
+        copy_dir(dir.path(), image.path());
+        drop(store);
+        let (journal, after) = journal_end(image.path());
+        assert!(after > before + 100, "the compactions wrote to the journal: {before}..{after}");
+        let step = ((after - before) / 60).max(1);
+        for cut in (before..=after).step_by(step).chain([after]) {
+            let crash = tempfile::tempdir().unwrap();
+            copy_dir(image.path(), crash.path());
+            let jnl = crash.path().join(journal.strip_prefix(image.path()).unwrap());
+            let mut bytes = std::fs::read(&jnl).unwrap();
+            bytes[cut..after].fill(0);
+            std::fs::write(&jnl, bytes).unwrap();
+            let store = manual(crash.path());
+            assert_eq!(all_points(&store, "n", "m_total").await, want, "journal cut at {cut} of {before}..{after}");
+            store.compact(i64::MAX).unwrap();
+            assert_eq!(all_points(&store, "n", "m_total").await, want, "compacted again after a cut at {cut}");
+        }
+    }
+
+    #[tokio::test]
+    async fn reads_during_compaction_see_every_point_of_one_write_or_the_next() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = manual(dir.path());
+        // Five series in three buckets, two of them on either side of a day boundary; every
+        // write rewrites all fifteen points with its own value.
+        let stamps = [T0 + DAY_MS - BUCKET_MS - 1, T0 + DAY_MS - 1, T0 + DAY_MS];
+        let batch = |seq: u64| {
+            let samples = stamps
+                .iter()
+                .flat_map(|&t| (0..5).map(move |c| sample("m_total", &c.to_string(), t, seq as f64)))
+                .collect();
+            set("n", seq, samples, vec![])
+        };
+        store.write(batch(1)).await.unwrap();
+        let stop = Arc::new(AtomicBool::new(false));
+        let compactor = {
+            let (store, stop) = (store.clone(), stop.clone());
+            std::thread::spawn(move || {
+                let mut passes = 0;
+                while !stop.load(Ordering::Relaxed) {
+                    store.compact(i64::MAX).unwrap();
+                    passes += 1;
+                }
+                passes
+            })
+        };
+        let reader = {
+            let (store, stop) = (store.clone(), stop.clone());
+            tokio::spawn(async move {
+                let mut reads = 0;
+                while !stop.load(Ordering::Relaxed) {
+                    let got = all_points(&store, "n", "m_total").await;
+                    assert_eq!(got.len(), 15, "{got:?}");
+                    assert!(got.iter().all(|p| p.2 == got[0].2), "one write's values, not a mix: {got:?}");
+                    reads += 1;
+                    tokio::task::yield_now().await;
+                }
+                reads
+            })
+        };
+        for seq in 2..=60 {
+            store.write(batch(seq)).await.unwrap();
+            let got = all_points(&store, "n", "m_total").await;
+            assert!(got.iter().all(|p| f64::from_bits(p.2) == seq as f64), "after write {seq}: {got:?}");
+        }
+        stop.store(true, Ordering::Relaxed);
+        let passes = compactor.join().unwrap();
+        let reads = reader.await.unwrap();
+        assert!(passes > 0 && reads > 0, "{passes} compactions, {reads} reads");
+    }
+
+    #[tokio::test]
+    async fn retention_drops_compacted_days_whole_and_a_late_batch_for_a_compacted_day_is_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = manual(dir.path());
+        let days = (0..3).map(|d| sample("m_total", "0", T0 + d * DAY_MS, d as f64)).collect();
+        store.write(set("n", 1, days, vec![log(T0, LogLevel::Info, "old")])).await.unwrap();
+        let stats = store.compact(i64::MAX).unwrap();
+        assert_eq!((stats.buckets, stats.days_dropped), (3, 3));
+        assert_eq!(keyspaces(&store, "chunks_").len(), 3);
+        // A late batch for the first day lands as a block beside its chunks.
+        store.write(set("n", 2, vec![sample("m_total", "0", T0 + 1, 0.5)], vec![])).await.unwrap();
+        assert_eq!(keyspaces(&store, "samples_").len(), 1);
+        let values = |p: Vec<(String, i64, u64)>| p.into_iter().map(|(_, _, v)| f64::from_bits(v)).collect::<Vec<_>>();
+        assert_eq!(values(all_points(&store, "n", "m_total").await), [0.0, 0.5, 1.0, 2.0]);
+        store.compact(i64::MAX).unwrap();
+        assert_eq!(values(all_points(&store, "n", "m_total").await), [0.0, 0.5, 1.0, 2.0]);
+        // Day 0 (its chunks and logs) goes whole; day 1, partly younger than the cutoff, stays.
+        let dropped = store.enforce_retention(T0 + DAY_MS + DAY_MS / 2).await.unwrap();
+        assert_eq!(dropped, 2);
+        assert_eq!(values(all_points(&store, "n", "m_total").await), [1.0, 2.0]);
+        assert_eq!(keyspaces(&store, "chunks_").len(), 2);
+    }
+
+    #[tokio::test]
+    async fn a_corrupt_chunk_is_an_error_for_its_reads_and_compactions_never_a_panic() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = manual(dir.path());
+        let samples = (0..30).map(|i| sample("m_total", "0", T0 + i * 10_000, i as f64)).collect();
+        store.write(set("n", 1, samples, vec![])).await.unwrap();
+        store.write(set("n", 2, vec![sample("m_total", "0", T0 + DAY_MS, 1.0)], vec![])).await.unwrap();
+        store.compact(i64::MAX).unwrap();
+        let ks = store.inner.day_keyspace(&day_name("chunks", day_of(T0))).unwrap();
+        let key = chunk_key("n", T0, 0);
+        let good = ks.get(&key).unwrap().unwrap().to_vec();
+        for bad in [good[..good.len() / 2].to_vec(), vec![chunk::FORMAT, 0xff, 0xff], vec![7; 40], vec![]] {
+            ks.insert(&key, bad).unwrap();
+            let err = store.series(&query("n", "m_total", T0, T0 + BUCKET_MS, 100)).await.unwrap_err();
+            assert!(matches!(err, StoreError::Corrupt(_)), "{err}");
+            // Another day still reads.
+            assert_eq!(store.series(&query("n", "m_total", T0 + DAY_MS, T0 + DAY_MS, 100)).await.unwrap().len(), 1);
+            // A late batch for the bucket cannot be merged with it: an error, and the batch
+            // stays readable as a block once the chunk is repaired.
+            store.write(set("n", 3, vec![sample("m_total", "0", T0 + 5, 0.5)], vec![])).await.unwrap();
+            assert!(store.compact(i64::MAX).is_err());
+        }
+        ks.insert(&key, good).unwrap();
+        let got = store.series(&query("n", "m_total", T0, T0 + BUCKET_MS, 100)).await.unwrap();
+        assert_eq!(got.len(), 31);
+        assert_eq!(got[1].value, 0.5);
+        store.compact(i64::MAX).unwrap();
+        assert_eq!(store.series(&query("n", "m_total", T0, T0 + BUCKET_MS, 100)).await.unwrap(), got);
+    }
+
+    #[tokio::test]
+    async fn a_bucket_too_large_for_one_value_is_split_into_parts_and_merged_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = manual(dir.path());
+        let series = |seq: u64, value: f64| {
+            let samples = (0..40).flat_map(|c| (0..5).map(move |i| sample("m_total", &c.to_string(), T0 + i, value)));
+            set("n", seq, samples.collect(), vec![])
+        };
+        store.write(series(1, 1.0)).await.unwrap();
+        let small = compact::PartLimits { single_part_bytes: 0, points_per_part: 30 };
+        store.inner.compact_bucket("n", T0, small).unwrap();
+        let ks = store.inner.day_keyspace(&day_name("chunks", day_of(T0))).unwrap();
+        let parts = || ks.prefix(&chunk_key("n", T0, 0)[.."n".len() + 9]).count();
+        assert_eq!(parts(), 7, "40 series of 5 points, 6 series (30 points) a part");
+        let all = all_points(&store, "n", "m_total").await;
+        assert_eq!(all.len(), 200);
+        // A replay of half the points, merged into parts of another size: the old parts beyond
+        // the new split are gone.
+        let half = (0..40).step_by(2).map(|c| sample("m_total", &c.to_string(), T0 + 2, 9.0));
+        store.write(set("n", 2, half.collect(), vec![])).await.unwrap();
+        let larger = compact::PartLimits { single_part_bytes: 0, points_per_part: 150 };
+        store.inner.compact_bucket("n", T0, larger).unwrap();
+        assert_eq!(parts(), 2);
+        let merged = all_points(&store, "n", "m_total").await;
+        assert_eq!(merged.len(), 200);
+        assert_eq!(merged.iter().filter(|p| f64::from_bits(p.2) == 9.0).count(), 20);
+        store.inner.compact_bucket("n", T0, compact::PART_LIMITS).unwrap();
+        assert_eq!(all_points(&store, "n", "m_total").await, merged);
     }
 }
