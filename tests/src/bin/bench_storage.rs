@@ -8,6 +8,14 @@
 //! batch per node per round, as the controller does), the ClickHouse table is merged as it would
 //! be after a day, and `system.parts` says how many bytes the rows take.
 //!
+//! The embedded store gets the same batches; its compaction then runs over every bucket
+//! closed by now (what its background thread has done once the buckets closed) and its
+//! memtables are flushed, and the files say what the data takes at rest. fjall's journal (its
+//! write-ahead log) is reported apart: it holds every write since it last rotated, which fjall
+//! does at 64 MiB, so for a small store (3 nodes, one day: ~43 MB written) it holds all of them,
+//! while for a large one it is a bounded overhead. Bytes are allocated bytes (`du`): fjall
+//! preallocates its journal as a sparse 64 MiB file.
+//!
 //! Usage: bench_storage [--nodes N] [--hours H] [--codec-probe]   (needs tests/clickhouse/install)
 
 use anyhow::{Context, Result};
@@ -268,14 +276,15 @@ async fn main() -> Result<()> {
     // What the background compaction has done by the time the buckets closed.
     let compacting = Instant::now();
     let stats = embedded_store.compact(chrono::Utc::now().timestamp_millis() - COMPACT_LAG_MS)?;
+    let secs = compacting.elapsed().as_secs_f64();
     println!(
-        "embedded compaction: {} buckets, {} blocks, {} points, {} → {} bytes in {:.1} s",
+        "embedded compaction: {} buckets, {} blocks, {} points, {} → {} bytes in {secs:.2} s ({:.1} M points/s)",
         stats.buckets,
         stats.blocks,
         stats.points,
         stats.bytes_in,
         stats.bytes_out,
-        compacting.elapsed().as_secs_f64()
+        stats.points as f64 / secs / 1e6
     );
     embedded_store.flush()?;
     drop(embedded);
@@ -295,7 +304,20 @@ async fn main() -> Result<()> {
         };
         println!("  {:<12} {size} ({len})", entry.file_name().to_string_lossy());
     }
-    println!("embedded_bytes_per_sample={:.2}", embedded_bytes as f64 / total as f64);
+    let journal: u64 = std::fs::read_dir(&store_dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|e| e.path().extension().is_some_and(|x| x == "jnl"))
+        .filter_map(|e| e.metadata().ok())
+        .map(|m| {
+            use std::os::unix::fs::MetadataExt;
+            m.blocks() * 512
+        })
+        .sum();
+    println!("embedded_bytes_per_sample={:.2}", (embedded_bytes - journal) as f64 / total as f64);
+    println!("embedded_journal_bytes={journal}");
+    println!("embedded_bytes_per_sample_with_journal={:.2}", embedded_bytes as f64 / total as f64);
     println!("clickhouse_bytes_per_sample={:.3}", f[1] / f[0]);
     Ok(())
 }

@@ -29,7 +29,7 @@ use super::{
     parse_block_key,
 };
 use fjall::{Keyspace, PersistMode, Readable};
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender, TryRecvError};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
@@ -37,6 +37,10 @@ use std::time::Duration;
 /// How long after a bucket ends it is compacted: agents deliver a bucket within seconds, and a
 /// bucket compacted too early only costs a second compaction when its late batches arrive.
 pub const COMPACT_LAG_MS: i64 = 2 * BUCKET_MS;
+/// And how long after its last write. A bucket still being written (an agent whose clock lags
+/// the controller's by more than the lag, a spool replay in progress) would otherwise be
+/// compacted again on every pass, rewriting what it already holds each time.
+pub const COMPACT_QUIET_MS: i64 = 2 * 60_000;
 /// How often the background thread looks for closed buckets.
 const COMPACT_EVERY: Duration = Duration::from_secs(60);
 /// The first look after opening, to catch up on what an earlier run left.
@@ -52,6 +56,95 @@ pub(super) struct PartLimits {
 }
 
 pub(super) const PART_LIMITS: PartLimits = PartLimits { single_part_bytes: 8 << 20, points_per_part: 500_000 };
+
+/// A point's key within its series: offset in its bucket (24 bits) | write order (40).
+const OFFSET_BITS: u32 = 24;
+const ORDER_BITS: u32 = 40;
+const _: () = assert!(BUCKET_MS < 1 << OFFSET_BITS);
+
+/// Gathers a bucket's points in write order and hands them out by (series, timestamp), the
+/// last write of each winning. Grouping by series is a counting sort (one hash lookup a
+/// point); within a series the points nearly always arrive in time order already, so only a
+/// series that does not (a replay, a batch out of order) is sorted. A sort of all points was
+/// the largest cost of compaction.
+#[derive(Default)]
+struct Merger {
+    rank: foldhash::HashMap<u64, u32>,
+    /// Series id by rank (first seen first).
+    ids: Vec<u64>,
+    /// (rank, offset << ORDER_BITS | write order, value bits).
+    points: Vec<(u32, u64, u64)>,
+    grouped: Vec<(u64, u64)>,
+    /// A point outside the bucket, or more than 2^40 of them: the data is corrupt.
+    outside: bool,
+}
+
+impl Merger {
+    fn clear(&mut self) {
+        self.rank.clear();
+        self.ids.clear();
+        self.points.clear();
+        self.outside = false;
+    }
+
+    fn push(&mut self, bucket: i64, series: u64, ts: i64, value: f64) {
+        let offset = ts.wrapping_sub(bucket) as u64;
+        let order = self.points.len() as u64;
+        if offset >= 1 << OFFSET_BITS || order >= 1 << ORDER_BITS {
+            self.outside = true;
+            return;
+        }
+        let next = self.ids.len() as u32;
+        let rank = *self.rank.entry(series).or_insert(next);
+        if rank == next {
+            self.ids.push(series);
+        }
+        self.points.push((rank, offset << ORDER_BITS | order, value.to_bits()));
+    }
+
+    /// Calls `f(series, timestamp, value)` in (series, timestamp) order, one point per
+    /// (series, timestamp); returns how many.
+    fn emit(&mut self, bucket: i64, mut f: impl FnMut(u64, i64, f64)) -> u64 {
+        let mut by_id: Vec<u32> = (0..self.ids.len() as u32).collect();
+        by_id.sort_unstable_by_key(|&r| self.ids[r as usize]);
+        // Where each series' points go, series by series in id order.
+        let mut at = vec![0usize; self.ids.len()];
+        for &(r, _, _) in &self.points {
+            at[r as usize] += 1;
+        }
+        let mut sum = 0;
+        let mut ranges = Vec::with_capacity(by_id.len());
+        for &r in &by_id {
+            let n = at[r as usize];
+            at[r as usize] = sum;
+            ranges.push((r, sum..sum + n));
+            sum += n;
+        }
+        self.grouped.clear();
+        self.grouped.resize(self.points.len(), (0, 0));
+        for &(r, key, bits) in &self.points {
+            self.grouped[at[r as usize]] = (key, bits);
+            at[r as usize] += 1;
+        }
+        let mut emitted = 0;
+        for (r, range) in ranges {
+            let series = self.ids[r as usize];
+            let g = &mut self.grouped[range];
+            if !g.windows(2).all(|w| w[0].0 < w[1].0) {
+                g.sort_unstable_by_key(|p| p.0);
+            }
+            for (i, &(key, bits)) in g.iter().enumerate() {
+                let offset = key >> ORDER_BITS;
+                if g.get(i + 1).is_some_and(|next| next.0 >> ORDER_BITS == offset) {
+                    continue; // superseded by a later write
+                }
+                f(series, bucket + offset as i64, f64::from_bits(bits));
+                emitted += 1;
+            }
+        }
+        emitted
+    }
+}
 
 /// Consecutive series ranges, each with about `per_part` points (a series is never split).
 fn group_series(counts: &BTreeMap<u64, u64>, per_part: u64) -> Vec<(u64, u64)> {
@@ -147,15 +240,18 @@ fn run(inner: Weak<Inner>, rx: Receiver<()>) {
         wait = COMPACT_EVERY;
         let Some(inner) = inner.upgrade() else { return };
         let stopping = || matches!(rx.try_recv(), Err(TryRecvError::Disconnected));
-        match inner.compact_closed(now_ms() - COMPACT_LAG_MS, &stopping) {
-            Ok(s) if s.buckets > 0 || s.days_dropped > 0 => tracing::debug!(
+        let now = now_ms();
+        let started = std::time::Instant::now();
+        match inner.compact_closed(now - COMPACT_LAG_MS, now - COMPACT_QUIET_MS, &stopping) {
+            Ok(s) if s.buckets > 0 || s.days_dropped > 0 => tracing::info!(
                 buckets = s.buckets,
                 blocks = s.blocks,
                 points = s.points,
                 bytes_in = s.bytes_in,
                 bytes_out = s.bytes_out,
                 days_dropped = s.days_dropped,
-                "compacted sample blocks"
+                seconds = started.elapsed().as_secs_f64(),
+                "compacted closed sample buckets"
             ),
             Ok(_) => {}
             Err(e) => tracing::warn!("sample compaction failed, will retry: {e}"),
@@ -167,26 +263,30 @@ impl Inner {
     /// Records every bucket that holds blocks, once per process: the blocks an earlier run
     /// left uncompacted. Reads keys only.
     fn scan_uncompacted(&self) -> Result<(), StoreError> {
-        let mut found = BTreeSet::new();
+        let mut found = BTreeMap::new();
         for name in self.existing_days("samples", i64::MIN / 2, i64::MAX / 2) {
             let Some(ks) = self.find_keyspace(&name)? else { continue };
             for item in ks.iter() {
                 let k = item.key().map_err(io)?;
                 let (node, bucket, _) =
                     parse_block_key(&k).ok_or_else(|| StoreError::Corrupt(format!("sample block key in {name}")))?;
-                found.insert((bucket, node.to_string()));
+                found.insert((bucket, node.to_string()), 0);
             }
         }
-        self.uncompacted.lock().map_err(|_| io("compaction lock poisoned"))?.extend(found);
+        let mut uncompacted = self.uncompacted.lock().map_err(|_| io("compaction lock poisoned"))?;
+        for (k, written) in found {
+            uncompacted.entry(k).or_insert(written);
+        }
         Ok(())
     }
 
-    /// Compacts every bucket that ended at or before `closed_before_ms`, then drops the
-    /// `samples_` keyspaces of closed days that hold nothing any more. `stopping` is asked
-    /// between buckets.
+    /// Compacts every bucket that ended at or before `closed_before_ms` and was last written
+    /// at or before `quiet_since_ms`, then drops the `samples_` keyspaces of closed days that
+    /// hold nothing any more. `stopping` is asked between buckets.
     pub(super) fn compact_closed(
         &self,
         closed_before_ms: i64,
+        quiet_since_ms: i64,
         stopping: &dyn Fn() -> bool,
     ) -> Result<CompactionStats, StoreError> {
         let mut stats = CompactionStats::default();
@@ -194,21 +294,19 @@ impl Inner {
             self.scan_uncompacted()?;
             self.scanned.store(true, std::sync::atomic::Ordering::Release);
         }
-        let work: Vec<(i64, String)> = {
+        let work: Vec<((i64, String), i64)> = {
             let mut set = self.uncompacted.lock().map_err(|_| io("compaction lock poisoned"))?;
             let closed: Vec<(i64, String)> = set
                 .iter()
-                .take_while(|(bucket, _)| bucket.saturating_add(BUCKET_MS) <= closed_before_ms)
-                .cloned()
+                .take_while(|((bucket, _), _)| bucket.saturating_add(BUCKET_MS) <= closed_before_ms)
+                .filter(|(_, written)| **written <= quiet_since_ms)
+                .map(|(k, _)| k.clone())
                 .collect();
-            for k in &closed {
-                set.remove(k);
-            }
-            closed
+            closed.into_iter().filter_map(|k| set.remove_entry(&k)).collect()
         };
         let mut failed = Vec::new();
         let mut first_error = None;
-        for (i, (bucket, node)) in work.iter().enumerate() {
+        for (i, ((bucket, node), written)) in work.iter().enumerate() {
             if stopping() {
                 failed.extend_from_slice(&work[i..]);
                 break;
@@ -216,20 +314,47 @@ impl Inner {
             match self.compact_bucket(node, *bucket, PART_LIMITS) {
                 Ok(s) => stats += s,
                 Err(e) => {
-                    failed.push((*bucket, node.clone()));
+                    failed.push(((*bucket, node.clone()), *written));
                     first_error.get_or_insert_with(|| {
                         StoreError::Corrupt(format!("compacting node {node:?} bucket {bucket}: {e}"))
                     });
                 }
             }
         }
-        // Retried on the next pass.
-        self.uncompacted.lock().map_err(|_| io("compaction lock poisoned"))?.extend(failed);
+        // Retried on the next pass (keeping a write since taken them, if any).
+        let mut uncompacted = self.uncompacted.lock().map_err(|_| io("compaction lock poisoned"))?;
+        for (k, written) in failed {
+            let at = uncompacted.entry(k).or_insert(written);
+            *at = (*at).max(written);
+        }
+        drop(uncompacted);
         if let Some(e) = first_error {
             return Err(e);
         }
         stats.days_dropped = self.drop_compacted_days(closed_before_ms)?;
+        if stats.days_dropped > 0 {
+            self.flush_settled(closed_before_ms)?;
+        }
         Ok(stats)
+    }
+
+    /// Once a day is over: writes out the memtables of what no longer changes (the closed
+    /// days' chunks and logs) and of the small keyspaces written with every batch (nodes,
+    /// series, meta) or now and then (events). fjall deletes a journal only when every keyspace
+    /// with writes in it has flushed them, and flushes a keyspace when its memtable reaches
+    /// 64 MiB: a small fleet never gets there, so without this its journal would grow to
+    /// fjall's 512 MiB cap and its memory would hold every day's chunks.
+    fn flush_settled(&self, closed_before_ms: i64) -> Result<(), StoreError> {
+        for name in self.db.list_keyspace_names() {
+            let settled = match super::day_from_name(&name) {
+                Some((_, day)) => (day + 1).saturating_mul(DAY_MS) <= closed_before_ms,
+                None => true,
+            };
+            if settled && let Some(ks) = self.find_keyspace(&name)? {
+                ks.rotate_memtable().map_err(io)?;
+            }
+        }
+        Ok(())
     }
 
     /// Merges a bucket's blocks (and its earlier chunks, if any) into new chunks and removes
@@ -303,34 +428,29 @@ impl Inner {
         }
 
         let mut batch = self.db.batch();
-        // (series, timestamp, write order, value), gathered in write order: earlier chunks, then
-        // the blocks by number, each in its own order. Sorted, the last write of a (series,
-        // timestamp) is the one kept.
-        let mut points: Vec<(u64, i64, u64, f64)> = Vec::new();
+        // Points are gathered in write order: earlier chunks, then the blocks by number, each in
+        // its own order; the last write of a (series, timestamp) wins.
+        let mut merger = Merger::default();
         for (part, &(lo, hi)) in groups.iter().enumerate() {
-            points.clear();
+            merger.clear();
             let mine = |s: u64| s >= lo && s <= hi;
             for (_, v) in &old_parts {
-                chunk::decode(bucket, v, mine, |s, t, v| points.push((s, t, points.len() as u64, v)))
+                chunk::decode(bucket, v, mine, |s, t, v| merger.push(bucket, s, t, v))
                     .map_err(|e| corrupt(format!("chunk: {e}")))?;
             }
             for (n, v) in &blocks {
                 block::decode(bucket, v, |s, t, val| {
                     if mine(s) {
-                        points.push((s, t, points.len() as u64, val))
+                        merger.push(bucket, s, t, val)
                     }
                 })
                 .map_err(|e| corrupt(format!("sample block {n}: {e}")))?;
             }
-            points.sort_unstable_by_key(|&(s, t, order, _)| (s, t, order));
-            let mut w = BucketWriter::new(bucket, last_block);
-            for (i, &(s, t, _, v)) in points.iter().enumerate() {
-                let superseded = points.get(i + 1).is_some_and(|&(s2, t2, _, _)| (s2, t2) == (s, t));
-                if !superseded {
-                    w.push(s, t, v);
-                    stats.points += 1;
-                }
+            if merger.outside {
+                return Err(corrupt("a point lies outside its bucket".into()));
             }
+            let mut w = BucketWriter::new(bucket, last_block);
+            stats.points += merger.emit(bucket, |s, t, v| w.push(s, t, v));
             let value = w.finish();
             stats.bytes_out += value.len() as u64;
             batch.insert(&chunks, chunk_key(node, bucket, part as u16), value);
@@ -369,7 +489,7 @@ impl Inner {
                 .uncompacted
                 .lock()
                 .map_err(|_| io("compaction lock poisoned"))?
-                .iter()
+                .keys()
                 .any(|(bucket, _)| day_of(*bucket) == day);
             if pending {
                 continue;

@@ -204,8 +204,9 @@ struct Inner {
     /// resolves its keyspaces and takes its snapshot, so that a query sees either the blocks or
     /// the chunks compaction made of them.
     days: Mutex<HashMap<String, Keyspace>>,
-    /// (bucket start, node) of every bucket holding sample blocks not yet compacted.
-    uncompacted: Mutex<BTreeSet<(i64, String)>>,
+    /// (bucket start, node) of every bucket holding sample blocks not yet compacted → when a
+    /// block was last written to it (wall clock, ms; 0 when found at startup).
+    uncompacted: Mutex<BTreeMap<(i64, String), i64>>,
     /// Whether `uncompacted` holds what earlier runs left (found by the first compaction).
     scanned: AtomicBool,
     /// Serialises compaction and retention.
@@ -360,8 +361,9 @@ impl Inner {
         // Before the write lock goes: compaction decides that a day holds no blocks under it.
         {
             let mut uncompacted = self.uncompacted.lock().map_err(|_| io("compaction lock poisoned"))?;
+            let now = chrono::Utc::now().timestamp_millis();
             for (start, node) in touched {
-                uncompacted.insert((start, node.to_string()));
+                uncompacted.insert((start, node.to_string()), now);
             }
         }
         // Only now that the series are durable may later writes refer to them.
@@ -541,7 +543,7 @@ impl EmbeddedStore {
             index: Mutex::new(index),
             next_block: Mutex::new(next_block),
             days: Mutex::new(HashMap::new()),
-            uncompacted: Mutex::new(BTreeSet::new()),
+            uncompacted: Mutex::new(BTreeMap::new()),
             scanned: AtomicBool::new(false),
             maintenance: Mutex::new(()),
         });
@@ -554,9 +556,10 @@ impl EmbeddedStore {
 
     /// Compacts, now and on the calling thread, every bucket that ended at or before
     /// `closed_before_ms` (the background thread does the same every minute for buckets closed
-    /// [`COMPACT_LAG_MS`] ago). For benchmarks, tests and tools; blocking.
+    /// [`COMPACT_LAG_MS`] ago and not written to for a while). For benchmarks, tests and tools;
+    /// blocking.
     pub fn compact(&self, closed_before_ms: i64) -> Result<CompactionStats, StoreError> {
-        self.inner.compact_closed(closed_before_ms, &|| false)
+        self.inner.compact_closed(closed_before_ms, i64::MAX, &|| false)
     }
 
     /// Writes every keyspace's in-memory writes out to its tables and waits, so that the files
@@ -1124,7 +1127,7 @@ mod tests {
         write_history(&store, "n").await;
         let want = all_points(&store, "n", "m_total").await;
         let (_, before) = journal_end(dir.path());
-        let buckets: Vec<(i64, String)> = store.inner.uncompacted.lock().unwrap().iter().cloned().collect();
+        let buckets: Vec<(i64, String)> = store.inner.uncompacted.lock().unwrap().keys().cloned().collect();
         for (bucket, node) in &buckets {
             store.inner.compact_bucket(node, *bucket, compact::PART_LIMITS).unwrap();
         }

@@ -62,6 +62,18 @@ struct Args {
     /// series once per batch, like remote write's TimeSeries) or `samples` (protocol 1).
     #[arg(long, value_enum, default_value = "series")]
     wire: medic::Wire,
+    /// Medic phase: stamp samples this far in the past (e.g. `1d`), so they land in time
+    /// buckets the embedded store considers closed, ready for compaction.
+    #[arg(long, default_value = "0s", value_parser = humantime::parse_duration)]
+    backdate: Duration,
+    /// Medic phase: copy the controller's store here when it stopped (to seed a later run).
+    #[arg(long)]
+    keep_store: Option<PathBuf>,
+    /// Medic phase: start the controller on a copy of this store (one kept by `--keep-store`).
+    /// With a store of backdated, uncompacted samples, the embedded store's background
+    /// compaction works through them during the measurement: ingest while compacting.
+    #[arg(long)]
+    seed_store: Option<PathBuf>,
 }
 
 /// What one phase measured.
@@ -196,6 +208,7 @@ async fn run_agent(
     batch_samples: usize,
     window_size: usize,
     window: Window,
+    backdate_ms: i64,
 ) -> AgentState {
     let AgentConn { tx, mut inbound, last_stored_seq } = conn;
     let state = Arc::new(Mutex::new(AgentState::default()));
@@ -245,7 +258,7 @@ async fn run_agent(
         })
     };
 
-    let mut generator = Generator::new(series.len(), index);
+    let mut generator = Generator::new(series.len(), index).backdated(backdate_ms);
     let mut encoder = medic::BatchEncoder::default();
     let mut seq = last_stored_seq + 1;
     loop {
@@ -287,7 +300,23 @@ async fn run_agent(
     std::mem::take(&mut *st)
 }
 
+fn copy_dir(from: &Path, to: &Path) -> Result<()> {
+    std::fs::create_dir_all(to)?;
+    for e in std::fs::read_dir(from).with_context(|| format!("reading {}", from.display()))? {
+        let e = e?;
+        if e.file_type()?.is_dir() {
+            copy_dir(&e.path(), &to.join(e.file_name()))?;
+        } else {
+            std::fs::copy(e.path(), to.join(e.file_name()))?;
+        }
+    }
+    Ok(())
+}
+
 async fn medic_phase(args: &Args, series: Arc<Vec<SeriesDef>>, dir: &Path) -> Result<Phase> {
+    if let Some(seed) = &args.seed_store {
+        copy_dir(seed, &dir.join("controller").join("store")).context("copying --seed-store")?;
+    }
     let mut controller = ControllerProc::start(&dir.join("controller"), free_port(), free_port(), &[])
         .await
         .context("starting the controller")?;
@@ -317,6 +346,7 @@ async fn medic_phase(args: &Args, series: Arc<Vec<SeriesDef>>, dir: &Path) -> Re
                 args.batch_samples,
                 args.window,
                 window,
+                args.backdate.as_millis() as i64,
             ))
         })
         .collect();
@@ -348,6 +378,9 @@ async fn medic_phase(args: &Args, series: Arc<Vec<SeriesDef>>, dir: &Path) -> Re
     let dups = sum_metric(&end_metrics, "medic_ingest_duplicate_batches_total").unwrap_or(0.0);
     if let Err(e) = controller.proc.terminate() {
         eprintln!("warning: {e:#}");
+    }
+    if let Some(keep) = &args.keep_store {
+        copy_dir(&dir.join("controller").join("store"), keep).context("copying the store to --keep-store")?;
     }
     if !errors.is_empty() {
         bail!(

@@ -204,11 +204,18 @@ pub struct Generator {
     round: u64,
     pos: usize,
     ts: i64,
+    /// How far behind the clock rounds are stamped.
+    backdate_ms: i64,
 }
 
 impl Generator {
     pub fn new(series_count: usize, node_index: usize) -> Self {
-        Self { series_count, phase: node_index as f64 * 0.37, round: 0, pos: 0, ts: 0 }
+        Self { series_count, phase: node_index as f64 * 0.37, round: 0, pos: 0, ts: 0, backdate_ms: 0 }
+    }
+
+    /// Stamps rounds `ms` behind the clock.
+    pub fn backdated(self, ms: i64) -> Self {
+        Self { backdate_ms: ms, ..self }
     }
 
     /// A generator whose rounds are stamped `ts + 1`, `ts + 2`, ... as long as that is ahead of
@@ -222,7 +229,7 @@ impl Generator {
     pub fn next_samples(&mut self, series: &[SeriesDef], n: usize, mut f: impl FnMut(usize, i64, f64)) {
         for _ in 0..n {
             if self.pos == 0 {
-                self.ts = (self.ts + 1).max(now_ms());
+                self.ts = (self.ts + 1).max(now_ms() - self.backdate_ms);
             }
             let d = &series[self.pos];
             let r = self.round as f64;
