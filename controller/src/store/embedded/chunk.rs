@@ -1,11 +1,11 @@
 //! Compacted sample chunks: everything one node stored in one closed time bucket, rewritten by
 //! series so that it compresses across time (see the module docs of `compact`).
 //!
-//! A bucket's value is `format (1) | through block | series count | per series: id delta, body
-//! length | bodies`. The little index up front lets a query decode only its metric's series.
-//! A series body is `count | timestamps | values`:
+//! A bucket's value (see [`BucketWriter`] for the byte layout) holds an index up front, so that
+//! a query decodes only its metric's series, then per series:
 //! - timestamps, as offsets from the bucket start: an integer sequence (below). Collection is
-//!   periodic, so the deltas are nearly constant and take 0–3 bits each;
+//!   periodic, so the deltas are nearly constant and take 0–3 bits each; and a node's series are
+//!   collected together, so each distinct sequence is stored once and shared;
 //! - values: when every value of the chunk is a decimal `m / 10^e` with the same `e` (counters of
 //!   ticks, bytes, pages, two-decimal gauges: almost all host and ClickHouse metrics) the integer
 //!   sequence of the mantissas `m`, as VictoriaMetrics does; otherwise Gorilla's XOR encoding of
@@ -22,6 +22,7 @@
 //! left, and arithmetic that would overflow is an error.
 
 use prost::encoding::{decode_varint, encode_varint};
+use std::collections::HashMap;
 
 pub const FORMAT: u8 = 1;
 
@@ -416,24 +417,18 @@ fn decode_xor(buf: &mut &[u8], n: usize, out: &mut Vec<f64>) -> Result<()> {
 /// Reusable buffers for encoding and decoding series.
 #[derive(Default)]
 pub struct Scratch {
-    ints: Vec<i64>,
     mantissas: Vec<i64>,
     floats: Vec<f64>,
 }
 
-/// Appends one series body: its points sorted by time, one per timestamp, all within
-/// `[start, start + bucket)`.
-fn encode_series(start: i64, ts: &[i64], values: &[f64], scratch: &mut Scratch, out: &mut Vec<u8>) {
-    encode_varint(ts.len() as u64, out);
-    scratch.ints.clear();
-    scratch.ints.extend(ts.iter().map(|t| t - start));
-    encode_ints(&scratch.ints, out);
+/// Appends the values of one series.
+fn encode_values(values: &[f64], scratch: &mut Scratch, out: &mut Vec<u8>) {
     let fits = |m: &Vec<i64>| m.iter().all(|v| v.unsigned_abs() <= INT_LIMIT as u64);
-    match decimals(values, &mut scratch.ints) {
-        Some(e) if fits(&scratch.ints) => {
+    match decimals(values, &mut scratch.mantissas) {
+        Some(e) if fits(&scratch.mantissas) => {
             out.push(VALUES_DECIMAL);
             out.push(e as u8);
-            encode_ints(&scratch.ints, out);
+            encode_ints(&scratch.mantissas, out);
         }
         _ => {
             out.push(VALUES_XOR);
@@ -442,14 +437,16 @@ fn encode_series(start: i64, ts: &[i64], values: &[f64], scratch: &mut Scratch, 
     }
 }
 
-fn decode_series(start: i64, mut buf: &[u8], scratch: &mut Scratch, mut f: impl FnMut(i64, f64)) -> Result<()> {
-    let n = varint(&mut buf)?;
-    if n == 0 || n > MAX_POINTS {
-        return Err(ChunkError::Malformed("bad point count"));
-    }
-    let n = n as usize;
-    let mut ts = std::mem::take(&mut scratch.ints);
-    decode_ints(&mut buf, n, &mut ts)?;
+/// Calls `f(timestamp, value)` for a series body, given its timestamps (offsets from `start`).
+fn decode_values(
+    start: i64,
+    ts: &[i64],
+    mut buf: &[u8],
+    scratch: &mut Scratch,
+    mut f: impl FnMut(i64, f64),
+) -> Result<()> {
+    let n = ts.len();
+    let at = |t: i64| start.checked_add(t).ok_or(ChunkError::Malformed("timestamp overflows"));
     match byte(&mut buf)? {
         VALUES_DECIMAL => {
             let e = byte(&mut buf)? as usize;
@@ -462,7 +459,7 @@ fn decode_series(start: i64, mut buf: &[u8], scratch: &mut Scratch, mut f: impl 
                 if m.unsigned_abs() > INT_LIMIT as u64 {
                     return Err(ChunkError::Malformed("decimal mantissa"));
                 }
-                f(start.checked_add(t).ok_or(ChunkError::Malformed("timestamp overflows"))?, from_decimal(m, e));
+                f(at(t)?, from_decimal(m, e));
             }
             scratch.mantissas = m;
         }
@@ -470,13 +467,12 @@ fn decode_series(start: i64, mut buf: &[u8], scratch: &mut Scratch, mut f: impl 
             let mut vals = std::mem::take(&mut scratch.floats);
             decode_xor(&mut buf, n, &mut vals)?;
             for (&t, &v) in ts.iter().zip(&vals) {
-                f(start.checked_add(t).ok_or(ChunkError::Malformed("timestamp overflows"))?, v);
+                f(at(t)?, v);
             }
             scratch.floats = vals;
         }
         _ => return Err(ChunkError::Malformed("unknown value encoding")),
     }
-    scratch.ints = ts;
     if !buf.is_empty() {
         return Err(ChunkError::Malformed("trailing bytes in series"));
     }
@@ -485,10 +481,20 @@ fn decode_series(start: i64, mut buf: &[u8], scratch: &mut Scratch, mut f: impl 
 
 /// Builds one bucket's value from its points, which must come sorted by (series, timestamp)
 /// with one point per (series, timestamp).
+///
+/// The series of a node are collected together, so most share their timestamps: each distinct
+/// timestamp sequence is stored once, in a table the series refer to. The value is
+/// `format | through block | table count | per table: length | series count | per series: id
+/// delta, table, body length | tables | bodies`, a table being `point count | integer sequence
+/// of offsets from the bucket start` and a body the series' values.
 pub struct BucketWriter {
     start: i64,
     through_block: u64,
-    index: Vec<(u64, usize)>,
+    /// Encoded timestamp tables, and the table of each distinct sequence of offsets.
+    tables: Vec<Vec<u8>>,
+    table_of: HashMap<Vec<i64>, u32>,
+    /// (series, table, body length).
+    index: Vec<(u64, u32, usize)>,
     bodies: Vec<u8>,
     ts: Vec<i64>,
     values: Vec<f64>,
@@ -501,6 +507,8 @@ impl BucketWriter {
         Self {
             start,
             through_block,
+            tables: Vec::new(),
+            table_of: HashMap::new(),
             index: Vec::new(),
             bodies: Vec::new(),
             ts: Vec::new(),
@@ -515,31 +523,52 @@ impl BucketWriter {
             self.flush_series();
             self.current = Some(series);
         }
-        debug_assert!(self.ts.last().is_none_or(|&t| t < ts), "points out of order");
-        self.ts.push(ts);
+        debug_assert!(self.ts.last().is_none_or(|&t| t < ts - self.start), "points out of order");
+        self.ts.push(ts - self.start);
         self.values.push(value);
     }
 
     fn flush_series(&mut self) {
         let Some(series) = self.current.take() else { return };
+        let table = match self.table_of.get(&self.ts) {
+            Some(&t) => t,
+            None => {
+                let t = self.tables.len() as u32;
+                let mut enc = Vec::new();
+                encode_varint(self.ts.len() as u64, &mut enc);
+                encode_ints(&self.ts, &mut enc);
+                self.tables.push(enc);
+                self.table_of.insert(self.ts.clone(), t);
+                t
+            }
+        };
         let before = self.bodies.len();
-        encode_series(self.start, &self.ts, &self.values, &mut self.scratch, &mut self.bodies);
-        self.index.push((series, self.bodies.len() - before));
+        encode_values(&self.values, &mut self.scratch, &mut self.bodies);
+        self.index.push((series, table, self.bodies.len() - before));
         self.ts.clear();
         self.values.clear();
     }
 
     pub fn finish(mut self) -> Vec<u8> {
         self.flush_series();
-        let mut out = Vec::with_capacity(self.bodies.len() + 4 * self.index.len() + 16);
+        let tables: usize = self.tables.iter().map(Vec::len).sum();
+        let mut out = Vec::with_capacity(tables + self.bodies.len() + 5 * self.index.len() + 16);
         out.push(FORMAT);
         encode_varint(self.through_block, &mut out);
+        encode_varint(self.tables.len() as u64, &mut out);
+        for t in &self.tables {
+            encode_varint(t.len() as u64, &mut out);
+        }
         encode_varint(self.index.len() as u64, &mut out);
         let mut prev = 0;
-        for &(series, len) in &self.index {
+        for &(series, table, len) in &self.index {
             encode_varint(series - prev, &mut out);
+            encode_varint(table as u64, &mut out);
             encode_varint(len as u64, &mut out);
             prev = series;
+        }
+        for t in &self.tables {
+            out.extend_from_slice(t);
         }
         out.extend_from_slice(&self.bodies);
         out
@@ -555,18 +584,45 @@ pub fn through_block(mut buf: &[u8]) -> Result<u64> {
     varint(&mut buf)
 }
 
-/// The series of an encoded bucket with their bodies, in id order.
-fn index(mut buf: &[u8]) -> Result<Vec<(u64, &[u8])>> {
+/// An encoded bucket, its parts located but not decoded.
+struct Index<'a> {
+    tables: Vec<&'a [u8]>,
+    /// (series, table, body), in id order.
+    series: Vec<(u64, usize, &'a [u8])>,
+}
+
+/// Splits `n` consecutive byte strings of the given lengths off `buf`.
+fn split_lengths<'a>(buf: &mut &'a [u8], lens: impl Iterator<Item = usize>) -> Result<Vec<&'a [u8]>> {
+    lens.map(|len| {
+        if len > buf.len() {
+            return Err(ChunkError::Truncated);
+        }
+        let (part, rest) = buf.split_at(len);
+        *buf = rest;
+        Ok(part)
+    })
+    .collect()
+}
+
+fn index(mut buf: &[u8]) -> Result<Index<'_>> {
     let format = byte(&mut buf)?;
     if format != FORMAT {
         return Err(ChunkError::Format(format));
     }
     let _through = varint(&mut buf)?;
+    let n_tables = varint(&mut buf)?;
+    if n_tables > buf.len() as u64 {
+        return Err(ChunkError::Malformed("bad table count"));
+    }
+    let mut table_lens = Vec::with_capacity(n_tables as usize);
+    for _ in 0..n_tables {
+        table_lens.push(usize::try_from(varint(&mut buf)?).map_err(|_| ChunkError::Truncated)?);
+    }
     let n = varint(&mut buf)?;
-    if n > buf.len() as u64 / 2 {
+    if n > buf.len() as u64 / 3 {
         return Err(ChunkError::Malformed("bad series count"));
     }
-    let mut lens = Vec::with_capacity(n as usize);
+    let mut entries = Vec::with_capacity(n as usize);
     let mut series = 0u64;
     for i in 0..n {
         let delta = varint(&mut buf)?;
@@ -574,36 +630,46 @@ fn index(mut buf: &[u8]) -> Result<Vec<(u64, &[u8])>> {
             return Err(ChunkError::Malformed("series repeated"));
         }
         series = series.checked_add(delta).ok_or(ChunkError::Malformed("series id overflows"))?;
-        let len = usize::try_from(varint(&mut buf)?).map_err(|_| ChunkError::Truncated)?;
-        lens.push((series, len));
-    }
-    let mut out = Vec::with_capacity(lens.len());
-    for (series, len) in lens {
-        if len > buf.len() {
-            return Err(ChunkError::Truncated);
+        let table = varint(&mut buf)?;
+        if table >= n_tables {
+            return Err(ChunkError::Malformed("unknown timestamp table"));
         }
-        let (body, rest) = buf.split_at(len);
-        buf = rest;
-        out.push((series, body));
+        let len = usize::try_from(varint(&mut buf)?).map_err(|_| ChunkError::Truncated)?;
+        entries.push((series, table as usize, len));
     }
+    let tables = split_lengths(&mut buf, table_lens.into_iter())?;
+    let bodies = split_lengths(&mut buf, entries.iter().map(|e| e.2))?;
     if !buf.is_empty() {
         return Err(ChunkError::Malformed("trailing bytes"));
     }
-    Ok(out)
+    let series = entries.iter().zip(bodies).map(|(&(s, t, _), body)| (s, t, body)).collect();
+    Ok(Index { tables, series })
+}
+
+/// The point count of a timestamp table.
+fn table_len(mut table: &[u8]) -> Result<u64> {
+    let n = varint(&mut table)?;
+    if n == 0 || n > MAX_POINTS {
+        return Err(ChunkError::Malformed("bad point count"));
+    }
+    Ok(n)
+}
+
+fn decode_table(mut table: &[u8], out: &mut Vec<i64>) -> Result<()> {
+    let n = table_len(table)?;
+    let _ = varint(&mut table)?;
+    decode_ints(&mut table, n as usize, out)?;
+    if !table.is_empty() {
+        return Err(ChunkError::Malformed("trailing bytes in timestamps"));
+    }
+    Ok(())
 }
 
 /// (series, point count) of every series of an encoded bucket, without decoding the points.
 pub fn series_counts(buf: &[u8]) -> Result<Vec<(u64, u64)>> {
-    index(buf)?
-        .into_iter()
-        .map(|(series, mut body)| {
-            let n = varint(&mut body)?;
-            if n == 0 || n > MAX_POINTS {
-                return Err(ChunkError::Malformed("bad point count"));
-            }
-            Ok((series, n))
-        })
-        .collect()
+    let index = index(buf)?;
+    let counts = index.tables.iter().map(|t| table_len(t)).collect::<Result<Vec<u64>>>()?;
+    Ok(index.series.iter().map(|&(s, t, _)| (s, counts[t])).collect())
 }
 
 /// Calls `f(series, timestamp, value)` for every point of the series `want` accepts, in
@@ -614,11 +680,22 @@ pub fn decode(
     mut want: impl FnMut(u64) -> bool,
     mut f: impl FnMut(u64, i64, f64),
 ) -> Result<()> {
+    let index = index(buf)?;
+    let mut tables: Vec<Option<Vec<i64>>> = vec![None; index.tables.len()];
     let mut scratch = Scratch::default();
-    for (series, body) in index(buf)? {
-        if want(series) {
-            decode_series(start, body, &mut scratch, |t, v| f(series, t, v))?;
+    for (series, table, body) in index.series {
+        if !want(series) {
+            continue;
         }
+        let ts = match &mut tables[table] {
+            Some(ts) => ts,
+            slot => {
+                let mut ts = Vec::new();
+                decode_table(index.tables[table], &mut ts)?;
+                slot.insert(ts)
+            }
+        };
+        decode_values(start, ts, body, &mut scratch, |t, v| f(series, t, v))?;
     }
     Ok(())
 }
@@ -696,6 +773,21 @@ mod tests {
         assert_eq!(decode_all(&bytes).unwrap(), bits(&points));
         let per_point = bytes.len() as f64 / points.len() as f64;
         assert!(per_point < 1.5, "{per_point} bytes per point");
+    }
+
+    #[test]
+    fn series_collected_together_store_their_timestamps_once() {
+        let shared: Vec<_> = (1..=50).flat_map(|s| regular(s, 60, move |_| s as f64)).collect();
+        let bytes = encode(&shared);
+        assert_eq!(decode_all(&bytes).unwrap(), bits(&shared));
+        // Each would otherwise carry ~9 bytes of timestamps besides its ~10.
+        assert!(bytes.len() < 50 * 12, "{} bytes for 50 constant series", bytes.len());
+        // One series collected at other times gets its own table.
+        let mut mixed = shared.clone();
+        mixed.extend((0..60).map(|i| (99, START + 5 + i * 9_999, 1.0)));
+        let more = encode(&mixed);
+        assert_eq!(decode_all(&more).unwrap(), bits(&mixed));
+        assert_eq!(series_counts(&more).unwrap().last(), Some(&(99, 60)));
     }
 
     #[test]

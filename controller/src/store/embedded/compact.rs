@@ -1,5 +1,5 @@
 //! Background compaction: rewrites the sample blocks of a node's closed time bucket into one
-//! value of per-series chunks ([`chunk`]), so that a sample takes ~1.1 bytes instead of ~13.
+//! value of per-series chunks ([`chunk`]), so that a sample takes ~1 byte instead of ~13.
 //!
 //! Why this shape:
 //! - **Blocks stay the write path.** Ingest keeps writing one block per (node, batch, bucket): it
