@@ -241,6 +241,8 @@ fn now_ms() -> i64 {
 
 fn run(inner: Weak<Inner>, rx: Receiver<()>) {
     let mut wait = FIRST_PASS_AFTER;
+    // A bucket that cannot be compacted (a corrupt block) fails every pass: said once.
+    let mut last_error = String::new();
     loop {
         match rx.recv_timeout(wait) {
             Err(RecvTimeoutError::Timeout) => {}
@@ -263,7 +265,13 @@ fn run(inner: Weak<Inner>, rx: Receiver<()>) {
                 "compacted closed sample buckets"
             ),
             Ok(_) => {}
-            Err(e) => tracing::warn!("sample compaction failed, will retry: {e}"),
+            Err(e) => {
+                let e = e.to_string();
+                if e != last_error {
+                    tracing::warn!("sample compaction failed, will retry every minute: {e}");
+                }
+                last_error = e;
+            }
         }
     }
 }
@@ -271,11 +279,15 @@ fn run(inner: Weak<Inner>, rx: Receiver<()>) {
 impl Inner {
     /// Records every bucket that holds blocks, once per process: the blocks an earlier run
     /// left uncompacted. Reads keys only.
-    fn scan_uncompacted(&self) -> Result<(), StoreError> {
+    /// Returns false when `stopping` cut it short.
+    fn scan_uncompacted(&self, stopping: &dyn Fn() -> bool) -> Result<bool, StoreError> {
         let mut found = BTreeMap::new();
         for name in self.existing_days("samples", i64::MIN / 2, i64::MAX / 2) {
             let Some(ks) = self.find_keyspace(&name)? else { continue };
-            for item in ks.iter() {
+            for (i, item) in ks.iter().enumerate() {
+                if i % 65_536 == 65_535 && stopping() {
+                    return Ok(false);
+                }
                 let k = item.key().map_err(io)?;
                 let (node, bucket, _) =
                     parse_block_key(&k).ok_or_else(|| StoreError::Corrupt(format!("sample block key in {name}")))?;
@@ -286,7 +298,7 @@ impl Inner {
         for (k, written) in found {
             uncompacted.entry(k).or_insert(written);
         }
-        Ok(())
+        Ok(true)
     }
 
     /// Compacts every bucket that ended at or before `closed_before_ms` and was last written
@@ -300,7 +312,9 @@ impl Inner {
     ) -> Result<CompactionStats, StoreError> {
         let mut stats = CompactionStats::default();
         if !self.scanned.load(std::sync::atomic::Ordering::Acquire) {
-            self.scan_uncompacted()?;
+            if !self.scan_uncompacted(stopping)? {
+                return Ok(stats);
+            }
             self.scanned.store(true, std::sync::atomic::Ordering::Release);
         }
         let work: Vec<((i64, String), i64)> = {
