@@ -278,8 +278,7 @@ fn run(inner: Weak<Inner>, rx: Receiver<()>) {
 
 impl Inner {
     /// Records every bucket that holds blocks, once per process: the blocks an earlier run
-    /// left uncompacted. Reads keys only.
-    /// Returns false when `stopping` cut it short.
+    /// left uncompacted. Reads keys only; false when `stopping` cut it short.
     fn scan_uncompacted(&self, stopping: &dyn Fn() -> bool) -> Result<bool, StoreError> {
         let mut found = BTreeMap::new();
         for name in self.existing_days("samples", i64::MIN / 2, i64::MAX / 2) {

@@ -418,8 +418,8 @@ impl Inner {
             }
             (self.db.snapshot(), found)
         };
-        let corrupt = |what: &str, day: i64, e: &dyn std::fmt::Display| {
-            StoreError::Corrupt(format!("{what} in {}: {e}", day_name("samples", day)))
+        let corrupt = |what: &str, keyspace: &str, day: i64, e: &dyn std::fmt::Display| {
+            StoreError::Corrupt(format!("{what} of node {:?} in {}: {e}", q.node, day_name(keyspace, day)))
         };
         for (day, (chunks, blocks)) in days {
             // bucket → the last block its chunks hold.
@@ -428,8 +428,8 @@ impl Inner {
                 let range = chunk_key(&q.node, first_bucket, 0)..=chunk_key(&q.node, last_bucket, u16::MAX);
                 for item in snapshot.range(&ks, range) {
                     let (k, v) = item.into_inner().map_err(io)?;
-                    let start = chunk_bucket(&k).ok_or_else(|| corrupt("chunk key", day, &"too short"))?;
-                    through.insert(start, chunk::through_block(&v).map_err(|e| corrupt("chunk", day, &e))?);
+                    let start = chunk_bucket(&k).ok_or_else(|| corrupt("chunk key", "chunks", day, &"too short"))?;
+                    through.insert(start, chunk::through_block(&v).map_err(|e| corrupt("chunk", "chunks", day, &e))?);
                     chunk::decode(
                         start,
                         &v,
@@ -440,7 +440,7 @@ impl Inner {
                             }
                         },
                     )
-                    .map_err(|e| corrupt("chunk", day, &e))?;
+                    .map_err(|e| corrupt("chunk", "chunks", day, &e))?;
                 }
             }
             if let Some(ks) = blocks {
@@ -448,7 +448,7 @@ impl Inner {
                 for item in snapshot.range(&ks, range) {
                     let (k, v) = item.into_inner().map_err(io)?;
                     let (_, start, n) =
-                        parse_block_key(&k).ok_or_else(|| corrupt("sample block key", day, &"malformed"))?;
+                        parse_block_key(&k).ok_or_else(|| corrupt("sample block key", "samples", day, &"malformed"))?;
                     if through.get(&start).is_some_and(|&t| n <= t) {
                         continue;
                     }
@@ -457,7 +457,7 @@ impl Inner {
                             keep(r, ts, value);
                         }
                     })
-                    .map_err(|e| corrupt("sample block", day, &e))?;
+                    .map_err(|e| corrupt("sample block", "samples", day, &e))?;
                 }
             }
         }
