@@ -1045,6 +1045,31 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn the_background_thread_compacts_what_an_earlier_run_left_and_stops_with_the_store() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = manual(dir.path());
+        write_history(&store, "n").await;
+        let want = all_points(&store, "n", "m_total").await;
+        drop(store);
+        // Blocks found at startup have no recent write: the first pass (5 s after opening)
+        // compacts them.
+        let store = EmbeddedStore::open(dir.path()).unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        while !keyspaces(&store, "samples_").is_empty() {
+            assert!(std::time::Instant::now() < deadline, "nothing compacted: {:?}", keyspaces(&store, "samples_"));
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+        assert_eq!(keyspaces(&store, "chunks_").len(), 2);
+        assert_eq!(all_points(&store, "n", "m_total").await, want);
+        // Closing does not wait for the next pass, and leaves the directory free to open again.
+        let closing = std::time::Instant::now();
+        drop(store);
+        assert!(closing.elapsed() < std::time::Duration::from_secs(5), "{:?}", closing.elapsed());
+        let store = manual(dir.path());
+        assert_eq!(all_points(&store, "n", "m_total").await, want);
+    }
+
+    #[tokio::test]
     async fn a_batch_replayed_after_compaction_wins_before_and_after_the_next_compaction() {
         let dir = tempfile::tempdir().unwrap();
         let store = manual(dir.path());
