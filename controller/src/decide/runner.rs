@@ -883,26 +883,31 @@ impl Runner {
         }
         guards.finished(id, true);
         if rule.on_failure.escalate {
-            self.entry(
+            self.escalate(
                 id,
                 f,
                 action,
-                Outcome::Escalated,
-                None,
                 format!("nothing Medic can do here ({why}); a person must act. Evidence: {}", f.evidence),
-            );
-            self.alerts.fire(alert(
-                "MedicRemediationFailed",
-                "critical",
-                f,
                 format!("{action} of rule {} on {}: nothing Medic can do", rule.name, f.node),
                 format!(
                     "The condition holds and the playbook has nothing left to do on this target: {why}. Evidence: {}. The rule stays active and tries again after its cooldown. Audit: /api/v1/actions?rule={}",
                     f.evidence, rule.name
                 ),
-                "medicremediationfailed",
-            ));
+            );
         }
+    }
+
+    /// Tells people: the audit entry, and a critical MedicRemediationFailed page.
+    fn escalate(&self, id: &str, f: &Firing, action: &str, entry: String, summary: String, description: String) {
+        self.entry(id, f, action, Outcome::Escalated, None, entry);
+        self.alerts.fire(alert(
+            "MedicRemediationFailed",
+            "critical",
+            f,
+            summary,
+            description,
+            "medicremediationfailed",
+        ));
     }
 
     /// Undoes what the steps changed, last first.
@@ -926,28 +931,20 @@ impl Runner {
             self.roll_back(id, f, action, undo).await;
         }
         if rule.on_failure.escalate {
-            self.entry(
+            self.escalate(
                 id,
                 f,
                 action,
-                Outcome::Escalated,
-                None,
                 format!(
                     "rule {} stops acting until a person re-enables it (`controller actions reenable {}`); evidence: {}",
                     rule.name, rule.name, f.evidence
                 ),
-            );
-            self.alerts.fire(alert(
-                "MedicRemediationFailed",
-                "critical",
-                f,
                 format!("{action} of rule {} on {} did not fix the problem", rule.name, f.node),
                 format!(
                     "Medic acted and verification failed; reversible changes were rolled back and the rule stopped. Evidence: {}. Audit: /api/v1/actions?rule={}. Once fixed, re-enable the rule with `controller actions reenable {}`.",
                     f.evidence, rule.name, rule.name
                 ),
-                "medicremediationfailed",
-            ));
+            );
         }
         guards.finished(id, false);
     }
